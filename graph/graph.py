@@ -1,0 +1,70 @@
+"""The chat turn as a LangGraph state graph: retrieve, then generate.
+
+The server compiles it with AsyncPostgresSaver (thread_id = session_id) and passes a ChatContext
+holding the model and retriever; `langgraph dev` / Studio loads `make_graph` with its own
+checkpointer and the offline defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import AnyMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
+
+from graph.models import ExtractiveChatModel, content_text
+from graph.prompts import system_prompt
+from graph.retrieval import Passage
+from graph.state import ChatContext, ChatState
+
+
+class ModelCallError(RuntimeError):
+    """The chat model failed (network, provider error, a stream cut mid-way)."""
+
+
+def _last_question(messages: list[AnyMessage]) -> str:
+    for message in reversed(messages):
+        if isinstance(message, HumanMessage):
+            return content_text(message.content)
+    return ""
+
+
+async def retrieve(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
+    ctx = runtime.context or ChatContext()
+    question = _last_question(state.get("messages", []))
+    if ctx.retriever is None or not question.strip():
+        return {"passages": []}
+    found = await ctx.retriever.search(question, store_id=ctx.store_id, k=ctx.k)
+    return {"passages": [p.as_dict() for p in found]}
+
+
+async def generate(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
+    ctx = runtime.context or ChatContext()
+    model = ctx.model or ExtractiveChatModel()
+    passages = [Passage(**p) for p in state.get("passages", [])]
+    history = state.get("messages", [])[-ctx.history_messages :]
+    prompt: list[BaseMessage] = [SystemMessage(system_prompt(passages, ctx.prompt_variant)), *history]
+    try:
+        response = await model.ainvoke(prompt)
+    except Exception as exc:  # the caller must tell a model failure from a failure of ours
+        raise ModelCallError(f"{type(exc).__name__} from the chat model") from exc
+    return {"messages": [response]}
+
+
+def build_graph(checkpointer: BaseCheckpointSaver[Any] | None = None) -> CompiledStateGraph[Any, Any, Any, Any]:
+    builder = StateGraph(ChatState, context_schema=ChatContext)
+    builder.add_node("retrieve", retrieve)
+    builder.add_node("generate", generate)
+    builder.add_edge(START, "retrieve")
+    builder.add_edge("retrieve", "generate")
+    builder.add_edge("generate", END)
+    return builder.compile(checkpointer=checkpointer, name="sixshop-support-agent")
+
+
+def make_graph(config: RunnableConfig | None = None) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """Entry point for langgraph.json: the platform supplies the checkpointer."""
+    return build_graph()

@@ -1,0 +1,32 @@
+"""The graph's typed state and the per-run context the server hands it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, TypedDict
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AnyMessage
+from langgraph.graph.message import add_messages
+
+from graph.prompts import DEFAULT_VARIANT
+from graph.retrieval import Retriever
+
+
+class ChatState(TypedDict, total=False):
+    # the conversation: kept in the thread's checkpoint, so it is the session's memory
+    messages: Annotated[list[AnyMessage], add_messages]
+    # passages retrieved for the latest question (Passage.as_dict())
+    passages: list[dict[str, Any]]
+
+
+@dataclass
+class ChatContext:
+    """What one run may vary. Missing pieces fall back to offline defaults (LangGraph Studio)."""
+
+    store_id: str | None = None
+    model: BaseChatModel | None = None
+    retriever: Retriever | None = None
+    k: int = 4
+    history_messages: int = 20
+    prompt_variant: str = DEFAULT_VARIANT

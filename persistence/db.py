@@ -1,0 +1,51 @@
+"""The process's one async connection pool, shared by repositories and the LangGraph saver."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+APPLICATION_NAME = "sixshop-ai-agent"
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    conninfo: str
+    min_size: int = 2
+    max_size: int = 20
+    max_idle_s: float = 30.0
+    timeout_s: float = 5.0
+    application_name: str = APPLICATION_NAME
+
+
+def pool_kwargs(application_name: str = APPLICATION_NAME) -> dict[str, object]:
+    # AsyncPostgresSaver needs autocommit, no server-side prepared statements (safe behind
+    # pgbouncer/RDS proxy) and dict rows; our repositories are written for the same.
+    return {
+        "autocommit": True,
+        "prepare_threshold": 0,
+        "row_factory": dict_row,
+        "application_name": application_name,
+    }
+
+
+async def open_pool(cfg: PoolConfig) -> AsyncConnectionPool[AsyncConnection[dict[str, Any]]]:
+    pool: AsyncConnectionPool[AsyncConnection[dict[str, Any]]] = AsyncConnectionPool(
+        cfg.conninfo,
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+        max_idle=cfg.max_idle_s,
+        timeout=cfg.timeout_s,
+        kwargs=pool_kwargs(cfg.application_name),
+        open=False,
+        name=cfg.application_name,
+    )
+    await pool.open(wait=True, timeout=max(cfg.timeout_s, 10.0))
+    return pool
+
+
+Pool = AsyncConnectionPool[AsyncConnection[dict[str, Any]]]

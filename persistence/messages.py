@@ -1,0 +1,149 @@
+"""chat_messages: the turn's two round trips (begin_turn / finish_turn), history and feedback."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+from psycopg.types.json import Jsonb
+
+from persistence.db import Pool
+
+Row = dict[str, Any]
+
+MESSAGE_COLUMNS = (
+    "message_id, session_id, store_id, role, content, status, model, prompt_variant, input_tokens, "
+    "output_tokens, latency_ms, first_token_ms, sources, run_id, error_code, created_at, seq"
+)
+BEGIN_TURN_SQL = """
+select outcome, store_id, user_id from begin_turn(
+    %(session_id)s, %(user_msg_id)s, %(asst_msg_id)s, %(content)s, %(model)s, %(prompt_variant)s,
+    %(metadata)s, %(stale_after)s, %(expire_after)s)
+"""
+FINISH_TURN_SQL = f"""
+select {MESSAGE_COLUMNS} from finish_turn(
+    %(message_id)s, %(status)s, %(content)s, %(model)s, %(input_tokens)s, %(output_tokens)s,
+    %(latency_ms)s, %(first_token_ms)s, %(sources)s, %(error_code)s)
+"""
+GET_MESSAGE_SQL = f"""
+select {', '.join('m.' + c.strip() for c in MESSAGE_COLUMNS.split(','))}
+  from chat_messages m join chat_sessions s using (session_id)
+ where m.message_id = %s and m.deleted_at is null and s.deleted_at is null
+"""
+# newest `limit` before the cursor, returned oldest first
+LIST_MESSAGES_SQL = f"""
+select * from (
+    select {MESSAGE_COLUMNS} from chat_messages
+     where session_id = %(session_id)s and deleted_at is null
+       and (%(before)s::uuid is null
+            or seq < (select seq from chat_messages where message_id = %(before)s::uuid
+                                                    and session_id = %(session_id)s))
+     order by seq desc
+     limit %(limit)s
+) page order by seq
+"""
+UPSERT_FEEDBACK_SQL = """
+insert into message_feedback (message_id, store_id, score, comment)
+select m.message_id, m.store_id, %(score)s, %(comment)s
+  from chat_messages m join chat_sessions s using (session_id)
+ where m.message_id = %(message_id)s and m.deleted_at is null and s.deleted_at is null
+on conflict (message_id) do update set score = excluded.score, comment = excluded.comment
+returning message_id, score, comment
+"""
+
+
+@dataclass(frozen=True)
+class TurnStart:
+    outcome: str  # ok | not_found | expired | busy
+    store_id: str | None
+    user_id: str | None
+
+
+class MessageRepository:
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    async def begin_turn(
+        self,
+        *,
+        session_id: UUID,
+        user_msg_id: UUID,
+        asst_msg_id: UUID,
+        content: str,
+        model: str,
+        prompt_variant: str,
+        metadata: dict[str, Any],
+        stale_after: timedelta,
+        expire_after: timedelta,
+    ) -> TurnStart:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                BEGIN_TURN_SQL,
+                {
+                    "session_id": session_id,
+                    "user_msg_id": user_msg_id,
+                    "asst_msg_id": asst_msg_id,
+                    "content": content,
+                    "model": model,
+                    "prompt_variant": prompt_variant,
+                    "metadata": Jsonb(metadata),
+                    "stale_after": stale_after,
+                    "expire_after": expire_after,
+                },
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return TurnStart(row["outcome"], row["store_id"], row["user_id"])
+
+    async def finish_turn(
+        self,
+        *,
+        message_id: UUID,
+        status: str,
+        content: str,
+        model: str | None,
+        input_tokens: int,
+        output_tokens: int,
+        latency_ms: int | None,
+        first_token_ms: int | None,
+        sources: list[dict[str, Any]],
+        error_code: str | None,
+    ) -> Row:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                FINISH_TURN_SQL,
+                {
+                    "message_id": message_id,
+                    "status": status,
+                    "content": content,
+                    "model": model,
+                    "input_tokens": input_tokens,
+                    "output_tokens": output_tokens,
+                    "latency_ms": latency_ms,
+                    "first_token_ms": first_token_ms,
+                    "sources": Jsonb(sources),
+                    "error_code": error_code,
+                },
+            )
+            row = await cur.fetchone()
+        assert row is not None
+        return row
+
+    async def get(self, message_id: UUID) -> Row | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(GET_MESSAGE_SQL, (message_id,))
+            return await cur.fetchone()
+
+    async def list(self, session_id: UUID, *, limit: int, before: UUID | None) -> list[Row]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(LIST_MESSAGES_SQL, {"session_id": session_id, "limit": limit, "before": before})
+            return await cur.fetchall()
+
+    async def upsert_feedback(self, message_id: UUID, score: float, comment: str | None) -> Row | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                UPSERT_FEEDBACK_SQL, {"message_id": message_id, "score": score, "comment": comment}
+            )
+            return await cur.fetchone()

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Bootstrap: the README's two commands, with nothing but Python 3.11+ on the machine.
+
+    python3 run.py serve     # venv + pinned install, then the service on :8000 (embedded PostgreSQL)
+    python3 run.py test      # venv + pinned install, then ruff, mypy and the whole pytest suite
+
+The venv lives in .venv/ and is re-installed only when pyproject.toml or constraints.txt change
+(their hash is stamped in the venv), so the second run starts at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("SIXSHOP_VENV", ROOT / ".venv"))
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PY = BIN / "python"
+STAMP = VENV / ".sixshop-install-stamp"
+
+
+def _stamp_value() -> str:
+    digest = hashlib.sha256()
+    for name in ("pyproject.toml", "constraints.txt"):
+        digest.update((ROOT / name).read_bytes())
+    return digest.hexdigest()
+
+
+def ensure_venv() -> None:
+    if sys.version_info < (3, 11):
+        sys.exit(f"Python 3.11+ is required, this is {sys.version.split()[0]}")
+    if not PY.exists():
+        print(f"[run.py] creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
+    want = _stamp_value()
+    if STAMP.exists() and STAMP.read_text().strip() == want:
+        return
+    print("[run.py] installing pinned dependencies (constraints.txt)", flush=True)
+    pip = [str(PY), "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "install", "-U", "pip>=24"], check=True)
+    subprocess.run(
+        [*pip, "install", "-c", str(ROOT / "constraints.txt"), "-e", f"{ROOT}[test]"],
+        check=True,
+    )
+    STAMP.write_text(want)
+
+
+def _run(cmd: list[str]) -> int:
+    print("[run.py] $ " + " ".join(cmd), flush=True)
+    return subprocess.run(cmd, cwd=ROOT).returncode
+
+
+def cmd_test(args: list[str]) -> int:
+    for check in (
+        [str(PY), "-m", "ruff", "check", "."],
+        [str(PY), "-m", "mypy"],
+    ):
+        rc = _run(check)
+        if rc != 0:
+            return rc
+    rc = _run([str(PY), "-m", "pytest", *args])
+    if rc == 5:
+        print("[run.py] pytest collected no tests: that is a failure", flush=True)
+    return rc
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in {"serve", "test", "agent", "install"}:
+        print(__doc__)
+        print("also: python3 run.py agent <sixshop-agent args>   # any CLI subcommand in the venv")
+        return 2
+    what, rest = sys.argv[1], sys.argv[2:]
+    ensure_venv()
+    if what == "install":
+        return 0
+    if what == "test":
+        return cmd_test(rest)
+    agent = [str(BIN / "sixshop-agent")]
+    if what == "serve":
+        os.execv(agent[0], [*agent, "serve", *rest])
+    os.execv(agent[0], [*agent, *rest])
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Litestar app, settings, services composing one turn, and the sixshop-agent CLI."""

@@ -1,0 +1,240 @@
+"""The Litestar application: routes of API.md, the error body, and the process's resources."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import msgspec
+import psycopg
+from litestar import Controller, Litestar, Request, Response, delete, get, post
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.params import Parameter
+from litestar.response import Stream
+from psycopg_pool import PoolTimeout
+
+from server.errors import (
+    AppError,
+    DatabaseUnavailable,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from server.resources import Resources, open_resources
+from server.schemas import (
+    ChatRequest,
+    ChatResponse,
+    CreateSessionRequest,
+    DatabaseHealth,
+    FeedbackRequest,
+    FeedbackResponse,
+    Health,
+    MessagePage,
+    Session,
+    SessionPage,
+    SessionStats,
+    StoreId,
+    StoreStats,
+    message_out,
+)
+from server.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+VERSION = "0.1.0"
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _res(state: State) -> Resources:
+    return state.resources
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def sse_frame(event_id: int, event: str, data: Any) -> bytes:
+    return b"event: " + event.encode() + b"\nid: " + str(event_id).encode() + b"\ndata: " + \
+        msgspec.json.encode(data) + b"\n\n"
+
+
+class SessionController(Controller):
+    path = "/api/session-chat"
+    tags = ["sessions"]
+
+    @post("/sessions", status_code=201)
+    async def create_session(self, data: CreateSessionRequest, state: State) -> Session:
+        return await _res(state).sessions.create(data.store_id, data.user_id, data.metadata)
+
+    @get("/sessions")
+    async def list_sessions(
+        self,
+        state: State,
+        store_id: Annotated[StoreId | None, Parameter(query="store_id")] = None,
+        user_id: Annotated[str | None, Parameter(query="user_id", max_length=256)] = None,
+        status: Annotated[Literal["active", "expired"] | None, Parameter(query="status")] = None,
+        limit: Annotated[int, Parameter(query="limit", ge=1, le=100)] = 20,
+        cursor: Annotated[str | None, Parameter(query="cursor", max_length=512)] = None,
+    ) -> SessionPage:
+        return await _res(state).sessions.list(
+            store_id=store_id, user_id=user_id, status=status, limit=limit, cursor=cursor
+        )
+
+    @get("/sessions/{session_id:uuid}")
+    async def get_session(self, session_id: UUID, state: State) -> Session:
+        return await _res(state).sessions.get(session_id)
+
+    @delete("/sessions/{session_id:uuid}", status_code=204)
+    async def delete_session(self, session_id: UUID, state: State) -> None:
+        await _res(state).sessions.delete(session_id)
+
+    @get("/sessions/{session_id:uuid}/messages")
+    async def list_messages(
+        self,
+        session_id: UUID,
+        state: State,
+        limit: Annotated[int, Parameter(query="limit", ge=1, le=500)] = 100,
+        before: Annotated[UUID | None, Parameter(query="before")] = None,
+    ) -> MessagePage:
+        res = _res(state)
+        await res.sessions.get(session_id)
+        rows = await res.messages.list(session_id, limit=limit, before=before)
+        return MessagePage(items=[message_out(r) for r in rows])
+
+    @post("/sessions/{session_id:uuid}/chat", status_code=200)
+    async def chat(self, session_id: UUID, data: ChatRequest, state: State) -> ChatResponse:
+        message, user_message = await _res(state).chat.run_to_end(session_id, data.message, data.metadata)
+        return ChatResponse(message=message, user_message=user_message)
+
+    @post(
+        "/sessions/{session_id:uuid}/chat/stream",
+        status_code=200,
+        media_type="text/event-stream",
+        description="Server-Sent Events: metadata, sources, token..., then done or error (API.md).",
+    )
+    async def chat_stream(self, session_id: UUID, data: ChatRequest, state: State) -> Stream:
+        turn = await _res(state).chat.start_turn(session_id, data.message, data.metadata)
+
+        async def frames() -> AsyncIterator[bytes]:
+            n = 0
+            async for event, payload in turn.stream():
+                n += 1
+                yield sse_frame(n, event, payload)
+
+        return Stream(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    @post("/messages/{message_id:uuid}/feedback", status_code=201)
+    async def feedback(self, message_id: UUID, data: FeedbackRequest, state: State) -> FeedbackResponse:
+        row = await _res(state).messages.upsert_feedback(message_id, data.score, data.comment)
+        if row is None:
+            from server.errors import MessageNotFound
+
+            raise MessageNotFound(detail={"message_id": str(message_id)})
+        return FeedbackResponse(message_id=row["message_id"], score=row["score"], comment=row["comment"])
+
+    @get("/sessions/{session_id:uuid}/stats")
+    async def session_stats(self, session_id: UUID, state: State) -> SessionStats:
+        return await _res(state).analytics.session_stats(session_id)
+
+    @get("/stats")
+    async def store_stats(
+        self,
+        state: State,
+        store_id: Annotated[StoreId, Parameter(query="store_id")],
+        start: Annotated[datetime | None, Parameter(query="from")] = None,
+        end: Annotated[datetime | None, Parameter(query="to")] = None,
+    ) -> StoreStats:
+        return await _res(state).analytics.store_stats(store_id, _utc(start), _utc(end))
+
+
+@get("/health", tags=["operations"], sync_to_thread=False)
+async def health(state: State) -> Response[Health]:
+    res = _res(state)
+    ok, latency = True, None
+    try:
+        t0 = time.perf_counter()
+        async with res.pool.connection(timeout=2.0) as conn:
+            await conn.execute("select 1")
+        latency = round((time.perf_counter() - t0) * 1000, 2)
+    except (psycopg.Error, PoolTimeout, OSError):
+        ok = False
+    body = Health(
+        status="ok" if ok else "degraded",
+        database=DatabaseHealth(ok=ok, latency_ms=latency),
+        model=res.chat.model_name,
+        retriever=res.retriever_name,
+        tracing=res.settings.tracing_enabled,
+        version=VERSION,
+    )
+    return Response(body, status_code=200 if ok else 503)
+
+
+# -- one error body for everything -------------------------------------------------------------
+
+def _error_response(err: AppError) -> Response[dict[str, Any]]:
+    return Response(err.body(), status_code=err.status_code, headers=err.headers)
+
+
+def _validation_detail(exc: ValidationException) -> dict[str, Any]:
+    extra = exc.extra if isinstance(exc.extra, list) else [exc.extra] if exc.extra else []
+    return {"errors": [e if isinstance(e, dict) else {"message": str(e)} for e in extra]}
+
+
+def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    if isinstance(exc, AppError):
+        return _error_response(exc)
+    if isinstance(exc, ValidationException):
+        return _error_response(ValidationFailed(str(exc.detail) or None, _validation_detail(exc)))
+    if isinstance(exc, NotFoundException):
+        return _error_response(NotFound(f"No route for {request.method} {request.url.path}"))
+    if isinstance(exc, HTTPException):
+        code = exc.status_code
+        if code == 413:
+            return _error_response(PayloadTooLarge(detail={"max_bytes": request.app.state.settings.max_body_bytes}))
+        if code == 405:
+            return _error_response(MethodNotAllowed())
+        if code == 415:
+            return _error_response(UnsupportedMediaType())
+        if 400 <= code < 500:
+            return _error_response(ValidationFailed(str(exc.detail)))
+    if isinstance(exc, psycopg.OperationalError | PoolTimeout):
+        log.warning("database unavailable: %s", type(exc).__name__)
+        return _error_response(DatabaseUnavailable())
+    if isinstance(exc, psycopg.errors.DataError):  # e.g. an out-of-range timestamp from a query string
+        return _error_response(ValidationFailed("A value is out of range"))
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return _error_response(AppError())
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with open_resources(settings) as resources:
+            app.state.resources = resources
+            yield
+
+    return Litestar(
+        route_handlers=[SessionController, health],
+        lifespan=[lifespan],
+        state=State({"settings": settings}),
+        exception_handlers={Exception: handle_exception},
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="sixshop-ai-agent", version=VERSION, path="/schema"),
+        dependencies={"settings": Provide(lambda: settings, sync_to_thread=False)},
+        debug=False,
+        logging_config=None,  # server.logs configures logging once for the process
+    )

@@ -1,0 +1,322 @@
+"""IntegratedChatService: one turn end to end (claim, rows, graph stream, finish).
+
+The turn runs in its own asyncio task and talks to the HTTP response through a queue, so a client
+that goes away only cancels the model call: the task still writes the final row ('cancelled') and
+releases the claim. No connection is held while the model streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
+from langchain_core.messages.ai import UsageMetadata, add_usage
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import StreamMode
+
+from graph.graph import ModelCallError
+from graph.models import content_text, model_label
+from graph.retrieval import Passage, Retriever
+from graph.state import ChatContext
+from persistence.messages import MessageRepository
+from server.errors import (
+    AppError,
+    ModelError,
+    PayloadTooLarge,
+    SessionBusy,
+    SessionExpired,
+    SessionNotFound,
+    ValidationFailed,
+)
+from server.schemas import Message, message_out
+
+log = logging.getLogger(__name__)
+
+Event = tuple[str, dict[str, Any]]
+STREAM_MODES: list[StreamMode] = ["messages", "updates"]
+_END = object()
+
+
+@dataclass
+class Turn:
+    session_id: UUID
+    store_id: str
+    user_id: str | None
+    user_message_id: UUID
+    message_id: UUID
+    content: str
+    model: str
+    prompt_variant: str
+    started: float
+    events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def metadata_event(self) -> dict[str, Any]:
+        return {
+            "session_id": str(self.session_id),
+            "user_message_id": str(self.user_message_id),
+            "message_id": str(self.message_id),
+            "run_id": str(self.message_id),
+            "model": self.model,
+        }
+
+    async def stream(self) -> AsyncIterator[Event]:
+        """metadata, sources, token..., then done or error. Leaving early cancels the turn."""
+        try:
+            yield "metadata", self.metadata_event
+            while True:
+                item = await self.events.get()
+                if item is _END:
+                    return
+                yield item
+        finally:
+            if not self.finished.is_set() and self.task is not None:
+                self.task.cancel()
+
+
+@dataclass
+class _Progress:
+    parts: list[str] = field(default_factory=list)
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    usage: UsageMetadata | None = None
+    model: str | None = None
+    first_token_ms: int | None = None
+    final: AIMessage | None = None
+
+
+class IntegratedChatService:
+    def __init__(
+        self,
+        *,
+        graph: CompiledStateGraph[Any, Any, Any, Any],
+        messages: MessageRepository,
+        model: BaseChatModel,
+        retriever: Retriever | None,
+        turn_timeout: timedelta,
+        expire_after: timedelta,
+        max_message_chars: int,
+        max_metadata_bytes: int,
+        retrieval_k: int,
+        history_messages: int,
+        prompt_variant: str,
+    ) -> None:
+        self.graph = graph
+        self.messages = messages
+        self.model = model
+        self.model_name = model_label(model)
+        self.retriever = retriever
+        self.turn_timeout = turn_timeout
+        self.expire_after = expire_after
+        self.max_message_chars = max_message_chars
+        self.max_metadata_bytes = max_metadata_bytes
+        self.retrieval_k = retrieval_k
+        self.history_messages = history_messages
+        self.prompt_variant = prompt_variant
+        self._running: set[asyncio.Task[None]] = set()
+
+    # -- starting a turn: everything that can be refused is refused before a response starts
+
+    def _check_input(self, text: str, metadata: dict[str, Any]) -> str:
+        if not text.strip():
+            raise ValidationFailed("message must not be empty", {"field": "message"})
+        if len(text) > self.max_message_chars:
+            raise PayloadTooLarge(
+                f"message is longer than {self.max_message_chars} characters",
+                {"field": "message", "max_chars": self.max_message_chars, "chars": len(text)},
+            )
+        if "\x00" in text:
+            raise ValidationFailed("message must not contain NUL characters", {"field": "message"})
+        import msgspec
+
+        if len(msgspec.json.encode(metadata)) > self.max_metadata_bytes:
+            raise PayloadTooLarge(f"metadata is larger than {self.max_metadata_bytes} bytes", {"field": "metadata"})
+        return text
+
+    async def start_turn(self, session_id: UUID, text: str, metadata: dict[str, Any]) -> Turn:
+        text = self._check_input(text, metadata)
+        user_message_id, message_id = uuid4(), uuid4()
+        started = time.perf_counter()
+        claim = await self.messages.begin_turn(
+            session_id=session_id,
+            user_msg_id=user_message_id,
+            asst_msg_id=message_id,
+            content=text,
+            model=self.model_name,
+            prompt_variant=self.prompt_variant,
+            metadata=metadata,
+            stale_after=self.turn_timeout,
+            expire_after=self.expire_after,
+        )
+        detail = {"session_id": str(session_id)}
+        if claim.outcome == "not_found":
+            raise SessionNotFound(detail=detail)
+        if claim.outcome == "expired":
+            raise SessionExpired(detail=detail)
+        if claim.outcome == "busy":
+            raise SessionBusy(detail=detail)
+        assert claim.store_id is not None
+        turn = Turn(
+            session_id=session_id,
+            store_id=claim.store_id,
+            user_id=claim.user_id,
+            user_message_id=user_message_id,
+            message_id=message_id,
+            content=text,
+            model=self.model_name,
+            prompt_variant=self.prompt_variant,
+            started=started,
+        )
+        task = asyncio.create_task(self._run(turn), name=f"turn-{message_id}")
+        turn.task = task
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return turn
+
+    async def run_to_end(self, session_id: UUID, text: str, metadata: dict[str, Any]) -> tuple[Message, Message]:
+        """The non-streaming turn: (assistant message, user message); a failed model is a 502."""
+        turn = await self.start_turn(session_id, text, metadata)
+        final: dict[str, Any] = {}
+        async for event, data in turn.stream():
+            if event in ("done", "error"):
+                final = {"event": event, **data}
+        if final.get("event") != "done":
+            raise ModelError(final.get("message"), {"message_id": str(turn.message_id), "code": final.get("code")}) \
+                if final.get("code") == "model_error" else AppError(detail={"message_id": str(turn.message_id)})
+        user_row = await self.messages.get(turn.user_message_id)
+        assert user_row is not None
+        return final["message"], message_out(user_row)
+
+    # -- the turn itself
+
+    async def _run(self, turn: Turn) -> None:
+        progress = _Progress()
+        status, error_code, error_text = "complete", None, ""
+        try:
+            await self._stream_graph(turn, progress)
+        except asyncio.CancelledError:
+            status, error_code = "cancelled", "cancelled"
+        except ModelCallError as exc:
+            status, error_code, error_text = "error", "model_error", "The language model failed to answer"
+            log.warning("model failed mid-turn: %s", exc.__cause__.__class__.__name__,
+                        extra={"session_id": str(turn.session_id), "run_id": str(turn.message_id)})
+        except Exception:
+            status, error_code, error_text = "error", "internal_error", "The turn failed on the server"
+            log.exception("turn failed", extra={"session_id": str(turn.session_id), "run_id": str(turn.message_id)})
+        # the final write must happen even when this task was cancelled (client gone, shutdown)
+        finish = asyncio.ensure_future(self._finish(turn, progress, status, error_code, error_text))
+        try:
+            await asyncio.shield(finish)
+        except asyncio.CancelledError:
+            await finish
+
+    async def _stream_graph(self, turn: Turn, progress: _Progress) -> None:
+        config: RunnableConfig = {
+            "configurable": {"thread_id": str(turn.session_id)},
+            "run_id": turn.message_id,
+            "run_name": "chat_turn",
+            "metadata": {
+                "session_id": str(turn.session_id),
+                "store_id": turn.store_id,
+                "user_id": turn.user_id,
+                "prompt_variant": turn.prompt_variant,
+                "model": turn.model,
+            },
+        }
+        context = ChatContext(
+            store_id=turn.store_id,
+            model=self.model,
+            retriever=self.retriever,
+            k=self.retrieval_k,
+            history_messages=self.history_messages,
+            prompt_variant=turn.prompt_variant,
+        )
+        graph_input = {"messages": [HumanMessage(content=turn.content, id=str(turn.user_message_id))]}
+        part: Any  # (mode, payload) pairs; typed loosely by LangGraph for the v1 stream format
+        async for part in self.graph.astream(
+            graph_input,
+            config,
+            context=context,
+            stream_mode=STREAM_MODES,
+            durability="exit",  # one checkpoint write per turn, not one per step
+        ):
+            mode, payload = part
+            if mode == "messages":
+                chunk, meta = payload
+                if meta.get("langgraph_node") == "generate" and isinstance(chunk, AIMessageChunk):
+                    self._on_chunk(turn, progress, chunk)
+            elif mode == "updates":
+                if "retrieve" in payload:
+                    passages = [Passage(**p) for p in payload["retrieve"].get("passages", [])]
+                    progress.sources = [p.as_source() for p in passages]
+                    turn.events.put_nowait(("sources", {"sources": progress.sources}))
+                if "generate" in payload:
+                    progress.final = payload["generate"]["messages"][-1]
+        if not progress.parts and progress.final is not None and content_text(progress.final.content):
+            # a model that does not stream: its whole answer is one token event
+            self._on_chunk(turn, progress, AIMessageChunk(content=content_text(progress.final.content)))
+
+    def _on_chunk(self, turn: Turn, progress: _Progress, chunk: AIMessageChunk) -> None:
+        if chunk.usage_metadata:
+            progress.usage = (
+                add_usage(progress.usage, chunk.usage_metadata) if progress.usage else chunk.usage_metadata
+            )
+        name = chunk.response_metadata.get("model_name") if chunk.response_metadata else None
+        if name:
+            progress.model = str(name)
+        text = content_text(chunk.content)
+        if text:
+            if progress.first_token_ms is None:
+                progress.first_token_ms = int((time.perf_counter() - turn.started) * 1000)
+            progress.parts.append(text)
+            turn.events.put_nowait(("token", {"delta": text}))
+
+    async def _finish(
+        self, turn: Turn, progress: _Progress, status: str, error_code: str | None, error_text: str
+    ) -> None:
+        usage = progress.usage
+        if progress.final is not None and progress.final.usage_metadata:
+            usage = progress.final.usage_metadata  # the provider's own total for the call
+        try:
+            row = await self.messages.finish_turn(
+                message_id=turn.message_id,
+                status=status,
+                content="".join(progress.parts),
+                model=progress.model,
+                input_tokens=int(usage["input_tokens"]) if usage else 0,
+                output_tokens=int(usage["output_tokens"]) if usage else 0,
+                latency_ms=int((time.perf_counter() - turn.started) * 1000),
+                first_token_ms=progress.first_token_ms,
+                sources=progress.sources,
+                error_code=error_code,
+            )
+            if status == "complete":
+                turn.events.put_nowait(("done", {"message": message_out(row)}))
+            else:
+                turn.events.put_nowait(("error", {"code": error_code, "message": error_text or status,
+                                                  "message_id": str(turn.message_id)}))
+        except Exception:
+            # the claim goes stale after turn_timeout and the next turn marks this row 'error'
+            log.exception("could not store the end of a turn", extra={"run_id": str(turn.message_id)})
+            turn.events.put_nowait(("error", {"code": "internal_error", "message": "The turn could not be stored"}))
+        finally:
+            turn.finished.set()
+            turn.events.put_nowait(_END)
+
+    async def shutdown(self, grace_s: float = 5.0) -> None:
+        """Cancel running turns and let each store its final state."""
+        tasks = list(self._running)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)

@@ -1,0 +1,90 @@
+"""`sixshop-agent`: serve, migrate, ingest."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from server.logs import configure_logging
+from server.settings import Settings, load_settings
+
+
+def _serve(settings: Settings, host: str, port: int) -> int:
+    import uvicorn
+
+    from server.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,  # ours (configure_logging) stays in charge
+        access_log=settings.app_env != "production",
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+async def _migrate(settings: Settings) -> int:
+    from persistence.migrations import migrate
+    from server.resources import open_database
+
+    async with open_database(settings) as (pool, _):
+        applied = await migrate(pool)
+    print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    return 0
+
+
+async def _ingest(settings: Settings, path: Path, store_id: str | None, source: str | None, prune: bool) -> int:
+    from persistence.knowledge import KnowledgeRepository
+    from persistence.migrations import migrate
+    from server.ingest import ingest_path
+    from server.resources import open_database
+
+    async with open_database(settings) as (pool, _):
+        await migrate(pool)
+        report = await ingest_path(KnowledgeRepository(pool), path, source=source, store_id=store_id, prune=prune)
+    print(
+        f"documents added {report.added}, updated {report.updated}, unchanged {report.unchanged}, "
+        f"deleted {report.deleted}; chunks written {report.chunks}"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sixshop-agent", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP/SSE service")
+    serve.add_argument("--host", default=None, help="bind address (default HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port (default PORT or 8000)")
+    sub.add_parser("migrate", help="apply sql/ migrations and the LangGraph checkpoint tables")
+    ingest = sub.add_parser("ingest", help="load a folder (or file) of Markdown/text into the knowledge base")
+    ingest.add_argument("path", type=Path)
+    ingest.add_argument("--store", dest="store_id", default=None, help="make the passages private to this store")
+    ingest.add_argument("--source", default=None, help="source name (default files:<folder name>)")
+    ingest.add_argument("--no-prune", dest="prune", action="store_false",
+                        help="keep documents of this source that are no longer in PATH")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = load_settings()
+    configure_logging(settings.log_level, json_lines=settings.app_env == "production")
+    if args.command == "serve":
+        return _serve(settings, args.host or settings.host, args.port or settings.port)
+    if args.command == "migrate":
+        return asyncio.run(_migrate(settings))
+    if args.command == "ingest":
+        try:
+            return asyncio.run(_ingest(settings, args.path, args.store_id, args.source, args.prune))
+        except FileNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

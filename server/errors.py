@@ -1,0 +1,80 @@
+"""Domain errors: each carries its HTTP status and the machine-readable `code` of API.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AppError(Exception):
+    status_code = 500
+    code = "internal_error"
+    default_message = "Internal server error"
+
+    def __init__(self, message: str | None = None, detail: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message or self.default_message)
+        self.message = message or self.default_message
+        self.detail = detail
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.detail:
+            out["detail"] = self.detail
+        return out
+
+
+class ValidationFailed(AppError):
+    status_code, code, default_message = 400, "validation_error", "The request is not valid"
+
+
+class Unauthorized(AppError):
+    status_code, code, default_message = 401, "unauthorized", "Authentication required"
+
+
+class Forbidden(AppError):
+    status_code, code, default_message = 403, "forbidden", "Not allowed"
+
+
+class NotFound(AppError):
+    status_code, code, default_message = 404, "not_found", "No such resource"
+
+
+class SessionNotFound(NotFound):
+    code, default_message = "session_not_found", "No such session"
+
+
+class MessageNotFound(NotFound):
+    code, default_message = "message_not_found", "No such message"
+
+
+class MethodNotAllowed(AppError):
+    status_code, code, default_message = 405, "method_not_allowed", "Method not allowed on this path"
+
+
+class SessionBusy(AppError):
+    status_code, code, default_message = 409, "session_busy", "A turn is already running in this session"
+
+
+class SessionExpired(AppError):
+    status_code, code, default_message = 410, "session_expired", "This session has expired"
+
+
+class PayloadTooLarge(AppError):
+    status_code, code, default_message = 413, "payload_too_large", "The request is too large"
+
+
+class UnsupportedMediaType(AppError):
+    status_code, code, default_message = 415, "unsupported_media_type", "Send application/json"
+
+
+class RateLimited(AppError):
+    status_code, code, default_message = 429, "rate_limited", "Too many requests"
+
+
+class ModelError(AppError):
+    status_code, code, default_message = 502, "model_error", "The language model failed to answer"
+
+
+class DatabaseUnavailable(AppError):
+    status_code, code, default_message = 503, "database_unavailable", "The database is unavailable"

@@ -1,0 +1,123 @@
+"""What one process holds: the database, the pool, the compiled graph and the services on them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from graph.graph import build_graph
+from graph.models import make_chat_model
+from persistence.checkpointer import make_checkpointer
+from persistence.db import Pool, PoolConfig, open_pool
+from persistence.embedded import embedded_conninfo, start_embedded
+from persistence.knowledge import FullTextRetriever, KnowledgeRepository
+from persistence.messages import MessageRepository
+from persistence.migrations import migrate
+from persistence.sessions import SessionRepository
+from persistence.stats import StatsRepository
+from server.analytics import ChatAnalyticsService
+from server.chat import IntegratedChatService
+from server.sessions import SessionService
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    pool: Pool
+    sessions: SessionService
+    messages: MessageRepository
+    chat: IntegratedChatService
+    analytics: ChatAnalyticsService
+    knowledge: KnowledgeRepository
+    retriever_name: str
+    embedded: Any = None
+
+
+def resolve_conninfo(settings: Settings) -> tuple[str, Any]:
+    """The configured server, or an embedded one started (or joined) in EMBEDDED_PG_DIR."""
+    conninfo = settings.conninfo()
+    if conninfo is not None:
+        return conninfo, None
+    server = start_embedded(settings.embedded_pg_dir)
+    return embedded_conninfo(server), server
+
+
+@asynccontextmanager
+async def open_database(settings: Settings) -> AsyncIterator[tuple[Pool, Any]]:
+    conninfo, embedded = resolve_conninfo(settings)
+    pool = await open_pool(
+        PoolConfig(
+            conninfo=conninfo,
+            min_size=min(settings.db_pool_min, settings.db_pool_max),
+            max_size=max(settings.db_pool_max, 2),  # migrate() holds one connection while setup() takes another
+            max_idle_s=settings.db_idle_timeout / 1000,
+            timeout_s=settings.db_connection_timeout / 1000,
+        )
+    )
+    try:
+        yield pool, embedded
+    finally:
+        await pool.close()
+
+
+@asynccontextmanager
+async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
+    async with open_database(settings) as (pool, embedded):
+        if settings.auto_migrate:
+            await migrate(pool)
+        knowledge = KnowledgeRepository(pool)
+        if settings.ingest_sample_if_empty and await knowledge.chunk_count() == 0:
+            from server.ingest import ingest_path
+
+            report = await ingest_path(knowledge, settings.knowledge_dir, source="sample")
+            log.info("ingested the sample knowledge base: %s", report)
+        retriever = FullTextRetriever(pool)
+        model = make_chat_model(
+            openai_api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
+            openai_base_url=settings.openai_base_url,
+            model_name=settings.openai_model,
+            temperature=settings.openai_temperature,
+            timeout_s=settings.openai_timeout_seconds,
+            max_retries=settings.openai_max_retries,
+            offline_chunk_delay_s=settings.offline_chunk_delay_ms / 1000,
+        )
+        graph = build_graph(make_checkpointer(pool))
+        expire_after = timedelta(hours=settings.session_expire_hours)
+        session_repo = SessionRepository(pool)
+        messages = MessageRepository(pool)
+        chat = IntegratedChatService(
+            graph=graph,
+            messages=messages,
+            model=model,
+            retriever=retriever,
+            turn_timeout=timedelta(seconds=settings.turn_timeout_seconds),
+            expire_after=expire_after,
+            max_message_chars=settings.max_message_chars,
+            max_metadata_bytes=settings.max_metadata_bytes,
+            retrieval_k=settings.retrieval_k,
+            history_messages=settings.history_messages,
+            prompt_variant=settings.prompt_variant,
+        )
+        resources = Resources(
+            settings=settings,
+            pool=pool,
+            sessions=SessionService(session_repo, expire_after=expire_after,
+                                    max_metadata_bytes=settings.max_metadata_bytes),
+            messages=messages,
+            chat=chat,
+            analytics=ChatAnalyticsService(StatsRepository(pool, settings.model_prices), session_repo),
+            knowledge=knowledge,
+            retriever_name=retriever.name,
+            embedded=embedded,
+        )
+        try:
+            yield resources
+        finally:
+            await chat.shutdown()

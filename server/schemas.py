@@ -1,0 +1,178 @@
+"""Request and response shapes of API.md, as msgspec Structs (validated on decode, shown at /schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import msgspec
+from msgspec import Meta
+
+StoreId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]*$")]
+UserId = Annotated[str, Meta(min_length=1, max_length=256)]
+
+
+class CreateSessionRequest(msgspec.Struct, forbid_unknown_fields=True):
+    store_id: StoreId
+    user_id: UserId | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ChatRequest(msgspec.Struct, forbid_unknown_fields=True):
+    message: Annotated[str, Meta(min_length=1)]
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class FeedbackRequest(msgspec.Struct, forbid_unknown_fields=True):
+    score: Annotated[float, Meta(ge=0, le=1)]
+    comment: Annotated[str, Meta(max_length=4000)] | None = None
+
+
+class Source(msgspec.Struct):
+    id: str
+    title: str
+    url: str | None
+    score: float
+    snippet: str
+
+
+class Session(msgspec.Struct):
+    session_id: UUID
+    store_id: str
+    user_id: str | None
+    status: Literal["active", "expired"]
+    metadata: dict[str, Any]
+    message_count: int
+    input_tokens: int
+    output_tokens: int
+    created_at: datetime
+    last_activity_at: datetime
+    expires_at: datetime
+    turn_running: bool
+
+
+class Message(msgspec.Struct):
+    message_id: UUID
+    session_id: UUID
+    role: Literal["user", "assistant"]
+    content: str
+    status: Literal["complete", "streaming", "error", "cancelled"]
+    model: str | None
+    input_tokens: int
+    output_tokens: int
+    latency_ms: int | None
+    first_token_ms: int | None
+    sources: list[Source]
+    run_id: UUID | None
+    created_at: datetime
+    prompt_variant: str | None = None
+    error_code: str | None = None
+
+
+class SessionPage(msgspec.Struct):
+    items: list[Session]
+    next_cursor: str | None
+
+
+class MessagePage(msgspec.Struct):
+    items: list[Message]
+
+
+class ChatResponse(msgspec.Struct):
+    message: Message
+    user_message: Message
+
+
+class FeedbackResponse(msgspec.Struct):
+    message_id: UUID
+    score: float
+    comment: str | None
+
+
+class SessionStats(msgspec.Struct):
+    session_id: UUID
+    message_count: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    avg_latency_ms: float | None
+    p95_latency_ms: float | None
+    avg_first_token_ms: float | None
+    error_rate: float
+    feedback_count: int
+    avg_feedback_score: float | None
+
+
+class StoreStats(msgspec.Struct):
+    store_id: str
+    from_: datetime | None = msgspec.field(name="from")
+    to: datetime | None = None
+    session_count: int = 0
+    message_count: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    avg_latency_ms: float | None = None
+    p95_latency_ms: float | None = None
+    avg_first_token_ms: float | None = None
+    error_rate: float = 0.0
+    feedback_count: int = 0
+    avg_feedback_score: float | None = None
+
+
+class DatabaseHealth(msgspec.Struct):
+    ok: bool
+    latency_ms: float | None
+
+
+class Health(msgspec.Struct):
+    status: Literal["ok", "degraded"]
+    database: DatabaseHealth
+    model: str
+    retriever: str
+    tracing: bool
+    version: str
+
+
+class ErrorBody(msgspec.Struct):
+    code: str
+    message: str
+    detail: dict[str, Any] | None = None
+
+
+def session_out(row: dict[str, Any], expire_after: timedelta) -> Session:
+    return Session(
+        session_id=row["session_id"],
+        store_id=row["store_id"],
+        user_id=row["user_id"],
+        status=row["status"],
+        metadata=row["metadata"],
+        message_count=row["message_count"],
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        created_at=row["created_at"],
+        last_activity_at=row["last_activity_at"],
+        expires_at=row["last_activity_at"] + expire_after,
+        turn_running=row["active_run_id"] is not None,
+    )
+
+
+def message_out(row: dict[str, Any]) -> Message:
+    return Message(
+        message_id=row["message_id"],
+        session_id=row["session_id"],
+        role=row["role"],
+        content=row["content"],
+        status=row["status"],
+        model=row["model"],
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        latency_ms=row["latency_ms"],
+        first_token_ms=row["first_token_ms"],
+        sources=[msgspec.convert(s, Source) for s in row["sources"]],
+        run_id=row["run_id"],
+        created_at=row["created_at"],
+        prompt_variant=row["prompt_variant"],
+        error_code=row["error_code"],
+    )

@@ -1,0 +1,66 @@
+"""SessionService: create, get, list, soft-delete; the store-ownership checks arrive with API keys."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import msgspec
+
+from persistence.sessions import SessionRepository
+from server.errors import PayloadTooLarge, SessionNotFound, ValidationFailed
+from server.schemas import Session, SessionPage, session_out
+
+
+def encode_cursor(created_at: datetime, session_id: UUID) -> str:
+    raw = f"{created_at.isoformat()}|{session_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        ts, sid = raw.split("|", 1)
+        return datetime.fromisoformat(ts), UUID(sid)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise ValidationFailed("cursor is not one this service issued", {"field": "cursor"}) from exc
+
+
+class SessionService:
+    def __init__(self, repo: SessionRepository, *, expire_after: timedelta, max_metadata_bytes: int) -> None:
+        self.repo = repo
+        self.expire_after = expire_after
+        self.max_metadata_bytes = max_metadata_bytes
+
+    def check_metadata(self, metadata: dict[str, Any]) -> None:
+        if len(msgspec.json.encode(metadata)) > self.max_metadata_bytes:
+            raise PayloadTooLarge(
+                f"metadata is larger than {self.max_metadata_bytes} bytes", {"field": "metadata"}
+            )
+
+    async def create(self, store_id: str, user_id: str | None, metadata: dict[str, Any]) -> Session:
+        self.check_metadata(metadata)
+        row = await self.repo.create(uuid4(), store_id, user_id, metadata)
+        return session_out(row, self.expire_after)
+
+    async def get(self, session_id: UUID) -> Session:
+        row = await self.repo.get(session_id)
+        if row is None:
+            raise SessionNotFound(detail={"session_id": str(session_id)})
+        return session_out(row, self.expire_after)
+
+    async def delete(self, session_id: UUID) -> None:
+        if not await self.repo.soft_delete(session_id):
+            raise SessionNotFound(detail={"session_id": str(session_id)})
+
+    async def list(
+        self, *, store_id: str | None, user_id: str | None, status: str | None, limit: int, cursor: str | None
+    ) -> SessionPage:
+        after = decode_cursor(cursor) if cursor else None
+        rows = await self.repo.list(store_id=store_id, user_id=user_id, status=status, limit=limit + 1, after=after)
+        page, more = rows[:limit], len(rows) > limit
+        next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["session_id"]) if more else None
+        return SessionPage(items=[session_out(r, self.expire_after) for r in page], next_cursor=next_cursor)

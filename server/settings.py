@@ -1,0 +1,124 @@
+"""Settings from the environment and env/.env.<APP_ENV>; the Stage 1 variable names are accepted as-is."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENV_DIR = PROJECT_ROOT / "env"
+
+DEFAULT_PRICES: dict[str, dict[str, float]] = {
+    # USD per million tokens (public list prices); override with MODEL_PRICES_JSON
+    "gpt-4o-mini": {"input": 0.15, "output": 0.60},
+    "gpt-4o": {"input": 2.50, "output": 10.00},
+    "gpt-4.1-mini": {"input": 0.40, "output": 1.60},
+    "gpt-4.1": {"input": 2.00, "output": 8.00},
+}
+
+
+def _env_file() -> Path:
+    return ENV_DIR / f".env.{os.environ.get('APP_ENV', 'development')}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", env_file_encoding="utf-8", populate_by_name=True)
+
+    app_env: Literal["development", "test", "production"] = "development"
+    log_level: str = "INFO"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, validation_alias=AliasChoices("PORT", "port"))
+
+    # PostgreSQL: DATABASE_URL, or the Stage 1 DB_* parts; neither -> embedded server
+    database_url: SecretStr | None = None
+    db_host: str | None = None
+    db_port: int = 5432
+    db_name: str = "postgres"
+    db_user: str = "postgres"
+    db_password: SecretStr | None = None
+    db_sslmode: str | None = None
+    db_pool_min: int = 2
+    db_pool_max: int = 20
+    db_idle_timeout: int = Field(30_000, description="ms an idle pooled connection is kept")
+    db_connection_timeout: int = Field(5_000, description="ms to wait for a pooled connection")
+    embedded_pg_dir: Path = PROJECT_ROOT / ".data" / "postgres"
+    auto_migrate: bool = True
+
+    # sessions and turns
+    session_expire_hours: float = 24
+    session_cleanup_interval_minutes: float = 60
+    hard_delete_after_days: float = 90
+    turn_timeout_seconds: float = 120
+    max_message_chars: int = 4000
+    max_body_bytes: int = 64 * 1024
+    max_metadata_bytes: int = 4096
+    history_messages: int = 20
+
+    # models
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4o-mini"
+    openai_temperature: float = 0.2
+    openai_timeout_seconds: float = 60
+    openai_max_retries: int = 2
+    offline_chunk_delay_ms: float = 0
+    model_prices: dict[str, dict[str, float]] = Field(
+        default_factory=lambda: dict(DEFAULT_PRICES),
+        validation_alias=AliasChoices("MODEL_PRICES_JSON", "model_prices"),
+    )
+    prompt_variant: str = "v1"
+
+    # retrieval
+    retrieval_k: int = 4
+    knowledge_dir: Path = PROJECT_ROOT / "knowledge" / "sample"
+    ingest_sample_if_empty: bool = True
+
+    # LangSmith (tracing depth arrives with the monitoring issue)
+    langsmith_api_key: SecretStr | None = None
+    langsmith_project: str = Field(
+        "sixshop-ai-agent", validation_alias=AliasChoices("LANGSMITH_PROJECT", "LANGSMITH_PROJECT_NAME")
+    )
+    langsmith_endpoint: str | None = None
+    langsmith_tracing: bool = False
+
+    # later issues' settings, accepted now so a Stage 1 env file loads unchanged
+    notion_integration_token: SecretStr | None = None
+    notion_database_id: str | None = None
+    pinecone_api_key: SecretStr | None = None
+    pinecone_index_name: str = "rag-chatbot"
+
+    @field_validator("db_pool_min", "db_pool_max")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be at least 1")
+        return v
+
+    @property
+    def uses_embedded_db(self) -> bool:
+        return self.database_url is None and not self.db_host
+
+    def conninfo(self) -> str | None:
+        """A libpq connection string for the configured server, or None for the embedded one."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        if not self.db_host:
+            return None
+        password = self.db_password.get_secret_value() if self.db_password else ""
+        auth = quote(self.db_user, safe="") + (":" + quote(password, safe="") if password else "")
+        url = f"postgresql://{auth}@{self.db_host}:{self.db_port}/{quote(self.db_name, safe='')}"
+        return url + (f"?sslmode={self.db_sslmode}" if self.db_sslmode else "")
+
+    @property
+    def tracing_enabled(self) -> bool:
+        return self.langsmith_tracing or self.langsmith_api_key is not None
+
+
+def load_settings() -> Settings:
+    env_file = _env_file()
+    return Settings(_env_file=env_file if env_file.exists() else None)  # type: ignore[call-arg]
