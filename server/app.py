@@ -159,7 +159,7 @@ class SessionController(Controller):
         return await _res(state).analytics.store_stats(store_id, _utc(start), _utc(end))
 
 
-@get("/health", tags=["operations"], sync_to_thread=False)
+@get("/health", tags=["operations"])
 async def health(state: State) -> Response[Health]:
     res = _res(state)
     ok, latency = True, None

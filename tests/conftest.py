@@ -1,0 +1,82 @@
+"""Fixtures: one embedded PostgreSQL per test run, a fresh database per test module."""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from persistence.db import Pool, PoolConfig, open_pool
+from persistence.migrations import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# no test may reach a real service or pick up a developer's keys
+for _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "LANGSMITH_API_KEY", "PINECONE_API_KEY", "NOTION_INTEGRATION_TOKEN"):
+    os.environ.pop(_var, None)
+os.environ["LANGSMITH_TRACING"] = "false"
+os.environ["APP_ENV"] = "test"
+
+
+@pytest.fixture(scope="session")
+def pg_server_conninfo() -> Iterator[str]:
+    """DATABASE_URL if the environment gives one, else a throwaway embedded PostgreSQL."""
+    given = os.environ.get("TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    from persistence.embedded import embedded_conninfo, start_embedded
+
+    data_dir = Path(tempfile.mkdtemp(prefix="sixshop-test-pg-")) / "data"
+    server = start_embedded(data_dir, delete_on_exit=True)
+    try:
+        yield embedded_conninfo(server)
+    finally:
+        server.cleanup()
+
+
+def _with_dbname(conninfo: str, dbname: str) -> str:
+    return psycopg.conninfo.make_conninfo(conninfo, dbname=dbname)
+
+
+def create_database(server_conninfo: str, prefix: str) -> str:
+    name = f"{re.sub(r'[^a-z0-9_]', '_', prefix.lower())[:40]}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server_conninfo, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    return _with_dbname(server_conninfo, name)
+
+
+@pytest.fixture(scope="module")
+def database_url(pg_server_conninfo: str, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database for this test module."""
+    return create_database(pg_server_conninfo, request.module.__name__.rsplit(".", 1)[-1])
+
+
+@pytest.fixture(scope="module")
+async def pool(database_url: str) -> AsyncIterator[Pool]:
+    """A pool on this module's database with the schema applied."""
+    p = await open_pool(PoolConfig(conninfo=database_url, min_size=1, max_size=10))
+    await migrate(p)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+def fetch_all(conninfo: str, sql: str, params: Any = None) -> list[dict[str, Any]]:
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(conninfo, autocommit=True, row_factory=dict_row) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def execute(conninfo: str, sql: str, params: Any = None) -> None:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(sql, params)

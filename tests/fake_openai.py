@@ -1,0 +1,148 @@
+"""A small OpenAI-compatible server on 127.0.0.1 for tests: POST /v1/chat/completions.
+
+It speaks the real wire format the official client parses: `chat.completion.chunk` objects as SSE
+`data:` lines, `"usage": null` on every content chunk, then (with stream_options.include_usage)
+one chunk with `"choices": []` and the request's usage, then `data: [DONE]`. Non-streaming
+requests get a `chat.completion` object with usage.
+
+Behaviour is chosen by markers in the last user message, so one server serves every test:
+  [[fail]]   two content chunks, then the connection is cut (a model failing mid-stream)
+  [[slow]]   60 chunks, 50 ms apart (for 409 and disconnect tests)
+  [[http500]] an HTTP 500 error body before any stream starts
+Every request body is recorded in `requests` (the tests read what the model was shown).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+MODEL_REPORTED = "gpt-4o-mini-2024-07-18"
+
+
+def answer_for(messages: list[dict[str, Any]]) -> list[str]:
+    """Deterministic answer pieces: how many user turns the model saw, and the last question."""
+    users = [m for m in messages if m.get("role") == "user"]
+    last = str(users[-1]["content"]) if users else ""
+    if "[[slow]]" in last:
+        return [f"tok{i} " for i in range(60)]
+    return ["I ", "saw ", f"{len(users)} ", "user ", "messages; ", "last: ", last.replace("[[fail]]", "").strip()]
+
+
+def usage_for(messages: list[dict[str, Any]], pieces: list[str]) -> dict[str, Any]:
+    # not a tokenizer: just distinct, checkable numbers the test compares with what was stored
+    prompt = sum(len(str(m.get("content", ""))) for m in messages) // 3 + 7
+    completion = len(pieces) * 2 + 1
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+    }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FakeOpenAIServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _json(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+            self._json(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
+            return
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        self.server.requests.append({"body": body, "headers": dict(self.headers)})
+        messages = body.get("messages", [])
+        last_user = next((str(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+        if "[[http500]]" in last_user:
+            self._json(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
+            return
+        pieces = answer_for(messages)
+        usage = usage_for(messages, pieces)
+        self.server.usages.append(usage)
+        cid = f"chatcmpl-{len(self.server.requests)}"
+        created = int(time.time())
+        if not body.get("stream"):
+            self._json(200, {
+                "id": cid, "object": "chat.completion", "created": created, "model": MODEL_REPORTED,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(pieces)},
+                             "finish_reason": "stop", "logprobs": None}],
+                "usage": usage,
+            })
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+
+        def chunk(delta: dict[str, Any], finish: str | None) -> None:
+            obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": MODEL_REPORTED,
+                   "system_fingerprint": "fp_test", "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                                                 "finish_reason": finish}], "usage": None}
+            self.wfile.write(f"data: {json.dumps(obj)}\n\n".encode())
+            self.wfile.flush()
+
+        try:
+            chunk({"role": "assistant", "content": ""}, None)
+            for i, piece in enumerate(pieces):
+                if "[[fail]]" in last_user and i == 2:
+                    self.close_connection = True
+                    self.connection.shutdown(2)  # cut mid-stream, no [DONE]
+                    return
+                if "[[slow]]" in last_user:
+                    time.sleep(0.05)
+                chunk({"content": piece}, None)
+            chunk({}, "stop")
+            if (body.get("stream_options") or {}).get("include_usage"):
+                final = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": MODEL_REPORTED,
+                         "system_fingerprint": "fp_test", "choices": [], "usage": usage}
+                self.wfile.write(f"data: {json.dumps(final)}\n\n".encode())
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            self.server.client_disconnects += 1
+        self.close_connection = True
+
+
+class FakeOpenAIServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.requests: list[dict[str, Any]] = []
+        self.usages: list[dict[str, Any]] = []
+        self.client_disconnects = 0
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def __enter__(self) -> FakeOpenAIServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+if __name__ == "__main__":  # run it by hand: python -m tests.fake_openai
+    with FakeOpenAIServer() as srv:
+        print(srv.base_url, flush=True)
+        threading.Event().wait()

@@ -1,0 +1,121 @@
+"""Pure logic: text helpers, Markdown chunking, the offline answerer, cursors, SSE framing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from uuid import uuid4
+
+import pytest
+from langchain_core.messages import HumanMessage, SystemMessage
+
+from graph.models import OFFLINE_MODEL_NAME, ExtractiveChatModel, make_chat_model, model_label
+from graph.prompts import system_prompt
+from graph.retrieval import Passage
+from graph.text import hangul_bigrams, is_korean, search_text, terms
+from server.app import sse_frame
+from server.errors import ValidationFailed
+from server.ingest import _front_matter, chunk_markdown
+from server.sessions import decode_cursor, encode_cursor
+from server.settings import Settings
+
+
+def test_hangul_bigrams_let_particles_match() -> None:
+    assert hangul_bigrams("배송비는") == ["배송", "송비", "비는"]
+    assert set(hangul_bigrams("배송비")) <= set(hangul_bigrams("배송비는 얼마"))
+    assert hangul_bigrams("a 가 b") == ["가"]
+    assert search_text("hello") == "hello"
+    assert search_text("환불 기간").endswith("환불 기간")
+
+
+def test_terms_and_language() -> None:
+    assert "shipping" in terms("How much is shipping?")
+    assert "how" not in terms("How much is shipping?")
+    assert is_korean("배송비는 얼마인가요?")
+    assert not is_korean("How much is shipping? 배")
+
+
+def test_front_matter_and_chunks() -> None:
+    meta, body = _front_matter("---\ntitle: T\nurl: https://x\n---\n# T\n\nintro\n\n## A\ntext a\n## B\ntext b\n")
+    assert meta == {"title": "T", "url": "https://x"}
+    chunks = chunk_markdown("T", body)
+    assert [c.title for c in chunks] == ["T", "T › A", "T › B"]
+    assert [c.content for c in chunks] == ["intro", "text a", "text b"]
+
+
+def test_long_sections_are_split_on_paragraphs() -> None:
+    para = "word " * 150
+    chunks = chunk_markdown("T", f"## S\n{para}\n\n{para}\n\n{para}")
+    assert len(chunks) == 3 and all(len(c.content) <= 1200 for c in chunks)
+
+
+def _prompt(question: str, passages: list[Passage]) -> list:
+    return [SystemMessage(system_prompt(passages)), HumanMessage(question)]
+
+
+PASSAGES = [
+    Passage("a#0", "Shipping › Fees", "https://x/a", 1.0,
+            "Standard shipping costs 3,000 KRW per order.\nShipping is free for orders of 50,000 KRW or more."),
+    Passage("b#0", "Returns", None, 0.5, "You can return unused items within 7 days of delivery."),
+]
+
+
+def test_extractive_model_quotes_the_matching_sentences() -> None:
+    model = ExtractiveChatModel()
+    answer = model.answer(_prompt("How much does shipping cost?", PASSAGES))
+    assert answer.startswith("According to our help centre (Shipping › Fees)")
+    assert "3,000 KRW" in answer and "50,000 KRW" in answer
+    assert "return unused" not in answer
+
+
+def test_extractive_model_says_when_it_does_not_know_in_the_users_language() -> None:
+    model = ExtractiveChatModel()
+    assert "could not find" in model.answer(_prompt("Who won the world cup?", PASSAGES))
+    assert "찾지 못했습니다" in model.answer(_prompt("월드컵 우승팀은?", []))
+
+
+async def test_extractive_model_streams_chunks_with_usage_on_the_last() -> None:
+    model = ExtractiveChatModel()
+    # langchain-core closes every stream with an empty chunk marked chunk_position="last"
+    chunks = [c async for c in model.astream(_prompt("shipping cost?", PASSAGES)) if c.content]
+    assert len(chunks) > 3
+    assert all(c.usage_metadata is None for c in chunks[:-1])
+    usage = chunks[-1].usage_metadata
+    assert usage is not None and usage["output_tokens"] == len(chunks)
+    whole = await model.ainvoke(_prompt("shipping cost?", PASSAGES))
+    assert "".join(str(c.content) for c in chunks) == whole.content
+    assert whole.usage_metadata == usage
+
+
+def test_model_factory() -> None:
+    assert model_label(make_chat_model(openai_api_key=None)) == OFFLINE_MODEL_NAME
+    openai = make_chat_model(openai_api_key="sk-test", openai_base_url="http://127.0.0.1:9/v1", model_name="gpt-x")
+    assert model_label(openai) == "gpt-x"
+    assert "sk-test" not in repr(openai)
+
+
+def test_cursor_round_trip_and_garbage() -> None:
+    ts, sid = datetime(2026, 1, 2, 3, 4, 5, 678, tzinfo=UTC), uuid4()
+    assert decode_cursor(encode_cursor(ts, sid)) == (ts, sid)
+    for bad in ("", "!!!", "bm9waXBl", encode_cursor(ts, sid)[:-3]):
+        with pytest.raises(ValidationFailed):
+            decode_cursor(bad)
+
+
+def test_sse_frame() -> None:
+    frame = sse_frame(3, "token", {"delta": "안녕 \n"})
+    assert frame == 'event: token\nid: 3\ndata: {"delta":"안녕 \\n"}\n\n'.encode()
+
+
+def test_settings_accept_stage1_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in {
+        "DB_HOST": "db.example", "DB_PORT": "6543", "DB_NAME": "shop", "DB_USER": "app", "DB_PASSWORD": "p@ss:word",
+        "DB_POOL_MAX": "7", "DB_CONNECTION_TIMEOUT": "2500", "LANGSMITH_PROJECT_NAME": "stage1", "PORT": "9001",
+        "PINECONE_INDEX_NAME": "rag-chatbot",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    s = Settings()
+    assert s.conninfo() == "postgresql://app:p%40ss%3Aword@db.example:6543/shop"
+    assert (s.db_pool_max, s.db_connection_timeout, s.langsmith_project, s.port) == (7, 2500, "stage1", 9001)
+    assert not s.uses_embedded_db
+    assert "p@ss" not in repr(s)
