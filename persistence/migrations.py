@@ -6,9 +6,13 @@ The LangGraph checkpoint tables are created by the saver's own setup() in the sa
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,7 @@ create table if not exists schema_migrations (
     applied_at timestamptz not null default now()
 )
 """
-LOCK_SQL = "select pg_advisory_lock(%s)"
+TRY_LOCK_SQL = "select pg_try_advisory_lock(%s) as locked"
 UNLOCK_SQL = "select pg_advisory_unlock(%s)"
 APPLIED_SQL = "select version, checksum from schema_migrations"
 RECORD_SQL = "insert into schema_migrations (version, name, checksum) values (%s, %s, %s)"
@@ -40,6 +44,30 @@ RECORD_SQL = "insert into schema_migrations (version, name, checksum) values (%s
 
 class MigrationError(RuntimeError):
     pass
+
+
+@asynccontextmanager
+async def advisory_lock(conn: AsyncConnection[dict[str, Any]], timeout_s: float = 300.0) -> AsyncIterator[None]:
+    """Hold the migration lock on this session.
+
+    Waiters poll with pg_try_advisory_lock instead of blocking in pg_advisory_lock: a blocked
+    statement is an open transaction, and the checkpoint saver's CREATE INDEX CONCURRENTLY (run by
+    the lock holder on another pooled connection) waits for every open transaction to end, so a
+    blocking waiter would deadlock the two processes without PostgreSQL noticing.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        cur = await conn.execute(TRY_LOCK_SQL, (MIGRATION_LOCK_KEY,))
+        row = await cur.fetchone()
+        if row and row["locked"]:
+            break
+        if time.monotonic() > deadline:
+            raise MigrationError(f"could not take the migration lock in {timeout_s:.0f} s")
+        await asyncio.sleep(0.05)
+    try:
+        yield
+    finally:
+        await conn.execute(UNLOCK_SQL, (MIGRATION_LOCK_KEY,))
 
 
 @dataclass(frozen=True)
@@ -69,8 +97,7 @@ def load_migrations(sql_dir: Path = SQL_DIR) -> list[Migration]:
 async def apply_migrations(conn: AsyncConnection[dict[str, Any]], sql_dir: Path = SQL_DIR) -> list[str]:
     """Apply pending migrations on an autocommit connection; return the names applied."""
     applied_now: list[str] = []
-    await conn.execute(LOCK_SQL, (MIGRATION_LOCK_KEY,))
-    try:
+    async with advisory_lock(conn):
         await conn.execute(CREATE_TABLE_SQL)
         cur = await conn.execute(APPLIED_SQL)
         applied = {int(r["version"]): str(r["checksum"]) for r in await cur.fetchall()}
@@ -84,8 +111,6 @@ async def apply_migrations(conn: AsyncConnection[dict[str, Any]], sql_dir: Path 
                 await conn.execute(RECORD_SQL, (mig.version, mig.name, mig.checksum))
             applied_now.append(mig.name)
             log.info("applied migration %s", mig.name)
-    finally:
-        await conn.execute(UNLOCK_SQL, (MIGRATION_LOCK_KEY,))
     return applied_now
 
 
@@ -96,9 +121,6 @@ async def migrate(pool: Pool) -> list[str]:
     async with pool.connection() as conn:
         applied = await apply_migrations(conn)
         # the saver's setup() is not safe against itself running twice at once: hold our lock
-        await conn.execute(LOCK_SQL, (MIGRATION_LOCK_KEY,))
-        try:
+        async with advisory_lock(conn):
             await make_checkpointer(pool).setup()
-        finally:
-            await conn.execute(UNLOCK_SQL, (MIGRATION_LOCK_KEY,))
     return applied
