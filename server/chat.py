@@ -208,7 +208,7 @@ class IntegratedChatService:
             status, error_code = "cancelled", "cancelled"
         except ModelCallError as exc:
             status, error_code, error_text = "error", "model_error", "The language model failed to answer"
-            log.warning("model failed mid-turn: %s", exc.__cause__.__class__.__name__,
+            log.warning("model failed mid-turn: %s", exc,
                         extra={"session_id": str(turn.session_id), "run_id": str(turn.message_id)})
         except Exception:
             status, error_code, error_text = "error", "internal_error", "The turn failed on the server"
@@ -262,6 +262,9 @@ class IntegratedChatService:
                     turn.events.put_nowait(("sources", {"sources": progress.sources}))
                 if "generate" in payload:
                     progress.final = payload["generate"]["messages"][-1]
+        if progress.final is not None and not progress.final.response_metadata.get("finish_reason"):
+            # the body ended without the provider saying the answer is finished: a cut stream
+            raise ModelCallError("the model's stream ended without a finish reason")
         if not progress.parts and progress.final is not None and content_text(progress.final.content):
             # a model that does not stream: its whole answer is one token event
             self._on_chunk(turn, progress, AIMessageChunk(content=content_text(progress.final.content)))

@@ -7,6 +7,7 @@ requests get a `chat.completion` object with usage.
 
 Behaviour is chosen by markers in the last user message, so one server serves every test:
   [[fail]]   two content chunks, then the connection is cut (a model failing mid-stream)
+  [[truncate]] two content chunks, then the body ends cleanly with no finish_reason nor [DONE]
   [[slow]]   60 chunks, 50 ms apart (for 409 and disconnect tests)
   [[http500]] an HTTP 500 error body before any stream starts
 Every request body is recorded in `requests` (the tests read what the model was shown).
@@ -87,22 +88,28 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
+        self.send_header("Transfer-Encoding", "chunked")  # as the real API streams
         self.end_headers()
+
+        def send(data: bytes) -> None:
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
 
         def chunk(delta: dict[str, Any], finish: str | None) -> None:
             obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": MODEL_REPORTED,
                    "system_fingerprint": "fp_test", "choices": [{"index": 0, "delta": delta, "logprobs": None,
                                                                  "finish_reason": finish}], "usage": None}
-            self.wfile.write(f"data: {json.dumps(obj)}\n\n".encode())
-            self.wfile.flush()
+            send(f"data: {json.dumps(obj)}\n\n".encode())
 
         try:
             chunk({"role": "assistant", "content": ""}, None)
             for i, piece in enumerate(pieces):
                 if "[[fail]]" in last_user and i == 2:
                     self.close_connection = True
-                    self.connection.shutdown(2)  # cut mid-stream, no [DONE]
+                    self.connection.shutdown(2)  # cut mid-body: no closing zero-length chunk, no [DONE]
+                    return
+                if "[[truncate]]" in last_user and i == 2:
+                    send(b"")  # a clean end of body, but no finish_reason, usage or [DONE]
                     return
                 if "[[slow]]" in last_user:
                     time.sleep(0.05)
@@ -111,9 +118,9 @@ class _Handler(BaseHTTPRequestHandler):
             if (body.get("stream_options") or {}).get("include_usage"):
                 final = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": MODEL_REPORTED,
                          "system_fingerprint": "fp_test", "choices": [], "usage": usage}
-                self.wfile.write(f"data: {json.dumps(final)}\n\n".encode())
-            self.wfile.write(b"data: [DONE]\n\n")
-            self.wfile.flush()
+                send(f"data: {json.dumps(final)}\n\n".encode())
+            send(b"data: [DONE]\n\n")
+            send(b"")
         except (BrokenPipeError, ConnectionResetError):
             self.server.client_disconnects += 1
         self.close_connection = True

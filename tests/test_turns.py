@@ -1,0 +1,132 @@
+"""A turn through IntegratedChatService on the embedded PostgreSQL, with the real ChatOpenAI client
+pointed at the local OpenAI-compatible server: history from the checkpoint, usage from the provider,
+and the final state of failed and cancelled turns."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from server.resources import Resources, open_resources
+from server.settings import Settings
+from tests.conftest import fetch_all
+from tests.fake_openai import MODEL_REPORTED, FakeOpenAIServer
+
+
+@pytest.fixture(scope="module")
+def fake_openai() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+async def res(database_url: str, fake_openai: FakeOpenAIServer) -> AsyncIterator[Resources]:
+    settings = Settings(
+        database_url=database_url, openai_api_key="sk-local-test", openai_base_url=fake_openai.base_url,
+        openai_max_retries=0, db_pool_max=5,
+    )
+    async with open_resources(settings) as resources:
+        yield resources
+
+
+async def _events(res: Resources, session_id: Any, text: str) -> list[tuple[str, dict[str, Any]]]:
+    turn = await res.chat.start_turn(session_id, text, {})
+    return [e async for e in turn.stream()]
+
+
+async def test_three_turns_keep_history_in_checkpoint_and_rows(
+    res: Resources, fake_openai: FakeOpenAIServer, database_url: str
+) -> None:
+    session = await res.sessions.create("store-h", "shopper-1", {})
+    before = len(fake_openai.requests)
+    questions = ["How much is shipping?", "And to Jeju?", "How do I return an item?"]
+    answers = []
+    for q in questions:
+        events = await _events(res, session.session_id, q)
+        assert [e for e, _ in events][:2] == ["metadata", "sources"]
+        assert events[-1][0] == "done"
+        answers.append(events[-1][1]["message"].content)
+
+    # the model saw the earlier turns: the third request carries both earlier Q&A pairs
+    third = fake_openai.requests[before + 2]["body"]
+    roles = [m["role"] for m in third["messages"]]
+    assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert [m["content"] for m in third["messages"] if m["role"] == "user"] == questions
+    assert [m["content"] for m in third["messages"] if m["role"] == "assistant"] == answers[:2]
+    assert answers[2].startswith("I saw 3 user messages")
+    assert third["stream"] is True and third["stream_options"] == {"include_usage": True}
+    # retrieved passages went into the system prompt
+    assert "<passage" in third["messages"][0]["content"]
+
+    # the checkpoint holds the conversation ...
+    state = await res.chat.graph.aget_state({"configurable": {"thread_id": str(session.session_id)}})
+    assert [m.type for m in state.values["messages"]] == ["human", "ai"] * 3
+    # ... and chat_messages the business rows, in order
+    rows = await res.messages.list(session.session_id, limit=100, before=None)
+    assert [(r["role"], r["status"]) for r in rows] == [("user", "complete"), ("assistant", "complete")] * 3
+    assert [r["content"] for r in rows if r["role"] == "user"] == questions
+
+
+async def test_stored_usage_is_exactly_the_providers(res: Resources, fake_openai: FakeOpenAIServer) -> None:
+    session = await res.sessions.create("store-u", None, {})
+    events = await _events(res, session.session_id, "What payment methods do you accept?")
+    done = events[-1][1]["message"]
+    usage = fake_openai.usages[-1]
+    assert (done.input_tokens, done.output_tokens) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert done.model == MODEL_REPORTED  # the provider's own model name, from the stream
+    stored = fetch_all(res.settings.conninfo() or "", "select input_tokens, output_tokens, latency_ms, first_token_ms "
+                       "from chat_messages where message_id = %s", (done.message_id,))[0]
+    assert (stored["input_tokens"], stored["output_tokens"]) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert 0 < stored["first_token_ms"] <= stored["latency_ms"]
+    fresh = await res.sessions.get(session.session_id)
+    assert (fresh.input_tokens, fresh.output_tokens, fresh.message_count) == (
+        usage["prompt_tokens"], usage["completion_tokens"], 2)
+    tokens = "".join(d["delta"] for e, d in events if e == "token")
+    assert tokens == done.content
+
+
+@pytest.mark.parametrize("marker", ["[[fail]]", "[[truncate]]"])
+async def test_model_cut_mid_stream_is_stored_as_error_and_session_stays_usable(res: Resources, marker: str) -> None:
+    session = await res.sessions.create("store-f", None, {})
+    events = await _events(res, session.session_id, f"{marker} tell me")
+    kinds = [e for e, _ in events]
+    assert kinds[-1] == "error" and events[-1][1]["code"] == "model_error"
+    assert "done" not in kinds
+    partial = "".join(d["delta"] for e, d in events if e == "token")
+    rows = await res.messages.list(session.session_id, limit=10, before=None)
+    assert [(r["role"], r["status"]) for r in rows] == [("user", "complete"), ("assistant", "error")]
+    assert rows[1]["content"] == partial and rows[1]["error_code"] == "model_error"
+    # the claim was released: the next turn runs
+    again = await _events(res, session.session_id, "hello again")
+    assert again[-1][0] == "done"
+
+
+async def test_http_error_from_model_before_streaming(res: Resources) -> None:
+    session = await res.sessions.create("store-f", None, {})
+    events = await _events(res, session.session_id, "[[http500]]")
+    assert events[-1] == ("error", {"code": "model_error", "message": "The language model failed to answer",
+                                    "message_id": events[0][1]["message_id"]})
+
+
+async def test_consumer_leaving_cancels_the_turn_and_keeps_partial_content(
+    res: Resources, fake_openai: FakeOpenAIServer
+) -> None:
+    session = await res.sessions.create("store-c", None, {})
+    turn = await res.chat.start_turn(session.session_id, "[[slow]] please", {})
+    seen = 0
+    stream = turn.stream()
+    async for event, _ in stream:
+        if event == "token":
+            seen += 1
+            if seen == 3:
+                break
+    await stream.aclose()  # what the HTTP layer does when the client goes away
+    await asyncio.wait_for(turn.finished.wait(), 10)
+    row = (await res.messages.list(session.session_id, limit=10, before=None))[-1]
+    assert row["status"] == "cancelled" and row["error_code"] == "cancelled"
+    assert row["content"].startswith("tok0 tok1 tok2")
+    assert len(row["content"].split()) < 60
+    assert (await res.sessions.get(session.session_id)).turn_running is False
