@@ -12,6 +12,18 @@ from persistence.db import Pool
 
 Row = dict[str, Any]
 
+# The price of a model is the table's longest key equal to its name or a dated snapshot of it
+# ("gpt-4o-mini-2024-07-18" is priced as "gpt-4o-mini", not as "gpt-4o").
+_PRICE_JOIN = """
+  left join lateral (
+      select (value ->> 'input')::numeric as input, (value ->> 'output')::numeric as output
+        from jsonb_each(%(prices)s::jsonb)
+       where m.model = key or m.model like key || '-%%'
+       order by length(key) desc
+       limit 1
+  ) p on true
+"""
+
 # Latency figures are over completed assistant turns; the error rate is over finished assistant
 # turns (complete, error, cancelled); cost uses the price table (USD per million tokens) by model.
 _AGGREGATES = """
@@ -19,10 +31,8 @@ _AGGREGATES = """
     count(distinct m.session_id)::int                                       as session_count,
     coalesce(sum(m.input_tokens), 0)::bigint                                as input_tokens,
     coalesce(sum(m.output_tokens), 0)::bigint                               as output_tokens,
-    coalesce(sum(
-        (m.input_tokens * coalesce((%(prices)s::jsonb -> m.model ->> 'input')::numeric, 0)
-       + m.output_tokens * coalesce((%(prices)s::jsonb -> m.model ->> 'output')::numeric, 0)) / 1000000
-    ), 0)::float8                                                           as cost_usd,
+    coalesce(sum((m.input_tokens * p.input + m.output_tokens * p.output) / 1000000), 0)::float8
+                                                                            as cost_usd,
     avg(m.latency_ms) filter (where m.role = 'assistant' and m.status = 'complete')::float8
                                                                             as avg_latency_ms,
     percentile_cont(0.95) within group (order by m.latency_ms)
@@ -38,12 +48,12 @@ _AGGREGATES = """
 """
 SESSION_STATS_SQL = f"""
 select {_AGGREGATES}
-  from chat_messages m left join message_feedback f using (message_id)
+  from chat_messages m left join message_feedback f using (message_id) {_PRICE_JOIN}
  where m.session_id = %(session_id)s and m.deleted_at is null
 """
 STORE_STATS_SQL = f"""
 select {_AGGREGATES}
-  from chat_messages m left join message_feedback f using (message_id)
+  from chat_messages m left join message_feedback f using (message_id) {_PRICE_JOIN}
  where m.store_id = %(store_id)s and m.deleted_at is null
    and m.created_at >= coalesce(%(from)s::timestamptz, '-infinity')
    and m.created_at < coalesce(%(to)s::timestamptz, 'infinity')

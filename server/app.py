@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -24,6 +24,7 @@ from psycopg_pool import PoolTimeout
 from server.errors import (
     AppError,
     DatabaseUnavailable,
+    MessageNotFound,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -50,6 +51,7 @@ from server.schemas import (
 from server.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 VERSION = "0.1.0"
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -57,6 +59,21 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 def _res(state: State) -> Resources:
     return state.resources
+
+
+def parse_id(value: str, field: str) -> UUID:
+    """Ids are UUIDs: a malformed one is the client's mistake (400), never a lookup or a 500."""
+    try:
+        return UUID(value)
+    except ValueError:
+        raise ValidationFailed(f"{field} must be a UUID", {"field": field, "value": value[:64]}) from None
+
+
+def strict_body(raw: bytes, kind: type[T]) -> T:
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed(str(exc)) from None
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -92,40 +109,42 @@ class SessionController(Controller):
             store_id=store_id, user_id=user_id, status=status, limit=limit, cursor=cursor
         )
 
-    @get("/sessions/{session_id:uuid}")
-    async def get_session(self, session_id: UUID, state: State) -> Session:
-        return await _res(state).sessions.get(session_id)
+    @get("/sessions/{session_id:str}")
+    async def get_session(self, session_id: str, state: State) -> Session:
+        return await _res(state).sessions.get(parse_id(session_id, "session_id"))
 
-    @delete("/sessions/{session_id:uuid}", status_code=204)
-    async def delete_session(self, session_id: UUID, state: State) -> None:
-        await _res(state).sessions.delete(session_id)
+    @delete("/sessions/{session_id:str}", status_code=204)
+    async def delete_session(self, session_id: str, state: State) -> None:
+        await _res(state).sessions.delete(parse_id(session_id, "session_id"))
 
-    @get("/sessions/{session_id:uuid}/messages")
+    @get("/sessions/{session_id:str}/messages")
     async def list_messages(
         self,
-        session_id: UUID,
+        session_id: str,
         state: State,
         limit: Annotated[int, Parameter(query="limit", ge=1, le=500)] = 100,
         before: Annotated[UUID | None, Parameter(query="before")] = None,
     ) -> MessagePage:
-        res = _res(state)
-        await res.sessions.get(session_id)
-        rows = await res.messages.list(session_id, limit=limit, before=before)
+        res, sid = _res(state), parse_id(session_id, "session_id")
+        await res.sessions.get(sid)
+        rows = await res.messages.list(sid, limit=limit, before=before)
         return MessagePage(items=[message_out(r) for r in rows])
 
-    @post("/sessions/{session_id:uuid}/chat", status_code=200)
-    async def chat(self, session_id: UUID, data: ChatRequest, state: State) -> ChatResponse:
-        message, user_message = await _res(state).chat.run_to_end(session_id, data.message, data.metadata)
+    @post("/sessions/{session_id:str}/chat", status_code=200)
+    async def chat(self, session_id: str, data: ChatRequest, state: State) -> ChatResponse:
+        message, user_message = await _res(state).chat.run_to_end(
+            parse_id(session_id, "session_id"), data.message, data.metadata
+        )
         return ChatResponse(message=message, user_message=user_message)
 
     @post(
-        "/sessions/{session_id:uuid}/chat/stream",
+        "/sessions/{session_id:str}/chat/stream",
         status_code=200,
         media_type="text/event-stream",
         description="Server-Sent Events: metadata, sources, token..., then done or error (API.md).",
     )
-    async def chat_stream(self, session_id: UUID, data: ChatRequest, state: State) -> Stream:
-        turn = await _res(state).chat.start_turn(session_id, data.message, data.metadata)
+    async def chat_stream(self, session_id: str, data: ChatRequest, state: State) -> Stream:
+        turn = await _res(state).chat.start_turn(parse_id(session_id, "session_id"), data.message, data.metadata)
 
         async def frames() -> AsyncIterator[bytes]:
             n = 0
@@ -135,18 +154,21 @@ class SessionController(Controller):
 
         return Stream(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
 
-    @post("/messages/{message_id:uuid}/feedback", status_code=201)
-    async def feedback(self, message_id: UUID, data: FeedbackRequest, state: State) -> FeedbackResponse:
-        row = await _res(state).messages.upsert_feedback(message_id, data.score, data.comment)
+    @post("/messages/{message_id:str}/feedback", status_code=201)
+    async def feedback(
+        self, message_id: str, data: FeedbackRequest, state: State, request: Request[Any, Any, Any]
+    ) -> FeedbackResponse:
+        # Litestar converts bodies leniently ("1" -> 1.0); a score must be a JSON number
+        data = strict_body(await request.body(), FeedbackRequest)
+        mid = parse_id(message_id, "message_id")
+        row = await _res(state).messages.upsert_feedback(mid, data.score, data.comment)
         if row is None:
-            from server.errors import MessageNotFound
-
-            raise MessageNotFound(detail={"message_id": str(message_id)})
+            raise MessageNotFound(detail={"message_id": message_id})
         return FeedbackResponse(message_id=row["message_id"], score=row["score"], comment=row["comment"])
 
-    @get("/sessions/{session_id:uuid}/stats")
-    async def session_stats(self, session_id: UUID, state: State) -> SessionStats:
-        return await _res(state).analytics.session_stats(session_id)
+    @get("/sessions/{session_id:str}/stats")
+    async def session_stats(self, session_id: str, state: State) -> SessionStats:
+        return await _res(state).analytics.session_stats(parse_id(session_id, "session_id"))
 
     @get("/stats")
     async def store_stats(
