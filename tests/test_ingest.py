@@ -1,0 +1,79 @@
+"""`sixshop-agent ingest PATH` into the full-text index: incremental, pruning, store-private passages."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from persistence.db import Pool
+from persistence.knowledge import FullTextRetriever, KnowledgeRepository
+from server.ingest import ingest_path
+from server.settings import PROJECT_ROOT
+from tests.conftest import ROOT, fetch_all
+
+
+def _write(folder: Path, name: str, text: str) -> None:
+    (folder / name).write_text(text, encoding="utf-8")
+
+
+async def test_incremental_ingest_and_prune(pool: Pool, tmp_path: Path) -> None:
+    repo = KnowledgeRepository(pool)
+    _write(tmp_path, "gift.md", "# Gift wrapping\n\n## Price\nGift wrapping costs 2,000 KRW per item.\n")
+    _write(tmp_path, "pets.md", "# Pets\n\nWe sell collars and leashes for dogs.\n")
+    first = await ingest_path(repo, tmp_path, source="t")
+    assert (first.added, first.updated, first.unchanged, first.deleted) == (2, 0, 0, 0)
+    again = await ingest_path(repo, tmp_path, source="t")
+    assert (again.added, again.updated, again.unchanged, again.chunks) == (0, 0, 2, 0)
+
+    _write(tmp_path, "gift.md", "# Gift wrapping\n\n## Price\nGift wrapping is free this month.\n")
+    (tmp_path / "pets.md").unlink()
+    third = await ingest_path(repo, tmp_path, source="t")
+    assert (third.added, third.updated, third.unchanged, third.deleted) == (0, 1, 0, 1)
+    hits = await FullTextRetriever(pool).search("gift wrapping price", store_id="any", k=3)
+    assert [h.title for h in hits] == ["Gift wrapping › Price"]
+    assert "free this month" in hits[0].content
+    assert await FullTextRetriever(pool).search("dog leash", store_id="any", k=3) == []
+
+
+async def test_private_passages_stay_in_their_store(pool: Pool, tmp_path: Path) -> None:
+    _write(tmp_path, "vip.md", "---\nstore_id: store-a\n---\n# VIP club\n\nVIP members get a zebra discount.\n")
+    _write(tmp_path, "shared.md", "# Zebra socks\n\nAll stores sell zebra socks.\n")
+    await ingest_path(KnowledgeRepository(pool), tmp_path, source="iso")
+    retriever = FullTextRetriever(pool)
+    titles_a = {p.title for p in await retriever.search("zebra", store_id="store-a", k=10)}
+    titles_b = {p.title for p in await retriever.search("zebra", store_id="store-b", k=10)}
+    assert titles_a == {"VIP club", "Zebra socks"}
+    assert titles_b == {"Zebra socks"}
+
+
+async def test_sample_knowledge_base_answers_both_languages(pool: Pool) -> None:
+    await ingest_path(KnowledgeRepository(pool), PROJECT_ROOT / "knowledge" / "sample", source="sample")
+    retriever = FullTextRetriever(pool)
+    cases = {
+        "배송비는 얼마인가요?": "배송 안내",
+        "반품은 며칠 안에 해야 하나요?": "반품, 교환 및 환불",
+        "무통장입금 기한": "결제 방법",
+        "How long does a refund take?": "Returns, exchanges and refunds",
+        "Do you ship to Japan?": "Shipping and delivery",
+        "How do I add products to my store?": "Opening your store (for sellers)",
+    }
+    for question, doc_title in cases.items():
+        top = await retriever.search(question, store_id="s", k=3)
+        assert any(p.title.startswith(doc_title) for p in top), (question, [p.title for p in top])
+
+
+def test_cli_ingest(database_url: str, tmp_path: Path) -> None:
+    _write(tmp_path, "faq.txt", "Opening hours\n\nWe answer chats from 9 to 18 KST.\n")
+    env = {**os.environ, "DATABASE_URL": database_url}
+    out = subprocess.run([sys.executable, "-m", "server.cli", "ingest", str(tmp_path), "--store", "store-z"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "documents added 1" in out.stdout
+    rows = fetch_all(database_url, "select store_id, title from knowledge_chunks where doc_id like %s",
+                     (f"files:{tmp_path.name}:%",))
+    assert rows == [{"store_id": "store-z", "title": "faq"}]
+    missing = subprocess.run([sys.executable, "-m", "server.cli", "ingest", str(tmp_path / "nope")],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "no such file" in missing.stderr
