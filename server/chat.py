@@ -37,7 +37,7 @@ from server.errors import (
     SessionNotFound,
     ValidationFailed,
 )
-from server.schemas import Message, message_out
+from server.schemas import Message, check_metadata_size, message_out
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +137,7 @@ class IntegratedChatService:
             )
         if "\x00" in text:
             raise ValidationFailed("message must not contain NUL characters", {"field": "message"})
-        import msgspec
-
-        if len(msgspec.json.encode(metadata)) > self.max_metadata_bytes:
-            raise PayloadTooLarge(f"metadata is larger than {self.max_metadata_bytes} bytes", {"field": "metadata"})
+        check_metadata_size(metadata, self.max_metadata_bytes)
         return text
 
     async def start_turn(self, session_id: UUID, text: str, metadata: dict[str, Any]) -> Turn:
@@ -186,16 +183,22 @@ class IntegratedChatService:
     async def run_to_end(self, session_id: UUID, text: str, metadata: dict[str, Any]) -> tuple[Message, Message]:
         """The non-streaming turn: (assistant message, user message); a failed model is a 502."""
         turn = await self.start_turn(session_id, text, metadata)
-        final: dict[str, Any] = {}
+        done: Message | None = None
+        error: dict[str, Any] = {}
         async for event, data in turn.stream():
-            if event in ("done", "error"):
-                final = {"event": event, **data}
-        if final.get("event") != "done":
-            raise ModelError(final.get("message"), {"message_id": str(turn.message_id), "code": final.get("code")}) \
-                if final.get("code") == "model_error" else AppError(detail={"message_id": str(turn.message_id)})
+            if event == "done":
+                done = data["message"]
+            elif event == "error":
+                error = data
+        if done is None:
+            # both rows are stored with their final status; the answer is an error body
+            detail = {"message_id": str(turn.message_id)}
+            if error.get("code") == "model_error":
+                raise ModelError(detail=detail)
+            raise AppError(detail=detail)
         user_row = await self.messages.get(turn.user_message_id)
         assert user_row is not None
-        return final["message"], message_out(user_row)
+        return done, message_out(user_row)
 
     # -- the turn itself
 

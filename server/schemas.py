@@ -141,6 +141,15 @@ class ErrorBody(msgspec.Struct):
     detail: dict[str, Any] | None = None
 
 
+def check_metadata_size(metadata: dict[str, Any], max_bytes: int) -> None:
+    """Client metadata is stored on every row it comes with: cap its encoded size."""
+    from server.errors import PayloadTooLarge
+
+    if len(msgspec.json.encode(metadata)) > max_bytes:
+        detail = {"field": "metadata", "max_bytes": max_bytes}
+        raise PayloadTooLarge(f"metadata is larger than {max_bytes} bytes", detail)
+
+
 def session_out(row: dict[str, Any], expire_after: timedelta) -> Session:
     return Session(
         session_id=row["session_id"],

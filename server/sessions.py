@@ -8,11 +8,9 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
-import msgspec
-
 from persistence.sessions import SessionRepository
-from server.errors import PayloadTooLarge, SessionNotFound, ValidationFailed
-from server.schemas import Session, SessionPage, session_out
+from server.errors import SessionNotFound, ValidationFailed
+from server.schemas import Session, SessionPage, check_metadata_size, session_out
 
 
 def encode_cursor(created_at: datetime, session_id: UUID) -> str:
@@ -35,14 +33,8 @@ class SessionService:
         self.expire_after = expire_after
         self.max_metadata_bytes = max_metadata_bytes
 
-    def check_metadata(self, metadata: dict[str, Any]) -> None:
-        if len(msgspec.json.encode(metadata)) > self.max_metadata_bytes:
-            raise PayloadTooLarge(
-                f"metadata is larger than {self.max_metadata_bytes} bytes", {"field": "metadata"}
-            )
-
     async def create(self, store_id: str, user_id: str | None, metadata: dict[str, Any]) -> Session:
-        self.check_metadata(metadata)
+        check_metadata_size(metadata, self.max_metadata_bytes)
         row = await self.repo.create(uuid4(), store_id, user_id, metadata)
         return session_out(row, self.expire_after)
 
