@@ -130,3 +130,29 @@ async def test_consumer_leaving_cancels_the_turn_and_keeps_partial_content(
     assert row["content"].startswith("tok0 tok1 tok2")
     assert len(row["content"].split()) < 60
     assert (await res.sessions.get(session.session_id)).turn_running is False
+
+
+class _BrokenRetriever:
+    """A retriever whose backend is down: the failure is ours, not the model's."""
+
+    async def search(self, query: str, *, store_id: str | None, k: int) -> list[Any]:
+        raise RuntimeError("index unavailable")
+
+
+async def test_server_side_failure_is_stored_as_internal_error(res: Resources) -> None:
+    from server.chat import IntegratedChatService
+
+    chat = IntegratedChatService(
+        graph=res.chat.graph, messages=res.messages, model=res.chat.model, retriever=_BrokenRetriever(),
+        turn_timeout=res.chat.turn_timeout, expire_after=res.chat.expire_after, max_message_chars=100,
+        max_metadata_bytes=100, retrieval_k=2, history_messages=4, prompt_variant="v1",
+    )
+    session = await res.sessions.create("store-x", None, {})
+    turn = await chat.start_turn(session.session_id, "anything", {})
+    events = [e async for e in turn.stream()]
+    assert events[-1][0] == "error" and events[-1][1]["code"] == "internal_error"
+    assert "index unavailable" not in str(events)  # no internals leak to the client
+    rows = await res.messages.list(session.session_id, limit=10, before=None)
+    assert [(r["role"], r["status"], r["error_code"]) for r in rows] == [
+        ("user", "complete", None), ("assistant", "error", "internal_error")]
+    assert (await res.sessions.get(session.session_id)).turn_running is False
