@@ -14,7 +14,6 @@ import msgspec
 import psycopg
 from litestar import Controller, Litestar, Request, Response, delete, get, post
 from litestar.datastructures import State
-from litestar.di import Provide
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.params import Parameter
@@ -256,7 +255,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
         exception_handlers={Exception: handle_exception},
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="sixshop-ai-agent", version=VERSION, path="/schema"),
-        dependencies={"settings": Provide(lambda: settings, sync_to_thread=False)},
         debug=False,
         logging_config=None,  # server.logs configures logging once for the process
     )
