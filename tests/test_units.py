@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
@@ -119,3 +120,16 @@ def test_settings_accept_stage1_names(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (s.db_pool_max, s.db_connection_timeout, s.langsmith_project, s.port) == (7, 2500, "stage1", 9001)
     assert not s.uses_embedded_db
     assert "p@ss" not in repr(s)
+
+
+def test_settings_read_the_env_file_of_app_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import server.settings as settings_module
+
+    (tmp_path / ".env.production").write_text("DB_POOL_MAX=33\nOPENAI_MODEL=gpt-4.1-mini\n")
+    monkeypatch.setattr(settings_module, "ENV_DIR", tmp_path)
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.delenv("DB_POOL_MAX", raising=False)
+    s = settings_module.load_settings()
+    assert (s.app_env, s.db_pool_max, s.openai_model) == ("production", 33, "gpt-4.1-mini")
+    monkeypatch.setenv("DB_POOL_MAX", "44")  # the process environment wins over the file
+    assert settings_module.load_settings().db_pool_max == 44
