@@ -9,6 +9,8 @@ from uuid import UUID
 import msgspec
 from msgspec import Meta
 
+from server.errors import PayloadTooLarge
+
 StoreId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]*$")]
 UserId = Annotated[str, Meta(min_length=1, max_length=256)]
 
@@ -143,8 +145,6 @@ class ErrorBody(msgspec.Struct):
 
 def check_metadata_size(metadata: dict[str, Any], max_bytes: int) -> None:
     """Client metadata is stored on every row it comes with: cap its encoded size."""
-    from server.errors import PayloadTooLarge
-
     if len(msgspec.json.encode(metadata)) > max_bytes:
         detail = {"field": "metadata", "max_bytes": max_bytes}
         raise PayloadTooLarge(f"metadata is larger than {max_bytes} bytes", detail)

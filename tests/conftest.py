@@ -15,6 +15,7 @@ import pytest
 
 from persistence.db import Pool, PoolConfig, open_pool
 from persistence.migrations import migrate
+from tests.fake_openai import FakeOpenAIServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,6 +52,13 @@ def create_database(server_conninfo: str, prefix: str) -> str:
     with psycopg.connect(server_conninfo, autocommit=True) as conn:
         conn.execute(f'create database "{name}"')
     return _with_dbname(server_conninfo, name)
+
+
+@pytest.fixture(scope="module")
+def fake_openai() -> Iterator[FakeOpenAIServer]:
+    """The local OpenAI-compatible server (tests/fake_openai.py), one per module."""
+    with FakeOpenAIServer() as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

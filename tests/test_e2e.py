@@ -25,12 +25,6 @@ API = "/api/session-chat"
 
 
 @pytest.fixture(scope="module")
-def fake_openai() -> Iterator[FakeOpenAIServer]:
-    with FakeOpenAIServer() as srv:
-        yield srv
-
-
-@pytest.fixture(scope="module")
 def server(database_url: str, fake_openai: FakeOpenAIServer) -> Iterator[ServerProcess]:
     proc = ServerProcess({
         "DATABASE_URL": database_url,

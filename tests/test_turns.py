@@ -5,7 +5,7 @@ and the final state of failed and cancelled turns."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,12 +14,6 @@ from server.resources import Resources, open_resources
 from server.settings import Settings
 from tests.conftest import fetch_all
 from tests.fake_openai import MODEL_REPORTED, FakeOpenAIServer
-
-
-@pytest.fixture(scope="module")
-def fake_openai() -> Iterator[FakeOpenAIServer]:
-    with FakeOpenAIServer() as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")
