@@ -38,8 +38,8 @@ async def retrieve(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str,
     question = _last_question(state.get("messages", []))
     if ctx.retriever is None or not question.strip():
         return {"passages": []}
-    found = await ctx.retriever.search(question, store_id=ctx.store_id, k=ctx.k)
-    return {"passages": [p.as_dict() for p in found]}
+    found = await ctx.retriever.ainvoke(question, k=ctx.k, store_id=ctx.store_id)
+    return {"passages": [Passage.from_document(doc).as_dict() for doc in found]}
 
 
 async def generate(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:

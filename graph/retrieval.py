@@ -1,9 +1,27 @@
-"""The retriever interface the graph uses; implementations live outside graph/."""
+"""Retrieval as the graph sees it: LangChain retrievers returning passages, scoped to one store.
+
+Every retriever here and in persistence/ is a `BaseRetriever` taking two invoke-time arguments,
+`k` and `store_id` (the turn's store: it sees shared passages and its own, never another store's),
+and returning Documents whose metadata holds `title`, `url`, `score` (and `doc_id`). The graph
+turns them into `Passage`s, which is what the prompt, the `sources` event and the stored message use.
+
+- `VectorRetriever`: any LangChain VectorStore (PgVectorStore, PineconeVectorStore).
+- `HybridRetriever`: several retrievers fused by reciprocal rank (RRF).
+The full-text retriever lives with its SQL in persistence/knowledge.py.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import RunnableConfig
+from langchain_core.vectorstores import VectorStore
+from pydantic import Field
 
 
 @dataclass(frozen=True)
@@ -24,6 +42,106 @@ class Passage:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_document(cls, doc: Document) -> Passage:
+        meta = doc.metadata
+        return cls(id=str(doc.id or meta.get("chunk_id") or ""), title=str(meta.get("title") or ""),
+                   url=meta.get("url") or None, score=float(meta.get("score") or 0.0), content=doc.page_content)
 
-class Retriever(Protocol):
-    async def search(self, query: str, *, store_id: str | None, k: int) -> list[Passage]: ...
+
+def passage_metadata(**fields: Any) -> dict[str, Any]:
+    """Metadata without None values: vector stores such as Pinecone reject nulls, and a shared
+    passage is one with no `store_id` key at all."""
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def with_score(doc: Document, score: float, **extra: Any) -> Document:
+    return Document(id=doc.id, page_content=doc.page_content, metadata={**doc.metadata, **extra, "score": score})
+
+
+class ScopedRetriever(BaseRetriever):
+    """Shared handling of the `k` and `store_id` arguments (constructor defaults, invoke overrides)."""
+
+    k: int = 4
+    store_id: str | None = None
+
+    def _args(self, kwargs: dict[str, Any]) -> tuple[int, str | None]:
+        k = int(kwargs.get("k", self.k))
+        store_id = kwargs["store_id"] if "store_id" in kwargs else self.store_id
+        return k, store_id
+
+
+def store_scope(vectorstore: VectorStore, store_id: str | None) -> dict[str, Any]:
+    """Search arguments limiting a vector store to shared passages plus `store_id`'s own."""
+    if getattr(vectorstore, "supports_visible_to", False):
+        return {"visible_to": store_id}
+    # Pinecone-style metadata filter: shared passages carry no store_id key
+    shared: dict[str, Any] = {"store_id": {"$exists": False}}
+    if store_id is None:
+        return {"filter": shared}
+    return {"filter": {"$or": [shared, {"store_id": {"$eq": store_id}}]}}
+
+
+class VectorRetriever(ScopedRetriever):
+    """Similarity search on a LangChain VectorStore, scoped to the turn's store."""
+
+    vectorstore: VectorStore
+    backend: str = "vector"
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        k, store_id = self._args(kwargs)
+        found = self.vectorstore.similarity_search_with_score(query, k, **store_scope(self.vectorstore, store_id))
+        return [with_score(doc, score) for doc, score in found]
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        k, store_id = self._args(kwargs)
+        found = await self.vectorstore.asimilarity_search_with_score(
+            query, k, **store_scope(self.vectorstore, store_id)
+        )
+        return [with_score(doc, score) for doc, score in found]
+
+
+def reciprocal_rank_fusion(rankings: list[list[Document]], *, k: int, rrf_k: int = 60) -> list[Document]:
+    """Fuse ranked lists by sum of 1/(rrf_k + rank); ties broken by first appearance."""
+    fused: dict[str, float] = {}
+    first: dict[str, Document] = {}
+    for ranking in rankings:
+        for rank, doc in enumerate(ranking, start=1):
+            key = str(doc.id)
+            fused[key] = fused.get(key, 0.0) + 1.0 / (rrf_k + rank)
+            first.setdefault(key, doc)
+    order = sorted(fused, key=lambda key: -fused[key])  # stable: earlier lists win ties
+    return [with_score(first[key], fused[key]) for key in order[:k]]
+
+
+class HybridRetriever(ScopedRetriever):
+    """Runs every retriever (e.g. vector and full-text) and fuses their rankings by RRF."""
+
+    retrievers: list[BaseRetriever] = Field(min_length=1)
+    candidates: int = 10
+    rrf_k: int = 60
+
+    def _depth(self, k: int) -> int:
+        return max(k, self.candidates)
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        k, store_id = self._args(kwargs)
+        config = RunnableConfig(callbacks=run_manager.get_child())
+        rankings = [r.invoke(query, config, k=self._depth(k), store_id=store_id) for r in self.retrievers]
+        return reciprocal_rank_fusion(rankings, k=k, rrf_k=self.rrf_k)
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        k, store_id = self._args(kwargs)
+        config = RunnableConfig(callbacks=run_manager.get_child())
+        rankings = await asyncio.gather(
+            *(r.ainvoke(query, config, k=self._depth(k), store_id=store_id) for r in self.retrievers)
+        )
+        return reciprocal_rank_fusion(list(rankings), k=k, rrf_k=self.rrf_k)

@@ -7,10 +7,10 @@ from typing import Annotated, Any, TypedDict
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AnyMessage
+from langchain_core.retrievers import BaseRetriever
 from langgraph.graph.message import add_messages
 
 from graph.prompts import DEFAULT_VARIANT
-from graph.retrieval import Retriever
 
 
 class ChatState(TypedDict, total=False):
@@ -26,7 +26,7 @@ class ChatContext:
 
     store_id: str | None = None
     model: BaseChatModel | None = None
-    retriever: Retriever | None = None
+    retriever: BaseRetriever | None = None  # invoked with k= and store_id= (graph/retrieval.py)
     k: int = 4
     history_messages: int = 20
     prompt_variant: str = DEFAULT_VARIANT

@@ -1,17 +1,36 @@
-"""The knowledge tables: incremental document upserts and PostgreSQL full-text retrieval."""
+"""The knowledge tables, incremental indexing into them (and a vector store), and full-text retrieval.
+
+knowledge_documents / knowledge_chunks hold every passage whatever the backend: the full-text index
+lives on them, and they remember what was ingested (a fingerprint per document) so a re-run only
+touches what changed. When a vector store is configured, `KnowledgeIndexer` writes each chunk to it
+too, under the same id (`<doc_id>#<n>`), before the rows: a document whose embedding failed keeps its
+old fingerprint and is retried on the next run.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import hashlib
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from graph.retrieval import Passage
+import psycopg
+from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
+from langchain_core.documents import Document
+from langchain_core.vectorstores import VectorStore
+from psycopg.rows import dict_row
+from pydantic import Field
+
+from graph.retrieval import ScopedRetriever, passage_metadata
 from graph.text import search_text
 from persistence.db import Pool
 
 SEARCH_SQL = "select chunk_id, doc_id, title, url, content, score from kb_search(%s, %s, %s)"
 COUNT_SQL = "select count(*) as n from knowledge_chunks"
-DOC_HASH_SQL = "select content_hash from knowledge_documents where doc_id = %s"
+OTHER_SOURCES_SQL = "select count(*) as n from knowledge_documents where source <> %s"
+VERSIONS_SQL = "select doc_id, content_hash from knowledge_documents where source = %s"
+CHUNK_IDS_SQL = "select doc_id, chunk_id from knowledge_chunks where doc_id = any(%s) order by doc_id, chunk_index"
 UPSERT_DOC_SQL = """
 insert into knowledge_documents (doc_id, store_id, title, url, source, content_hash)
 values (%s, %s, %s, %s, %s, %s)
@@ -24,9 +43,10 @@ INSERT_CHUNK_SQL = """
 insert into knowledge_chunks (chunk_id, doc_id, store_id, chunk_index, title, url, content, search_text)
 values (%s, %s, %s, %s, %s, %s, %s, %s)
 """
-DELETE_MISSING_SQL = """
-delete from knowledge_documents where source = %s and not (doc_id = any(%s)) returning doc_id
-"""
+DELETE_DOCS_SQL = "delete from knowledge_documents where doc_id = any(%s)"
+
+# bump when chunking changes, so the next run rewrites every document
+CHUNKER_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -36,14 +56,33 @@ class Chunk:
 
 
 @dataclass(frozen=True)
-class Document:
+class KnowledgeDocument:
+    """One source document (a file, a Notion page) split into chunks.
+
+    `version` says what was read: a content hash for files, `last_edited_time` for Notion pages.
+    """
+
     doc_id: str
     title: str
     url: str | None
     store_id: str | None
     source: str
-    content_hash: str
+    version: str
     chunks: Sequence[Chunk]
+
+    def chunk_id(self, index: int) -> str:
+        return f"{self.doc_id}#{index}"
+
+    def as_documents(self) -> list[Document]:
+        return [
+            Document(
+                id=self.chunk_id(i),
+                page_content=c.content,
+                metadata=passage_metadata(title=c.title, url=self.url, doc_id=self.doc_id, store_id=self.store_id,
+                                          chunk_index=i, source=self.source),
+            )
+            for i, c in enumerate(self.chunks)
+        ]
 
 
 @dataclass
@@ -52,7 +91,15 @@ class IngestReport:
     updated: int = 0
     unchanged: int = 0
     deleted: int = 0
+    failed: int = 0
     chunks: int = 0
+    seconds: float = 0.0
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (doc id, reason)
+
+    def summary(self, noun: str = "documents") -> str:
+        return (f"{noun} added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
+                f"deleted {self.deleted}, failed {self.failed}; chunks written {self.chunks}; "
+                f"{self.seconds:.1f} s")
 
 
 class KnowledgeRepository:
@@ -65,53 +112,160 @@ class KnowledgeRepository:
             row = await cur.fetchone()
         return int(row["n"]) if row else 0
 
-    async def sync(self, source: str, documents: Sequence[Document], *, prune: bool = True) -> IngestReport:
-        """Write what changed (by content hash); with prune, drop this source's documents not given."""
-        report = IngestReport()
+    async def documents_outside(self, source: str) -> int:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(OTHER_SOURCES_SQL, (source,))
+            row = await cur.fetchone()
+        return int(row["n"]) if row else 0
+
+    async def fingerprints(self, source: str) -> dict[str, str]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(VERSIONS_SQL, (source,))
+            return {r["doc_id"]: r["content_hash"] for r in await cur.fetchall()}
+
+    async def chunk_ids(self, doc_ids: Sequence[str]) -> list[str]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(CHUNK_IDS_SQL, (list(doc_ids),))
+            return [r["chunk_id"] for r in await cur.fetchall()]
+
+    async def replace_document(self, doc: KnowledgeDocument, fingerprint: str) -> None:
+        """The document row and all its chunks, in one transaction."""
         async with self.pool.connection() as conn, conn.transaction():
-            for doc in documents:
-                cur = await conn.execute(DOC_HASH_SQL, (doc.doc_id,))
-                old = await cur.fetchone()
-                if old is not None and old["content_hash"] == doc.content_hash:
-                    report.unchanged += 1
-                    continue
-                await conn.execute(
-                    UPSERT_DOC_SQL, (doc.doc_id, doc.store_id, doc.title, doc.url, source, doc.content_hash)
+            await conn.execute(
+                UPSERT_DOC_SQL, (doc.doc_id, doc.store_id, doc.title, doc.url, doc.source, fingerprint)
+            )
+            await conn.execute(DELETE_CHUNKS_SQL, (doc.doc_id,))
+            async with conn.cursor() as cur:
+                await cur.executemany(
+                    INSERT_CHUNK_SQL,
+                    [
+                        (doc.chunk_id(i), doc.doc_id, doc.store_id, i, c.title, doc.url, c.content,
+                         search_text(f"{c.title}\n{c.content}"))
+                        for i, c in enumerate(doc.chunks)
+                    ],
                 )
-                await conn.execute(DELETE_CHUNKS_SQL, (doc.doc_id,))
-                async with conn.cursor() as cur2:
-                    await cur2.executemany(
-                        INSERT_CHUNK_SQL,
-                        [
-                            (f"{doc.doc_id}#{i}", doc.doc_id, doc.store_id, i, c.title, doc.url, c.content,
-                             search_text(f"{c.title}\n{c.content}"))
-                            for i, c in enumerate(doc.chunks)
-                        ],
-                    )
-                report.chunks += len(doc.chunks)
-                if old is None:
-                    report.added += 1
-                else:
-                    report.updated += 1
-            if prune:
-                cur = await conn.execute(DELETE_MISSING_SQL, (source, [d.doc_id for d in documents]))
-                report.deleted = len(await cur.fetchall())
+
+    async def delete_documents(self, doc_ids: Sequence[str]) -> int:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(DELETE_DOCS_SQL, (list(doc_ids),))
+            return cur.rowcount
+
+
+class KnowledgeIndexer:
+    """Writes documents to the knowledge tables and, when given, a vector store (same chunk ids).
+
+    `index_label` names the vector index (e.g. "pgvector:text-embedding-3-small:1536"); it is part
+    of each document's fingerprint, so pointing the service at another index re-embeds everything.
+    """
+
+    def __init__(self, repo: KnowledgeRepository, vectorstore: VectorStore | None = None,
+                 index_label: str = "postgres-fts") -> None:
+        self.repo = repo
+        self.vectorstore = vectorstore
+        self.index_label = index_label
+
+    def fingerprint(self, version: str) -> str:
+        return hashlib.sha256(f"{version}|{self.index_label}|chunker-{CHUNKER_VERSION}".encode()).hexdigest()
+
+    async def is_current(self, doc_id: str, version: str, known: dict[str, str]) -> bool:
+        return known.get(doc_id) == self.fingerprint(version)
+
+    async def write(self, doc: KnowledgeDocument) -> int:
+        """Index one document (vectors first, then rows); returns the number of chunks written."""
+        if self.vectorstore is not None:
+            old_ids = set(await self.repo.chunk_ids([doc.doc_id]))
+            new_docs = doc.as_documents()
+            if new_docs:
+                await self.vectorstore.aadd_documents(new_docs, ids=[str(d.id) for d in new_docs])
+            stale = sorted(old_ids - {str(d.id) for d in new_docs})
+            if stale:
+                await self.vectorstore.adelete(stale)
+        await self.repo.replace_document(doc, self.fingerprint(doc.version))
+        return len(doc.chunks)
+
+    async def remove(self, doc_ids: Sequence[str]) -> int:
+        if not doc_ids:
+            return 0
+        if self.vectorstore is not None:
+            ids = await self.repo.chunk_ids(doc_ids)
+            if ids:
+                await self.vectorstore.adelete(ids)
+        return await self.repo.delete_documents(doc_ids)
+
+    async def sync(self, source: str, documents: Sequence[KnowledgeDocument], *, prune: bool = True
+                   ) -> IngestReport:
+        """Write what changed; with prune, remove this source's documents not given."""
+        report = IngestReport()
+        known = await self.repo.fingerprints(source)
+        for doc in documents:
+            if await self.is_current(doc.doc_id, doc.version, known):
+                report.unchanged += 1
+                continue
+            report.chunks += await self.write(replace(doc, source=source))
+            if doc.doc_id in known:
+                report.updated += 1
+            else:
+                report.added += 1
+        if prune:
+            given = {d.doc_id for d in documents}
+            report.deleted = await self.remove(sorted(set(known) - given))
         return report
 
 
-class FullTextRetriever:
-    """Retriever over knowledge_chunks with PostgreSQL full-text search (no embedding model needed)."""
+class FullTextRetriever(ScopedRetriever):
+    """PostgreSQL full-text search over knowledge_chunks (no embedding model needed).
 
-    name = "postgres-fts"
+    Async calls use `pool`; sync calls open a short connection from `conninfo`.
+    """
 
-    def __init__(self, pool: Pool) -> None:
-        self.pool = pool
+    name: str | None = "postgres-fts"
+    pool: Any = Field(default=None, exclude=True)
+    conninfo: str | None = Field(default=None, exclude=True, repr=False)
 
-    async def search(self, query: str, *, store_id: str | None, k: int) -> list[Passage]:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(SEARCH_SQL, (search_text(query), store_id, k))
-            rows = await cur.fetchall()
+    @contextmanager
+    def _sync_conn(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+        if self.conninfo is None:
+            raise RuntimeError("sync use of FullTextRetriever needs `conninfo`")
+        with psycopg.connect(self.conninfo, autocommit=True, row_factory=dict_row) as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _async_conn(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
+        if self.pool is not None:
+            async with self.pool.connection() as conn:
+                yield conn
+            return
+        if self.conninfo is None:
+            raise RuntimeError("FullTextRetriever needs a pool or a conninfo")
+        async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True,
+                                                         row_factory=dict_row) as conn:
+            yield conn
+
+    @staticmethod
+    def _documents(rows: list[dict[str, Any]]) -> list[Document]:
         return [
-            Passage(id=r["chunk_id"], title=r["title"], url=r["url"], score=float(r["score"]), content=r["content"])
+            Document(
+                id=r["chunk_id"],
+                page_content=r["content"],
+                metadata=passage_metadata(title=r["title"], url=r["url"], doc_id=r["doc_id"],
+                                          score=float(r["score"])),
+            )
             for r in rows
         ]
+
+    def _get_relevant_documents(
+        self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        k, store_id = self._args(kwargs)
+        with self._sync_conn() as conn:
+            rows = conn.execute(SEARCH_SQL, (search_text(query), store_id, k)).fetchall()
+        return self._documents(rows)
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        k, store_id = self._args(kwargs)
+        async with self._async_conn() as conn:
+            cur = await conn.execute(SEARCH_SQL, (search_text(query), store_id, k))
+            rows = await cur.fetchall()
+        return self._documents(rows)

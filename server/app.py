@@ -195,7 +195,7 @@ async def health(state: State) -> Response[Health]:
         status="ok" if ok else "degraded",
         database=DatabaseHealth(ok=ok, latency_ms=latency),
         model=res.chat.model_name,
-        retriever=res.retriever_name,
+        retriever=res.knowledge.backend,
         tracing=res.settings.tracing_enabled,
         version=VERSION,
     )

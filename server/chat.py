@@ -19,13 +19,14 @@ from uuid import UUID, uuid4
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
+from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import StreamMode
 
 from graph.graph import ModelCallError
 from graph.models import content_text, model_label
-from graph.retrieval import Passage, Retriever
+from graph.retrieval import Passage
 from graph.state import ChatContext
 from persistence.messages import MessageRepository
 from server.errors import (
@@ -102,7 +103,7 @@ class IntegratedChatService:
         graph: CompiledStateGraph[Any, Any, Any, Any],
         messages: MessageRepository,
         model: BaseChatModel,
-        retriever: Retriever | None,
+        retriever: BaseRetriever | None,
         turn_timeout: timedelta,
         expire_after: timedelta,
         max_message_chars: int,

@@ -38,18 +38,19 @@ async def _migrate(settings: Settings) -> int:
 
 
 async def _ingest(settings: Settings, path: Path, store_id: str | None, source: str | None, prune: bool) -> int:
-    from persistence.knowledge import KnowledgeRepository
     from persistence.migrations import migrate
     from server.ingest import ingest_path
+    from server.knowledge import build_knowledge
     from server.resources import open_database
 
     async with open_database(settings) as (pool, _):
         await migrate(pool)
-        report = await ingest_path(KnowledgeRepository(pool), path, source=source, store_id=store_id, prune=prune)
-    print(
-        f"documents added {report.added}, updated {report.updated}, unchanged {report.unchanged}, "
-        f"deleted {report.deleted}; chunks written {report.chunks}"
-    )
+        knowledge = await build_knowledge(settings, pool)
+        try:
+            report = await ingest_path(knowledge.indexer, path, source=source, store_id=store_id, prune=prune)
+        finally:
+            await knowledge.aclose()
+    print(f"{knowledge.backend}: {report.summary()}")
     return 0
 
 

@@ -1,15 +1,24 @@
-"""Local Markdown/text folders into the knowledge tables (`sixshop-agent ingest PATH`)."""
+"""Local Markdown/text folders into the knowledge index (`sixshop-agent ingest PATH`), and the
+chunker every source shares (Notion pages are turned into the same Markdown first)."""
 
 from __future__ import annotations
 
 import hashlib
 import re
+import time
 from pathlib import Path
 
-from persistence.knowledge import Chunk, Document, IngestReport, KnowledgeRepository
+from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+from persistence.knowledge import Chunk, IngestReport, KnowledgeDocument, KnowledgeIndexer
 
 SUFFIXES = {".md", ".markdown", ".txt"}
 MAX_CHUNK_CHARS = 1200
+CHUNK_OVERLAP = 120
+_SPLITTER = RecursiveCharacterTextSplitter(
+    chunk_size=MAX_CHUNK_CHARS, chunk_overlap=CHUNK_OVERLAP,
+    separators=["\n\n", "\n", ". ", "다. ", "? ", "! ", " ", ""], keep_separator="end",
+)
 _FRONT = re.compile(r"\A---\n(.*?)\n---\n", re.S)
 _HEADING = re.compile(r"^(#{1,3})\s+(.+?)\s*#*$", re.M)
 
@@ -27,18 +36,10 @@ def _front_matter(text: str) -> tuple[dict[str, str], str]:
 
 
 def _split_long(text: str) -> list[str]:
+    """Sections longer than MAX_CHUNK_CHARS split on paragraphs, then lines, then sentences."""
     if len(text) <= MAX_CHUNK_CHARS:
         return [text]
-    pieces, current = [], ""
-    for para in re.split(r"\n\s*\n", text):
-        if current and len(current) + len(para) + 2 > MAX_CHUNK_CHARS:
-            pieces.append(current)
-            current = para
-        else:
-            current = f"{current}\n\n{para}" if current else para
-    if current:
-        pieces.append(current)
-    return pieces
+    return _SPLITTER.split_text(text)
 
 
 def chunk_markdown(title: str, body: str) -> list[Chunk]:
@@ -59,23 +60,23 @@ def chunk_markdown(title: str, body: str) -> list[Chunk]:
     return chunks
 
 
-def load_document(path: Path, root: Path, source: str, store_id: str | None) -> Document:
+def load_document(path: Path, root: Path, source: str, store_id: str | None) -> KnowledgeDocument:
     raw = path.read_text(encoding="utf-8")
     meta, body = _front_matter(raw)
     heading = _HEADING.search(body)
     title = meta.get("title") or (heading.group(2).strip() if heading and len(heading.group(1)) == 1 else path.stem)
-    return Document(
+    return KnowledgeDocument(
         doc_id=f"{source}:{path.relative_to(root).as_posix()}",
         title=title,
         url=meta.get("url") or None,
         store_id=meta.get("store_id") or store_id,
         source=source,
-        content_hash=hashlib.sha256(f"{store_id}\n{raw}".encode()).hexdigest(),
+        version=hashlib.sha256(f"{store_id}\n{raw}".encode()).hexdigest(),
         chunks=chunk_markdown(title, body),
     )
 
 
-def load_folder(path: Path, source: str, store_id: str | None = None) -> list[Document]:
+def load_folder(path: Path, source: str, store_id: str | None = None) -> list[KnowledgeDocument]:
     path = path.resolve()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES)
     root = path.parent if path.is_file() else path
@@ -83,10 +84,13 @@ def load_folder(path: Path, source: str, store_id: str | None = None) -> list[Do
 
 
 async def ingest_path(
-    repo: KnowledgeRepository, path: Path, *, source: str | None = None, store_id: str | None = None,
+    indexer: KnowledgeIndexer, path: Path, *, source: str | None = None, store_id: str | None = None,
     prune: bool = True,
 ) -> IngestReport:
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
+    started = time.perf_counter()
     source = source or f"files:{path.resolve().name}"
-    return await repo.sync(source, load_folder(path, source, store_id), prune=prune)
+    report = await indexer.sync(source, load_folder(path, source, store_id), prune=prune)
+    report.seconds = time.perf_counter() - started
+    return report

@@ -14,13 +14,13 @@ from graph.models import make_chat_model
 from persistence.checkpointer import make_checkpointer
 from persistence.db import Pool, PoolConfig, open_pool
 from persistence.embedded import embedded_conninfo, start_embedded
-from persistence.knowledge import FullTextRetriever, KnowledgeRepository
 from persistence.messages import MessageRepository
 from persistence.migrations import migrate
 from persistence.sessions import SessionRepository
 from persistence.stats import StatsRepository
 from server.analytics import ChatAnalyticsService
 from server.chat import IntegratedChatService
+from server.knowledge import KnowledgeStack, build_knowledge
 from server.sessions import SessionService
 from server.settings import Settings
 
@@ -35,8 +35,7 @@ class Resources:
     messages: MessageRepository
     chat: IntegratedChatService
     analytics: ChatAnalyticsService
-    knowledge: KnowledgeRepository
-    retriever_name: str
+    knowledge: KnowledgeStack
     embedded: Any = None
 
 
@@ -72,13 +71,14 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     async with open_database(settings) as (pool, embedded):
         if settings.auto_migrate:
             await migrate(pool)
-        knowledge = KnowledgeRepository(pool)
-        if settings.ingest_sample_if_empty and await knowledge.chunk_count() == 0:
+        knowledge = await build_knowledge(settings, pool)
+        if settings.ingest_sample_if_empty and await knowledge.indexer.repo.documents_outside("sample") == 0:
+            # incremental: a no-op when the sample is already indexed for this backend
             from server.ingest import ingest_path
 
-            report = await ingest_path(knowledge, settings.knowledge_dir, source="sample")
-            log.info("ingested the sample knowledge base: %s", report)
-        retriever = FullTextRetriever(pool)
+            report = await ingest_path(knowledge.indexer, settings.knowledge_dir, source="sample")
+            if report.added or report.updated or report.deleted:
+                log.info("sample knowledge base indexed for %s: %s", knowledge.backend, report.summary())
         model = make_chat_model(
             openai_api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
             openai_base_url=settings.openai_base_url,
@@ -96,7 +96,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             graph=graph,
             messages=messages,
             model=model,
-            retriever=retriever,
+            retriever=knowledge.retriever,
             turn_timeout=timedelta(seconds=settings.turn_timeout_seconds),
             expire_after=expire_after,
             max_message_chars=settings.max_message_chars,
@@ -114,10 +114,10 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             chat=chat,
             analytics=ChatAnalyticsService(StatsRepository(pool, settings.model_prices), session_repo),
             knowledge=knowledge,
-            retriever_name=retriever.name,
             embedded=embedded,
         )
         try:
             yield resources
         finally:
             await chat.shutdown()
+            await knowledge.aclose()

@@ -73,8 +73,15 @@ class Settings(BaseSettings):
     )
     prompt_variant: str = "v1"
 
-    # retrieval
+    # retrieval: full-text always; a vector index when an embedding model is configured (see
+    # server/knowledge.py): VECTOR_STORE=auto picks pinecone with PINECONE_API_KEY, else pgvector with
+    # OPENAI_API_KEY, else none; RETRIEVAL_MODE=hybrid fuses vector and full-text rankings (RRF)
     retrieval_k: int = 4
+    retrieval_candidates: int = 10
+    retrieval_mode: Literal["hybrid", "vector", "fulltext"] = "hybrid"
+    vector_store: Literal["auto", "pgvector", "pinecone", "none"] = "auto"
+    openai_embedding_model: str = "text-embedding-3-small"
+    embedding_dimensions: int = 1536
     knowledge_dir: Path = PROJECT_ROOT / "knowledge" / "sample"
     ingest_sample_if_empty: bool = True
 
@@ -86,11 +93,26 @@ class Settings(BaseSettings):
     langsmith_endpoint: str | None = None
     langsmith_tracing: bool = False
 
-    # later issues' settings, accepted now so a Stage 1 env file loads unchanged
+    # Notion (`sixshop-agent ingest notion`)
     notion_integration_token: SecretStr | None = None
     notion_database_id: str | None = None
+    notion_base_url: str | None = None  # default https://api.notion.com
+    notion_store_property: str = "Store"  # a page property naming the store a page is private to
+    notion_concurrency: int = 3
+
+    # Pinecone (the index must exist, cosine metric, dimension = EMBEDDING_DIMENSIONS)
     pinecone_api_key: SecretStr | None = None
     pinecone_index_name: str = "rag-chatbot"
+    pinecone_host: str | None = None  # the index host; found from the index name when unset
+    pinecone_namespace: str = ""
+
+    @field_validator("database_url", "db_password", "openai_api_key", "langsmith_api_key",
+                     "notion_integration_token", "pinecone_api_key", "db_host", "openai_base_url",
+                     "pinecone_host", "notion_base_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: object) -> object:
+        """`OPENAI_API_KEY=` in an env file means no key, not an empty one."""
+        return None if isinstance(v, str) and not v.strip() else v
 
     @field_validator("db_pool_min", "db_pool_max")
     @classmethod

@@ -88,3 +88,9 @@ def fetch_all(conninfo: str, sql: str, params: Any = None) -> list[dict[str, Any
 def execute(conninfo: str, sql: str, params: Any = None) -> None:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(sql, params)
+
+
+@pytest.fixture(scope="module")
+def migrated_url(database_url: str, pool: Pool) -> str:
+    """This module's database URL, once the schema is applied (for sync clients)."""
+    return database_url

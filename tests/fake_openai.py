@@ -1,4 +1,4 @@
-"""A small OpenAI-compatible server on 127.0.0.1 for tests: POST /v1/chat/completions.
+"""A small OpenAI-compatible server on 127.0.0.1 for tests: POST /v1/chat/completions, /v1/embeddings.
 
 It speaks the real wire format the official client parses: `chat.completion.chunk` objects as SSE
 `data:` lines, `"usage": null` on every content chunk, then (with stream_options.include_usage)
@@ -11,17 +11,60 @@ Behaviour is chosen by markers in the last user message, so one server serves ev
   [[slow]]   60 chunks, 50 ms apart (for 409 and disconnect tests)
   [[http500]] an HTTP 500 error body before any stream starts
 Every request body is recorded in `requests` (the tests read what the model was shown).
+
+Embeddings (`embedding.create` wire format: float or base64 float32 data, usage) come from
+`embed_text`: a hashed bag of words, Latin character trigrams and Hangul bigrams, L2-normalised.
+It is lexical, not semantic: a deterministic stand-in that lets pgvector and hybrid retrieval run
+end to end offline, not a claim about a real model's quality. An input containing [[embed500]]
+makes the whole request fail with HTTP 500.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import math
+import re
+import struct
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 MODEL_REPORTED = "gpt-4o-mini-2024-07-18"
+DEFAULT_EMBEDDING_DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072,
+                                "text-embedding-ada-002": 1536}
+_WORD = re.compile(r"[a-z0-9]+|[\uac00-\ud7a3]+")
+
+
+def _features(text: str) -> dict[str, float]:
+    feats: dict[str, float] = {}
+    for word in _WORD.findall(text.lower()):
+        if "\uac00" <= word[0] <= "\ud7a3":
+            grams = [word] if len(word) == 1 else [word[i:i + 2] for i in range(len(word) - 1)]
+            for g in grams:
+                feats[f"h:{g}"] = feats.get(f"h:{g}", 0.0) + 1.0
+            continue
+        if len(word) < 2:
+            continue
+        feats[f"w:{word}"] = feats.get(f"w:{word}", 0.0) + 1.0
+        padded = f"<{word}>"
+        for i in range(len(padded) - 2):
+            key = f"c:{padded[i:i + 3]}"
+            feats[key] = feats.get(key, 0.0) + 0.4
+    return feats
+
+
+def embed_text(text: str, dimensions: int) -> list[float]:
+    vec = [0.0] * dimensions
+    for feat, count in _features(text).items():
+        digest = hashlib.blake2b(feat.encode(), digest_size=8).digest()
+        slot = int.from_bytes(digest[:4], "little") % dimensions
+        sign = 1.0 if digest[4] & 1 else -1.0
+        vec[slot] += sign * (1.0 + math.log(count)) if count >= 1 else sign * count
+    norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+    return [v / norm for v in vec]
 
 
 def answer_for(messages: list[dict[str, Any]]) -> list[str]:
@@ -61,12 +104,40 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _embeddings(self, body: dict[str, Any]) -> None:
+        inputs = body.get("input")
+        texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        if not texts or not all(isinstance(t, str) for t in texts):
+            self._json(400, {"error": {"message": "input must be a string or a list of strings",
+                                       "type": "invalid_request_error"}})
+            return
+        if any("[[embed500]]" in t for t in texts):
+            self._json(500, {"error": {"message": "embedding backend exploded", "type": "server_error"}})
+            return
+        model = str(body.get("model"))
+        dims = int(body.get("dimensions") or DEFAULT_EMBEDDING_DIMENSIONS.get(model, 1536))
+        data = []
+        for i, text in enumerate(texts):
+            vec = embed_text(text, dims)
+            encoded: Any = vec
+            if body.get("encoding_format") == "base64":
+                encoded = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": encoded})
+        tokens = sum(len(t.split()) + 1 for t in texts)
+        self.server.embedding_inputs.extend(texts)
+        self._json(200, {"object": "list", "data": data, "model": model,
+                         "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
     def do_POST(self) -> None:
-        if self.path.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
+        path = self.path.rstrip("/")
+        if path not in ("/v1/chat/completions", "/chat/completions", "/v1/embeddings", "/embeddings"):
             self._json(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
             return
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-        self.server.requests.append({"body": body, "headers": dict(self.headers)})
+        self.server.requests.append({"body": body, "headers": dict(self.headers), "path": path})
+        if path.endswith("/embeddings"):
+            self._embeddings(body)
+            return
         messages = body.get("messages", [])
         last_user = next((str(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
         if "[[http500]]" in last_user:
@@ -133,8 +204,13 @@ class FakeOpenAIServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.requests: list[dict[str, Any]] = []
         self.usages: list[dict[str, Any]] = []
+        self.embedding_inputs: list[str] = []
         self.client_disconnects = 0
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def chat_requests(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["path"].endswith("/chat/completions")]
 
     @property
     def base_url(self) -> str:

@@ -279,7 +279,7 @@ async def test_every_bad_input_gets_its_4xx(client: httpx.AsyncClient, database_
 async def test_schema_and_health(client: httpx.AsyncClient) -> None:
     health = (await client.get("/health")).json()
     assert health["status"] == "ok" and health["database"]["ok"] is True
-    assert health["model"] == "gpt-4o-mini" and health["retriever"] == "postgres-fts"
+    assert health["model"] == "gpt-4o-mini" and health["retriever"] == "hybrid(pgvector+postgres-fts)"
     schema = (await client.get("/schema/openapi.json")).json()
     paths = schema["paths"]
     for path, method in [

@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from langchain_core.documents import Document
+
 from persistence.db import Pool
-from persistence.knowledge import FullTextRetriever, KnowledgeRepository
+from persistence.knowledge import FullTextRetriever, KnowledgeIndexer, KnowledgeRepository
 from server.ingest import ingest_path
 from server.settings import PROJECT_ROOT
 from tests.conftest import ROOT, fetch_all
@@ -18,8 +20,12 @@ def _write(folder: Path, name: str, text: str) -> None:
     (folder / name).write_text(text, encoding="utf-8")
 
 
+async def _search(pool: Pool, query: str, store_id: str | None, k: int = 3) -> list[Document]:
+    return await FullTextRetriever(pool=pool).ainvoke(query, k=k, store_id=store_id)
+
+
 async def test_incremental_ingest_and_prune(pool: Pool, tmp_path: Path) -> None:
-    repo = KnowledgeRepository(pool)
+    repo = KnowledgeIndexer(KnowledgeRepository(pool))
     _write(tmp_path, "gift.md", "# Gift wrapping\n\n## Price\nGift wrapping costs 2,000 KRW per item.\n")
     _write(tmp_path, "pets.md", "# Pets\n\nWe sell collars and leashes for dogs.\n")
     first = await ingest_path(repo, tmp_path, source="t")
@@ -31,26 +37,25 @@ async def test_incremental_ingest_and_prune(pool: Pool, tmp_path: Path) -> None:
     (tmp_path / "pets.md").unlink()
     third = await ingest_path(repo, tmp_path, source="t")
     assert (third.added, third.updated, third.unchanged, third.deleted) == (0, 1, 0, 1)
-    hits = await FullTextRetriever(pool).search("gift wrapping price", store_id="any", k=3)
-    assert [h.title for h in hits] == ["Gift wrapping › Price"]
-    assert "free this month" in hits[0].content
-    assert await FullTextRetriever(pool).search("dog leash", store_id="any", k=3) == []
+    hits = await _search(pool, "gift wrapping price", "any")
+    assert [h.metadata["title"] for h in hits] == ["Gift wrapping › Price"]
+    assert "free this month" in hits[0].page_content
+    assert await _search(pool, "dog leash", "any") == []
 
 
 async def test_private_passages_stay_in_their_store(pool: Pool, tmp_path: Path) -> None:
     _write(tmp_path, "vip.md", "---\nstore_id: store-a\n---\n# VIP club\n\nVIP members get a zebra discount.\n")
     _write(tmp_path, "shared.md", "# Zebra socks\n\nAll stores sell zebra socks.\n")
-    await ingest_path(KnowledgeRepository(pool), tmp_path, source="iso")
-    retriever = FullTextRetriever(pool)
-    titles_a = {p.title for p in await retriever.search("zebra", store_id="store-a", k=10)}
-    titles_b = {p.title for p in await retriever.search("zebra", store_id="store-b", k=10)}
+    await ingest_path(KnowledgeIndexer(KnowledgeRepository(pool)), tmp_path, source="iso")
+    titles_a = {d.metadata["title"] for d in await _search(pool, "zebra", "store-a", 10)}
+    titles_b = {d.metadata["title"] for d in await _search(pool, "zebra", "store-b", 10)}
     assert titles_a == {"VIP club", "Zebra socks"}
     assert titles_b == {"Zebra socks"}
 
 
 async def test_sample_knowledge_base_answers_both_languages(pool: Pool) -> None:
-    await ingest_path(KnowledgeRepository(pool), PROJECT_ROOT / "knowledge" / "sample", source="sample")
-    retriever = FullTextRetriever(pool)
+    await ingest_path(KnowledgeIndexer(KnowledgeRepository(pool)), PROJECT_ROOT / "knowledge" / "sample",
+                      source="sample")
     cases = {
         "배송비는 얼마인가요?": "배송 안내",
         "반품은 며칠 안에 해야 하나요?": "반품, 교환 및 환불",
@@ -60,8 +65,8 @@ async def test_sample_knowledge_base_answers_both_languages(pool: Pool) -> None:
         "How do I add products to my store?": "Opening your store (for sellers)",
     }
     for question, doc_title in cases.items():
-        top = await retriever.search(question, store_id="s", k=3)
-        assert any(p.title.startswith(doc_title) for p in top), (question, [p.title for p in top])
+        top = [d.metadata["title"] for d in await _search(pool, question, "s")]
+        assert any(t.startswith(doc_title) for t in top), (question, top)
 
 
 def test_cli_ingest(database_url: str, tmp_path: Path) -> None:

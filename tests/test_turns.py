@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
 
 from server.resources import Resources, open_resources
 from server.settings import Settings
@@ -35,7 +37,7 @@ async def test_three_turns_keep_history_in_checkpoint_and_rows(
     res: Resources, fake_openai: FakeOpenAIServer, database_url: str
 ) -> None:
     session = await res.sessions.create("store-h", "shopper-1", {})
-    before = len(fake_openai.requests)
+    before = len(fake_openai.chat_requests)
     questions = ["How much is shipping?", "And to Jeju?", "How do I return an item?"]
     answers = []
     for q in questions:
@@ -45,7 +47,7 @@ async def test_three_turns_keep_history_in_checkpoint_and_rows(
         answers.append(events[-1][1]["message"].content)
 
     # the model saw the earlier turns: the third request carries both earlier Q&A pairs
-    third = fake_openai.requests[before + 2]["body"]
+    third = fake_openai.chat_requests[before + 2]["body"]
     roles = [m["role"] for m in third["messages"]]
     assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
     assert [m["content"] for m in third["messages"] if m["role"] == "user"] == questions
@@ -126,10 +128,10 @@ async def test_consumer_leaving_cancels_the_turn_and_keeps_partial_content(
     assert (await res.sessions.get(session.session_id)).turn_running is False
 
 
-class _BrokenRetriever:
+class _BrokenRetriever(BaseRetriever):
     """A retriever whose backend is down: the failure is ours, not the model's."""
 
-    async def search(self, query: str, *, store_id: str | None, k: int) -> list[Any]:
+    def _get_relevant_documents(self, query: str, *, run_manager: Any, **kwargs: Any) -> list[Document]:
         raise RuntimeError("index unavailable")
 
 
