@@ -54,6 +54,32 @@ async def _ingest(settings: Settings, path: Path, store_id: str | None, source: 
     return 0
 
 
+async def _ingest_notion(settings: Settings, database_id: str | None) -> int:
+    from persistence.migrations import migrate
+    from server.knowledge import build_knowledge
+    from server.notion import NotionReader, default_progress, ingest_notion, make_client
+    from server.resources import open_database
+
+    database_id = database_id or settings.notion_database_id
+    if settings.notion_integration_token is None or not database_id:
+        print("error: set NOTION_INTEGRATION_TOKEN and NOTION_DATABASE_ID (or pass --database-id)", file=sys.stderr)
+        return 2
+    client = make_client(settings.notion_integration_token.get_secret_value(), base_url=settings.notion_base_url)
+    reader = NotionReader(client, database_id, store_property=settings.notion_store_property)
+    async with open_database(settings) as (pool, _), client:
+        await migrate(pool)
+        knowledge = await build_knowledge(settings, pool)
+        try:
+            report = await ingest_notion(knowledge.indexer, reader, progress=default_progress(),
+                                         concurrency=settings.notion_concurrency)
+        finally:
+            await knowledge.aclose()
+    for doc_id, reason in report.failures:
+        print(f"failed: {doc_id}: {reason}", file=sys.stderr)
+    print(f"{knowledge.backend}: {report.summary('pages')}")
+    return 1 if report.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sixshop-agent", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,8 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="bind address (default HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default PORT or 8000)")
     sub.add_parser("migrate", help="apply sql/ migrations and the LangGraph checkpoint tables")
-    ingest = sub.add_parser("ingest", help="load a folder (or file) of Markdown/text into the knowledge base")
-    ingest.add_argument("path", type=Path)
+    ingest = sub.add_parser(
+        "ingest", help="index the Notion database (`ingest notion`) or a folder/file of Markdown/text (`ingest PATH`)"
+    )
+    ingest.add_argument("path", metavar="notion|PATH",
+                        help="`notion` for NOTION_DATABASE_ID (a local folder named notion: write ./notion)")
+    ingest.add_argument("--database-id", default=None, help="Notion database id (default NOTION_DATABASE_ID)")
     ingest.add_argument("--store", dest="store_id", default=None, help="make the passages private to this store")
     ingest.add_argument("--source", default=None, help="source name (default files:<folder name>)")
     ingest.add_argument("--no-prune", dest="prune", action="store_false",
@@ -78,9 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(settings, args.host or settings.host, args.port or settings.port)
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
+    if args.command == "ingest" and args.path == "notion":
+        return asyncio.run(_ingest_notion(settings, args.database_id))
     if args.command == "ingest":
         try:
-            return asyncio.run(_ingest(settings, args.path, args.store_id, args.source, args.prune))
+            return asyncio.run(_ingest(settings, Path(args.path), args.store_id, args.source, args.prune))
         except FileNotFoundError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
