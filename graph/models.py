@@ -19,7 +19,7 @@ from graph.text import is_korean, terms
 
 OFFLINE_MODEL_NAME = "offline-extractive-v1"
 
-_PASSAGE = re.compile(r'<passage id="[^"]*" title="([^"]*)">\n(.*?)\n</passage>', re.S)
+_PASSAGE = re.compile(r'<passage id="[^"]*" title="([^"]*)"(?: url="[^"]*")?>\n(.*?)\n</passage>', re.S)
 _SENTENCE = re.compile(r"[^.!?。\n]+[.!?。]?")
 _PIECE = re.compile(r"\S+\s*|\s+")
 _MARKUP = re.compile(r"^\s*(?:[#>*|\-]+|\d+[.)])\s+")

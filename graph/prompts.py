@@ -21,11 +21,16 @@ SYSTEM_PROMPTS: dict[str, str] = {
 NO_PASSAGES = "(no passage matched the question)"
 
 
+def _url(p: Passage) -> str:
+    return f' url="{escape(p.url)}"' if p.url else ""
+
+
 def format_passages(passages: list[Passage]) -> str:
     if not passages:
         return NO_PASSAGES
     return "\n".join(
-        f'<passage id="{escape(p.id)}" title="{escape(p.title)}">\n{p.content}\n</passage>' for p in passages
+        f'<passage id="{escape(p.id)}" title="{escape(p.title)}"{_url(p)}>\n{p.content}\n</passage>'
+        for p in passages
     )
 
 

@@ -27,6 +27,20 @@ def _cosine(a: list[float], b: list[float]) -> float:
     return dot / (na * nb)
 
 
+def _compare(op: str, present: bool, value: Any, arg: Any) -> bool:
+    if op == "$exists":
+        return present == bool(arg)
+    if op in ("$ne", "$nin"):
+        return not present or (value != arg if op == "$ne" else value not in arg)
+    if not present:
+        return False
+    if op == "$eq":
+        return bool(value == arg or (isinstance(value, list) and arg in value))
+    if op == "$in":
+        return value in arg
+    return bool({"$gt": value > arg, "$gte": value >= arg, "$lt": value < arg, "$lte": value <= arg}[op])
+
+
 def matches(metadata: dict[str, Any], flt: dict[str, Any] | None) -> bool:
     if not flt:
         return True
@@ -40,22 +54,8 @@ def matches(metadata: dict[str, Any], flt: dict[str, Any] | None) -> bool:
                 return False
             continue
         ops = cond if isinstance(cond, dict) else {"$eq": cond}
-        present = key in metadata
-        value = metadata.get(key)
-        for op, arg in ops.items():
-            ok = {
-                "$eq": lambda: present and (value == arg or (isinstance(value, list) and arg in value)),
-                "$ne": lambda: not present or value != arg,
-                "$in": lambda: present and value in arg,
-                "$nin": lambda: not present or value not in arg,
-                "$exists": lambda: present == bool(arg),
-                "$gt": lambda: present and value > arg,
-                "$gte": lambda: present and value >= arg,
-                "$lt": lambda: present and value < arg,
-                "$lte": lambda: present and value <= arg,
-            }[op]()
-            if not ok:
-                return False
+        if not all(_compare(op, key in metadata, metadata.get(key), arg) for op, arg in ops.items()):
+            return False
     return True
 
 
@@ -119,14 +119,13 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "POST" and url.path == "/query":
                 query = body.get("vector") or []
                 top_k = int(body.get("topK") or 10)
-                found = sorted(
-                    ((_cosine(query, v["values"]), v) for v in ns.values() if matches(v["metadata"], body.get("filter"))),
-                    key=lambda pair: -pair[0],
-                )[:top_k]
+                kept = [v for v in ns.values() if matches(v["metadata"], body.get("filter"))]
+                found = sorted(((_cosine(query, v["values"]), v) for v in kept), key=lambda pair: -pair[0])[:top_k]
+                values, metadata = bool(body.get("includeValues")), bool(body.get("includeMetadata"))
                 self._json(200, {
                     "results": [],
-                    "matches": [{"id": v["id"], "score": score, "values": v["values"] if body.get("includeValues") else [],
-                                 **({"metadata": v["metadata"]} if body.get("includeMetadata") else {})}
+                    "matches": [{"id": v["id"], "score": score, "values": v["values"] if values else [],
+                                 **({"metadata": v["metadata"]} if metadata else {})}
                                 for score, v in found],
                     "namespace": str(body.get("namespace") or ""),
                     "usage": {"readUnits": 1 + len(found) // 10},

@@ -55,7 +55,11 @@ async def test_three_turns_keep_history_in_checkpoint_and_rows(
     assert answers[2].startswith("I saw 3 user messages")
     assert third["stream"] is True and third["stream_options"] == {"include_usage": True}
     # retrieved passages went into the system prompt
-    assert "<passage" in third["messages"][0]["content"]
+    system = third["messages"][0]["content"]
+    assert "<passage" in system and 'url="https://help.haneul-goods.example/' in system
+    # the prompt confines the model to the passages and asks it to say so, in the shopper's language
+    assert "using only the help-centre passages" in system and "If they do not contain the answer" in system
+    assert "Answer in the language the shopper wrote in" in system
 
     # the checkpoint holds the conversation ...
     state = await res.chat.graph.aget_state({"configurable": {"thread_id": str(session.session_id)}})
