@@ -119,7 +119,7 @@ class PgVectorStore(VectorStore):
         return sql.SQL(
             "select id, content, metadata, 1 - (embedding::vector({dims}) <=> %(q)s::vector({dims})) as score "
             "from kb_vectors where collection = %(c)s {scope} "
-            "order by embedding::vector({dims}) <=> %(q)s::vector({dims}), id limit %(k)s"
+            "order by embedding::vector({dims}) <=> %(q)s::vector({dims}) limit %(k)s"
         ).format(dims=dims, scope=sql.SQL("and (store_id is null or store_id = %(s)s)" if scoped else ""))
 
     def _rows(self, documents: Sequence[Document], ids: Sequence[str], vectors: Sequence[Sequence[float]]
@@ -207,6 +207,13 @@ class PgVectorStore(VectorStore):
         async with self._async_conn() as conn:
             await conn.execute(_DELETE, (self.collection, list(ids or [])))
         return True
+
+    def drop_collection(self) -> None:
+        """Every vector of this collection and its index (e.g. after moving to another model)."""
+        with self._sync_conn() as conn, conn.transaction():
+            conn.execute("delete from kb_vectors where collection = %s", (self.collection,))
+            conn.execute(sql.SQL("drop index if exists {}").format(sql.Identifier(self.index_name())))
+        self._index_ready = False
 
     async def adelete_documents(self, doc_ids: Sequence[str]) -> None:
         """Drop every chunk whose metadata `doc_id` is one of these (a page deleted at the source)."""

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
+from langchain_core.retrievers import BaseRetriever
 from langchain_core.vectorstores import VectorStore
-from langchain_tests.integration_tests import VectorStoreIntegrationTests
+from langchain_tests.integration_tests import RetrieversIntegrationTests, VectorStoreIntegrationTests
 
+from graph.retrieval import HybridRetriever, VectorRetriever
+from persistence.db import Pool
+from persistence.knowledge import FullTextRetriever
 from persistence.vectorstore import PgVectorStore
-from tests.conftest import execute
+from server.ingest import ingest_path
+from server.knowledge import build_knowledge, collection_name, make_embeddings
+from server.settings import Settings
+from tests.conftest import ROOT
+from tests.fake_openai import FakeOpenAIServer
 
 
 class TestPgVectorStore(VectorStoreIntegrationTests):
@@ -21,4 +31,91 @@ class TestPgVectorStore(VectorStoreIntegrationTests):
         try:
             yield store
         finally:
-            execute(migrated_url, "delete from kb_vectors where collection = %s", (collection,))
+            store.drop_collection()
+
+
+@dataclass
+class Indexed:
+    """The sample knowledge base indexed in this module's database (chunks and pgvector vectors)."""
+
+    conninfo: str
+    settings: Settings
+
+    def vectorstore(self) -> PgVectorStore:
+        return PgVectorStore(make_embeddings(self.settings), collection=collection_name(self.settings),
+                             dimensions=self.settings.embedding_dimensions, conninfo=self.conninfo)
+
+
+@pytest.fixture(scope="module")
+async def indexed(pool: Pool, migrated_url: str, fake_openai: FakeOpenAIServer) -> Indexed:
+    settings = Settings(openai_api_key="sk-local-test", openai_base_url=fake_openai.base_url,  # type: ignore[arg-type]
+                        embedding_dimensions=256, vector_store="pgvector")
+    stack = await build_knowledge(settings, pool)
+    await ingest_path(stack.indexer, ROOT / "knowledge" / "sample", source="sample")
+    return Indexed(migrated_url, settings)
+
+
+class _OnSampleKnowledge(RetrieversIntegrationTests):
+    ctx: Indexed
+
+    @pytest.fixture(autouse=True)
+    def _bind(self, indexed: Indexed) -> None:
+        self.ctx = indexed  # the constructor params below need the database
+
+    @property
+    def retriever_query_example(self) -> str:
+        return "How long do refunds take after a return? 환불 기간"
+
+
+class TestFullTextRetriever(_OnSampleKnowledge):
+    @property
+    def retriever_constructor(self) -> type[BaseRetriever]:
+        return FullTextRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict[str, Any]:
+        return {"conninfo": self.ctx.conninfo}
+
+
+class TestVectorRetriever(_OnSampleKnowledge):
+    @property
+    def retriever_constructor(self) -> type[BaseRetriever]:
+        return VectorRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict[str, Any]:
+        return {"vectorstore": self.ctx.vectorstore(), "store_id": "store-x"}
+
+
+class TestHybridRetriever(_OnSampleKnowledge):
+    @property
+    def retriever_constructor(self) -> type[BaseRetriever]:
+        return HybridRetriever
+
+    @property
+    def retriever_constructor_params(self) -> dict[str, Any]:
+        return {"retrievers": [VectorRetriever(vectorstore=self.ctx.vectorstore()),
+                               FullTextRetriever(conninfo=self.ctx.conninfo)]}
+
+
+def test_vector_search_is_served_by_the_collections_hnsw_index(migrated_url: str) -> None:
+    import psycopg
+    from langchain_core.documents import Document
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    from persistence.vectorstore import vector_literal
+
+    # enough rows that the planner prefers the index (on the 66-chunk sample a plain scan is cheaper)
+    store = PgVectorStore(DeterministicFakeEmbedding(size=8), collection="plan-check:8", dimensions=8,
+                          conninfo=migrated_url)
+    store.add_documents([Document(page_content=f"passage {i}", metadata={"store_id": f"s{i % 7}"})
+                         for i in range(3000)])
+    params = {"q": vector_literal([0.1] * 8), "c": store.collection, "s": "s3", "k": 4}
+    try:
+        with psycopg.connect(migrated_url, autocommit=True) as conn:
+            conn.execute("analyze kb_vectors")
+            plan = "\n".join(r[0] for r in conn.execute(psycopg.sql.SQL("explain ") + store._search_sql(True), params))
+        assert f"Index Scan using {store.index_name()}" in plan, plan
+        assert len(store.similarity_search("passage 5", k=4, visible_to="s3")) == 4
+    finally:
+        store.drop_collection()
