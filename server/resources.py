@@ -76,9 +76,14 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             # incremental: a no-op when the sample is already indexed for this backend
             from server.ingest import ingest_path
 
-            report = await ingest_path(knowledge.indexer, settings.knowledge_dir, source="sample")
-            if report.added or report.updated or report.deleted:
-                log.info("sample knowledge base indexed for %s: %s", knowledge.backend, report.summary())
+            try:
+                report = await ingest_path(knowledge.indexer, settings.knowledge_dir, source="sample")
+            except Exception as exc:  # e.g. the embeddings endpoint is down: serve anyway, say so
+                log.warning("could not index the sample knowledge base for %s (%s); it is retried at the next "
+                            "start", knowledge.backend, type(exc).__name__)
+            else:
+                if report.added or report.updated or report.deleted:
+                    log.info("sample knowledge base indexed for %s: %s", knowledge.backend, report.summary())
         model = make_chat_model(
             openai_api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
             openai_base_url=settings.openai_base_url,

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from langchain_core.documents import Document
 
 from persistence.db import Pool
@@ -65,3 +66,23 @@ def test_cli_ingest(database_url: str, tmp_path: Path) -> None:
     missing = subprocess.run([sys.executable, "-m", "server.cli", "ingest", str(tmp_path / "nope")],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+async def test_service_starts_when_the_sample_cannot_be_embedded(pg_server_conninfo: str,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    from server.resources import open_resources
+    from server.settings import Settings
+    from tests.conftest import create_database
+
+    with socket.socket() as s:  # a port nobody listens on: the embeddings endpoint is down
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    settings = Settings(database_url=create_database(pg_server_conninfo, "embed_down"),  # type: ignore[arg-type]
+                        openai_api_key="sk-local-test", openai_base_url=dead, openai_max_retries=0)  # type: ignore[arg-type]
+    async with open_resources(settings) as res:
+        assert res.knowledge.backend == "hybrid(pgvector+postgres-fts)"
+        assert await res.knowledge.indexer.repo.chunk_count() == 0  # nothing half-written
+    assert "could not index the sample knowledge base" in caplog.text
+    assert "sk-local-test" not in caplog.text

@@ -133,3 +133,15 @@ def test_settings_read_the_env_file_of_app_env(monkeypatch: pytest.MonkeyPatch, 
     assert (s.app_env, s.db_pool_max, s.openai_model) == ("production", 33, "gpt-4.1-mini")
     monkeypatch.setenv("DB_POOL_MAX", "44")  # the process environment wins over the file
     assert settings_module.load_settings().db_pool_max == 44
+
+
+def test_env_example_documents_every_setting() -> None:
+    import re
+
+    from server.settings import PROJECT_ROOT, Settings
+
+    text = (PROJECT_ROOT / "env" / ".env.example").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", text, re.M))
+    aliases = {"LANGSMITH_PROJECT": "LANGSMITH_PROJECT_NAME", "MODEL_PRICES": "MODEL_PRICES_JSON"}
+    missing = {aliases.get(f.upper(), f.upper()) for f in Settings.model_fields} - documented
+    assert not missing
