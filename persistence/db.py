@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
@@ -49,3 +52,26 @@ async def open_pool(cfg: PoolConfig) -> AsyncConnectionPool[AsyncConnection[dict
 
 
 Pool = AsyncConnectionPool[AsyncConnection[dict[str, Any]]]
+
+
+@contextmanager
+def sync_connection(conninfo: str | None, owner: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    """A short sync connection, for the sync half of LangChain interfaces (scripts, standard tests)."""
+    if conninfo is None:
+        raise RuntimeError(f"sync use of {owner} needs `conninfo`")
+    with psycopg.connect(conninfo, autocommit=True, row_factory=dict_row) as conn:
+        yield conn
+
+
+@asynccontextmanager
+async def async_connection(pool: Pool | None, conninfo: str | None, owner: str
+                           ) -> AsyncIterator[AsyncConnection[dict[str, Any]]]:
+    """A connection from the pool, or a short one from `conninfo` when there is no pool."""
+    if pool is not None:
+        async with pool.connection() as conn:
+            yield conn
+        return
+    if conninfo is None:
+        raise RuntimeError(f"{owner} needs a pool or a conninfo")
+    async with await AsyncConnection.connect(conninfo, autocommit=True, row_factory=dict_row) as conn:
+        yield conn

@@ -10,8 +10,8 @@ old fingerprint and is retried on the next run.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -19,12 +19,11 @@ import psycopg
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.vectorstores import VectorStore
-from psycopg.rows import dict_row
 from pydantic import Field
 
 from graph.retrieval import ScopedRetriever, passage_metadata
 from graph.text import search_text
-from persistence.db import Pool
+from persistence.db import Pool, async_connection, sync_connection
 
 SEARCH_SQL = "select chunk_id, doc_id, title, url, content, score from kb_search(%s, %s, %s)"
 COUNT_SQL = "select count(*) as n from knowledge_chunks"
@@ -222,24 +221,11 @@ class FullTextRetriever(ScopedRetriever):
     pool: Any = Field(default=None, exclude=True)
     conninfo: str | None = Field(default=None, exclude=True, repr=False)
 
-    @contextmanager
-    def _sync_conn(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
-        if self.conninfo is None:
-            raise RuntimeError("sync use of FullTextRetriever needs `conninfo`")
-        with psycopg.connect(self.conninfo, autocommit=True, row_factory=dict_row) as conn:
-            yield conn
+    def _sync_conn(self) -> AbstractContextManager[psycopg.Connection[dict[str, Any]]]:
+        return sync_connection(self.conninfo, "FullTextRetriever")
 
-    @asynccontextmanager
-    async def _async_conn(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
-        if self.pool is not None:
-            async with self.pool.connection() as conn:
-                yield conn
-            return
-        if self.conninfo is None:
-            raise RuntimeError("FullTextRetriever needs a pool or a conninfo")
-        async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True,
-                                                         row_factory=dict_row) as conn:
-            yield conn
+    def _async_conn(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[dict[str, Any]]]:
+        return async_connection(self.pool, self.conninfo, "FullTextRetriever")
 
     @staticmethod
     def _documents(rows: list[dict[str, Any]]) -> list[Document]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any, ClassVar
 
 import psycopg
@@ -21,10 +21,9 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 from psycopg import sql
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from persistence.db import Pool
+from persistence.db import Pool, async_connection, sync_connection
 
 MAX_INDEXED_DIMENSIONS = 2000  # pgvector's HNSW limit for the `vector` type
 
@@ -82,24 +81,11 @@ class PgVectorStore(VectorStore):
 
     # -- connections ------------------------------------------------------------------------------
 
-    @contextmanager
-    def _sync_conn(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
-        if self.conninfo is None:
-            raise RuntimeError("sync use of PgVectorStore needs `conninfo`")
-        with psycopg.connect(self.conninfo, autocommit=True, row_factory=dict_row) as conn:
-            yield conn
+    def _sync_conn(self) -> AbstractContextManager[psycopg.Connection[dict[str, Any]]]:
+        return sync_connection(self.conninfo, "PgVectorStore")
 
-    @asynccontextmanager
-    async def _async_conn(self) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
-        if self.pool is not None:
-            async with self.pool.connection() as conn:
-                yield conn
-            return
-        assert self.conninfo is not None
-        async with await psycopg.AsyncConnection.connect(
-            self.conninfo, autocommit=True, row_factory=dict_row
-        ) as conn:
-            yield conn
+    def _async_conn(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[dict[str, Any]]]:
+        return async_connection(self.pool, self.conninfo, "PgVectorStore")
 
     # -- SQL pieces ---------------------------------------------------------------------------------
 

@@ -16,9 +16,10 @@ import json
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+from tests.local_http import JsonHandler, LocalServer
 
 TOKEN = "ntn_local_test_token"
 
@@ -89,22 +90,8 @@ class NotionWorkspace:
         self.pages[page_id]["last_edited_time"] = self._tick()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     server: FakeNotionServer
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _json(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(data)
 
     def _error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         self._json(status, {"object": "error", "status": status, "code": code, "message": message,
@@ -175,11 +162,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle("POST")
 
 
-class FakeNotionServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class FakeNotionServer(LocalServer):
     def __init__(self, workspace: NotionWorkspace | None = None, max_page_size: int = 2) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(_Handler)
         self.workspace = workspace or NotionWorkspace()
         self.max_page_size = max_page_size
         self.lock = threading.Lock()
@@ -187,16 +172,8 @@ class FakeNotionServer(ThreadingHTTPServer):
         self.rate_limit_once: set[str] = set()
         self.fail_once: set[str] = set()
         self.fail_always: set[str] = set()
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        return self.origin
 
-    def __enter__(self) -> FakeNotionServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
-        self.server_close()

@@ -29,8 +29,9 @@ import re
 import struct
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.local_http import JsonHandler, LocalServer
 
 MODEL_REPORTED = "gpt-4o-mini-2024-07-18"
 DEFAULT_EMBEDDING_DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072,
@@ -89,20 +90,8 @@ def usage_for(messages: list[dict[str, Any]], pieces: list[str]) -> dict[str, An
     }
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     server: FakeOpenAIServer
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _json(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def _embeddings(self, body: dict[str, Any]) -> None:
         inputs = body.get("input")
@@ -197,16 +186,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
 
-class FakeOpenAIServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class FakeOpenAIServer(LocalServer):
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(_Handler)
         self.requests: list[dict[str, Any]] = []
         self.usages: list[dict[str, Any]] = []
         self.embedding_inputs: list[str] = []
         self.client_disconnects = 0
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
     def chat_requests(self) -> list[dict[str, Any]]:
@@ -214,15 +200,8 @@ class FakeOpenAIServer(ThreadingHTTPServer):
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+        return f"{self.origin}/v1"
 
-    def __enter__(self) -> FakeOpenAIServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
-        self.server_close()
 
 
 if __name__ == "__main__":  # run it by hand: python -m tests.fake_openai

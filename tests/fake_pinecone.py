@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import math
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+from tests.local_http import JsonHandler, LocalServer
 
 API_KEY = "pcsk_local_test_key"
 
@@ -69,20 +70,8 @@ def _valid_metadata(metadata: dict[str, Any]) -> str | None:
     return None
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     server: FakePineconeServer
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _json(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def _error(self, status: int, code: str, message: str) -> None:
         self._json(status, {"code": {"400": 3, "401": 16, "404": 5}.get(str(status), 13), "message": message,
@@ -163,25 +152,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle("POST")
 
 
-class FakePineconeServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class FakePineconeServer(LocalServer):
     def __init__(self, dimension: int) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(_Handler)
         self.dimension = dimension
         self.lock = threading.Lock()
         self.requests: list[dict[str, Any]] = []
         self.namespaces: dict[str, dict[str, dict[str, Any]]] = {}
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     @property
     def host(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        return self.origin
 
-    def __enter__(self) -> FakePineconeServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
-        self.server_close()
