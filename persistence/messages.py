@@ -50,7 +50,8 @@ select m.message_id, m.store_id, %(score)s, %(comment)s
   from chat_messages m join chat_sessions s using (session_id)
  where m.message_id = %(message_id)s and m.deleted_at is null and s.deleted_at is null
 on conflict (message_id) do update set score = excluded.score, comment = excluded.comment
-returning message_id, score, comment
+returning message_id, score, comment, (xmax = 0) as created,
+          (select run_id from chat_messages where message_id = %(message_id)s) as run_id
 """
 
 

@@ -160,9 +160,13 @@ class SessionController(Controller):
         # Litestar converts bodies leniently ("1" -> 1.0); a score must be a JSON number
         data = strict_body(await request.body(), FeedbackRequest)
         mid = parse_id(message_id, "message_id")
-        row = await _res(state).messages.upsert_feedback(mid, data.score, data.comment)
+        res = _res(state)
+        row = await res.messages.upsert_feedback(mid, data.score, data.comment)
         if row is None:
             raise MessageNotFound(detail={"message_id": message_id})
+        if row["run_id"] is not None:  # assistant messages are runs; feedback on them goes to LangSmith too
+            res.tracing.send_feedback(mid, row["run_id"], float(row["score"]), row["comment"],
+                                      created=bool(row["created"]))
         return FeedbackResponse(message_id=row["message_id"], score=row["score"], comment=row["comment"])
 
     @get("/sessions/{session_id:str}/stats")

@@ -39,6 +39,7 @@ from server.errors import (
     ValidationFailed,
 )
 from server.schemas import Message, check_metadata_size, message_out
+from server.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class IntegratedChatService:
         retrieval_k: int,
         history_messages: int,
         prompt_variant: str,
+        tracing: Tracing | None = None,
     ) -> None:
         self.graph = graph
         self.messages = messages
@@ -124,6 +126,7 @@ class IntegratedChatService:
         self.retrieval_k = retrieval_k
         self.history_messages = history_messages
         self.prompt_variant = prompt_variant
+        self.tracing = tracing or Tracing.disabled()
         self._running: set[asyncio.Task[None]] = set()
 
     # -- starting a turn: everything that can be refused is refused before a response starts
@@ -227,15 +230,17 @@ class IntegratedChatService:
     async def _stream_graph(self, turn: Turn, progress: _Progress) -> None:
         config: RunnableConfig = {
             "configurable": {"thread_id": str(turn.session_id)},
-            "run_id": turn.message_id,
+            "run_id": turn.message_id,  # the LangSmith run id is the assistant message id
             "run_name": "chat_turn",
-            "metadata": {
-                "session_id": str(turn.session_id),
-                "store_id": turn.store_id,
-                "user_id": turn.user_id,
-                "prompt_variant": turn.prompt_variant,
-                "model": turn.model,
-            },
+            "metadata": self.tracing.metadata(
+                session_id=str(turn.session_id),
+                store_id=turn.store_id,
+                user_id=turn.user_id,
+                prompt_variant=turn.prompt_variant,
+                model=turn.model,
+            ),
+            "tags": self.tracing.tags,
+            "callbacks": self.tracing.callbacks(),
         }
         context = ChatContext(
             store_id=turn.store_id,
@@ -246,6 +251,17 @@ class IntegratedChatService:
             prompt_variant=turn.prompt_variant,
         )
         graph_input = {"messages": [HumanMessage(content=turn.content, id=str(turn.user_message_id))]}
+        with self.tracing.context():
+            await self._consume(turn, progress, graph_input, config, context)
+        if progress.final is not None and not progress.final.response_metadata.get("finish_reason"):
+            # the body ended without the provider saying the answer is finished: a cut stream
+            raise ModelCallError("the model's stream ended without a finish reason")
+        if not progress.parts and progress.final is not None and content_text(progress.final.content):
+            # a model that does not stream: its whole answer is one token event
+            self._on_chunk(turn, progress, AIMessageChunk(content=content_text(progress.final.content)))
+
+    async def _consume(self, turn: Turn, progress: _Progress, graph_input: dict[str, Any], config: RunnableConfig,
+                       context: ChatContext) -> None:
         part: Any  # (mode, payload) pairs; typed loosely by LangGraph for the v1 stream format
         async for part in self.graph.astream(
             graph_input,
@@ -266,12 +282,6 @@ class IntegratedChatService:
                     turn.events.put_nowait(("sources", {"sources": progress.sources}))
                 if "generate" in payload:
                     progress.final = payload["generate"]["messages"][-1]
-        if progress.final is not None and not progress.final.response_metadata.get("finish_reason"):
-            # the body ended without the provider saying the answer is finished: a cut stream
-            raise ModelCallError("the model's stream ended without a finish reason")
-        if not progress.parts and progress.final is not None and content_text(progress.final.content):
-            # a model that does not stream: its whole answer is one token event
-            self._on_chunk(turn, progress, AIMessageChunk(content=content_text(progress.final.content)))
 
     def _on_chunk(self, turn: Turn, progress: _Progress, chunk: AIMessageChunk) -> None:
         if chunk.usage_metadata:

@@ -23,6 +23,7 @@ from server.chat import IntegratedChatService
 from server.knowledge import KnowledgeStack, build_knowledge
 from server.sessions import SessionService
 from server.settings import Settings
+from server.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class Resources:
     chat: IntegratedChatService
     analytics: ChatAnalyticsService
     knowledge: KnowledgeStack
+    tracing: Tracing
     embedded: Any = None
 
 
@@ -94,6 +96,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             offline_chunk_delay_s=settings.offline_chunk_delay_ms / 1000,
         )
         graph = build_graph(make_checkpointer(pool))
+        tracing = Tracing.from_settings(settings)
         expire_after = timedelta(hours=settings.session_expire_hours)
         session_repo = SessionRepository(pool)
         messages = MessageRepository(pool)
@@ -109,6 +112,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             retrieval_k=settings.retrieval_k,
             history_messages=settings.history_messages,
             prompt_variant=settings.prompt_variant,
+            tracing=tracing,
         )
         resources = Resources(
             settings=settings,
@@ -119,6 +123,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             chat=chat,
             analytics=ChatAnalyticsService(StatsRepository(pool, settings.model_prices), session_repo),
             knowledge=knowledge,
+            tracing=tracing,
             embedded=embedded,
         )
         try:
@@ -126,3 +131,4 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         finally:
             await chat.shutdown()
             await knowledge.aclose()
+            await tracing.aclose()

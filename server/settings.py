@@ -85,13 +85,15 @@ class Settings(BaseSettings):
     knowledge_dir: Path = PROJECT_ROOT / "knowledge" / "sample"
     ingest_sample_if_empty: bool = True
 
-    # LangSmith (tracing depth arrives with the monitoring issue)
+    # LangSmith: tracing on with a key or LANGSMITH_TRACING=true (server/tracing.py)
     langsmith_api_key: SecretStr | None = None
     langsmith_project: str = Field(
         "sixshop-ai-agent", validation_alias=AliasChoices("LANGSMITH_PROJECT", "LANGSMITH_PROJECT_NAME")
     )
     langsmith_endpoint: str | None = None
     langsmith_tracing: bool = False
+    langsmith_flush_timeout_seconds: float = 5
+    trace_hide_content: bool = False  # privacy: no message text in traces (metadata and usage still go)
 
     # Notion (`sixshop-agent ingest notion`)
     notion_integration_token: SecretStr | None = None
