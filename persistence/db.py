@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -36,8 +38,53 @@ def pool_kwargs(application_name: str = APPLICATION_NAME) -> dict[str, object]:
     }
 
 
-async def open_pool(cfg: PoolConfig) -> AsyncConnectionPool[AsyncConnection[dict[str, Any]]]:
-    pool: AsyncConnectionPool[AsyncConnection[dict[str, Any]]] = AsyncConnectionPool(
+class LatencyWindow:
+    """The last `size` durations (seconds), for percentiles of recent behaviour."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._values: deque[float] = deque(maxlen=size)
+
+    def record(self, seconds: float) -> None:
+        self._values.append(seconds)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def percentile(self, q: float) -> float | None:
+        if not self._values:
+            return None
+        ordered = sorted(self._values)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class TimedPool(AsyncConnectionPool[AsyncConnection[dict[str, Any]]]):
+    """The pool, timing each use: wait for a connection, then how long it is held (the database work).
+
+    Every repository and the LangGraph saver go through `connection()`, so this is the service's
+    database latency as the service sees it; the capacity report reads its p95.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hold_times = LatencyWindow()
+        self.observers: list[Callable[[float, float], None]] = []  # (wait_s, hold_s)
+
+    @asynccontextmanager  # same signature as AsyncConnectionPool.connection
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[AsyncConnection[dict[str, Any]]]:  # noqa: ASYNC109
+        asked = time.perf_counter()
+        async with super().connection(timeout=timeout) as conn:
+            got = time.perf_counter()
+            try:
+                yield conn
+            finally:
+                held = time.perf_counter() - got
+                self.hold_times.record(held)
+                for observe in self.observers:
+                    observe(got - asked, held)
+
+
+async def open_pool(cfg: PoolConfig) -> TimedPool:
+    pool = TimedPool(
         cfg.conninfo,
         min_size=cfg.min_size,
         max_size=cfg.max_size,
@@ -51,7 +98,7 @@ async def open_pool(cfg: PoolConfig) -> AsyncConnectionPool[AsyncConnection[dict
     return pool
 
 
-Pool = AsyncConnectionPool[AsyncConnection[dict[str, Any]]]
+Pool = AsyncConnectionPool[AsyncConnection[dict[str, Any]]]  # a TimedPool in the service
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.params import Parameter
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.response import Stream
 from psycopg_pool import PoolTimeout
 
@@ -243,6 +244,14 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     return _error_response(AppError())
 
 
+class MetricsController(PrometheusController):
+    """GET /metrics: Prometheus text format."""
+
+    path = "/metrics"
+    include_in_schema = True
+    tags = ["operations"]
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or load_settings()
 
@@ -252,8 +261,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             app.state.resources = resources
             yield
 
+    prometheus = PrometheusConfig(app_name="sixshop-ai-agent", prefix="sixshop", group_path=True,
+                                  exclude=["/metrics"])
     return Litestar(
-        route_handlers=[SessionController, health],
+        route_handlers=[SessionController, health, MetricsController],
+        middleware=[prometheus.middleware],
         lifespan=[lifespan],
         state=State({"settings": settings}),
         exception_handlers={Exception: handle_exception},

@@ -29,6 +29,7 @@ from graph.models import content_text, model_label
 from graph.retrieval import Passage
 from graph.state import ChatContext
 from persistence.messages import MessageRepository
+from server import metrics
 from server.errors import (
     AppError,
     ModelError,
@@ -160,6 +161,8 @@ class IntegratedChatService:
             expire_after=self.expire_after,
         )
         detail = {"session_id": str(session_id)}
+        if claim.outcome != "ok":
+            metrics.record_refusal(claim.outcome)
         if claim.outcome == "not_found":
             raise SessionNotFound(detail=detail)
         if claim.outcome == "expired":
@@ -316,6 +319,11 @@ class IntegratedChatService:
                 first_token_ms=progress.first_token_ms,
                 sources=progress.sources,
                 error_code=error_code,
+            )
+            metrics.record_turn(
+                error_code or status, progress.model, int(row["input_tokens"]), int(row["output_tokens"]),
+                progress.first_token_ms / 1000 if progress.first_token_ms is not None else None,
+                time.perf_counter() - turn.started,
             )
             if status == "complete":
                 turn.events.put_nowait(("done", {"message": message_out(row)}))

@@ -12,12 +12,13 @@ from typing import Any
 from graph.graph import build_graph
 from graph.models import make_chat_model
 from persistence.checkpointer import make_checkpointer
-from persistence.db import Pool, PoolConfig, open_pool
+from persistence.db import Pool, PoolConfig, TimedPool, open_pool
 from persistence.embedded import embedded_conninfo, start_embedded
 from persistence.messages import MessageRepository
 from persistence.migrations import migrate
 from persistence.sessions import SessionRepository
 from persistence.stats import StatsRepository
+from server import metrics
 from server.analytics import ChatAnalyticsService
 from server.chat import IntegratedChatService
 from server.knowledge import KnowledgeStack, build_knowledge
@@ -66,6 +67,16 @@ async def open_database(settings: Settings) -> AsyncIterator[tuple[Pool, Any]]:
         yield pool, embedded
     finally:
         await pool.close()
+
+
+def observe_pool(pool: Pool) -> None:
+    if isinstance(pool, TimedPool) and not pool.observers:
+        pool.observers.append(_observe_db)
+
+
+def _observe_db(wait_s: float, hold_s: float) -> None:
+    metrics.DB_WAIT_SECONDS.observe(wait_s)
+    metrics.DB_HOLD_SECONDS.observe(hold_s)
 
 
 @asynccontextmanager
@@ -126,9 +137,12 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             tracing=tracing,
             embedded=embedded,
         )
+        observe_pool(pool)
+        metrics.RUNTIME.resources = resources
         try:
             yield resources
         finally:
+            metrics.RUNTIME.resources = None
             await chat.shutdown()
             await knowledge.aclose()
             await tracing.aclose()
