@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from html import escape
+from uuid import UUID
 
 from graph.retrieval import Passage
 
@@ -14,6 +16,15 @@ SYSTEM_PROMPTS: dict[str, str] = {
         "using only the help-centre passages below. If they do not contain the answer, say so "
         "plainly and suggest contacting the store. Answer in the language the shopper wrote in "
         "(Korean or English), briefly and politely. Do not invent policies, prices or dates.\n\n"
+        "Passages:\n{passages}"
+    ),
+    # v2: the same rules, plus a citation after each claim, for A/B against v1
+    "v2": (
+        "You are the customer-support assistant of an online store. Answer the shopper's question "
+        "using only the help-centre passages below, and after each statement cite the passage it comes "
+        "from by its title in square brackets, e.g. [Shipping › Fees]. If the passages do not contain the "
+        "answer, say so plainly in the shopper's language and suggest contacting the store; do not guess. "
+        "Answer in the language the shopper wrote in (Korean or English), in at most four sentences.\n\n"
         "Passages:\n{passages}"
     ),
 }
@@ -37,3 +48,40 @@ def format_passages(passages: list[Passage]) -> str:
 def system_prompt(passages: list[Passage], variant: str = DEFAULT_VARIANT) -> str:
     template = SYSTEM_PROMPTS.get(variant, SYSTEM_PROMPTS[DEFAULT_VARIANT])
     return template.format(passages=format_passages(passages))
+
+
+class VariantPicker:
+    """Assigns each session a prompt variant, sticky and weighted, from a stable hash of its id.
+
+    The same session id gets the same variant in every process and after restarts (as long as the
+    weights stay the same); the variant used is stored on every message, so statistics stay right
+    when weights change.
+    """
+
+    def __init__(self, weights: dict[str, float]) -> None:
+        unknown = sorted(set(weights) - set(SYSTEM_PROMPTS))
+        if unknown:
+            raise ValueError(f"unknown prompt variant(s) {unknown}; known: {sorted(SYSTEM_PROMPTS)}")
+        if not weights or any(w <= 0 for w in weights.values()):
+            raise ValueError("prompt variant weights must be positive")
+        total = sum(weights.values())
+        self.weights = {name: weights[name] / total for name in sorted(weights)}
+
+    @classmethod
+    def parse(cls, spec: str) -> VariantPicker:
+        """'v1' or 'v1:80,v2:20'."""
+        weights: dict[str, float] = {}
+        for part in spec.split(","):
+            name, _, weight = part.strip().partition(":")
+            if name:
+                weights[name] = float(weight) if weight else 1.0
+        return cls(weights)
+
+    def pick(self, session_id: UUID) -> str:
+        point = int.from_bytes(hashlib.sha256(session_id.bytes).digest()[:8], "big") / 2**64
+        cumulative = 0.0
+        for name, share in self.weights.items():
+            cumulative += share
+            if point < cumulative:
+                return name
+        return next(reversed(self.weights))

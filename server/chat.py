@@ -26,6 +26,7 @@ from langgraph.types import StreamMode
 
 from graph.graph import ModelCallError
 from graph.models import content_text, model_label
+from graph.prompts import VariantPicker
 from graph.retrieval import Passage
 from graph.state import ChatContext
 from persistence.messages import MessageRepository
@@ -126,7 +127,7 @@ class IntegratedChatService:
         self.max_metadata_bytes = max_metadata_bytes
         self.retrieval_k = retrieval_k
         self.history_messages = history_messages
-        self.prompt_variant = prompt_variant
+        self.variants = VariantPicker.parse(prompt_variant)
         self.tracing = tracing or Tracing.disabled()
         self._running: set[asyncio.Task[None]] = set()
 
@@ -149,13 +150,14 @@ class IntegratedChatService:
         text = self._check_input(text, metadata)
         user_message_id, message_id = uuid4(), uuid4()
         started = time.perf_counter()
+        variant = self.variants.pick(session_id)
         claim = await self.messages.begin_turn(
             session_id=session_id,
             user_msg_id=user_message_id,
             asst_msg_id=message_id,
             content=text,
             model=self.model_name,
-            prompt_variant=self.prompt_variant,
+            prompt_variant=variant,
             metadata=metadata,
             stale_after=self.turn_timeout,
             expire_after=self.expire_after,
@@ -178,7 +180,7 @@ class IntegratedChatService:
             message_id=message_id,
             content=text,
             model=self.model_name,
-            prompt_variant=self.prompt_variant,
+            prompt_variant=variant,
             started=started,
         )
         task = asyncio.create_task(self._run(turn), name=f"turn-{message_id}")

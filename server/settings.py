@@ -71,7 +71,9 @@ class Settings(BaseSettings):
         default_factory=lambda: dict(DEFAULT_PRICES),
         validation_alias=AliasChoices("MODEL_PRICES_JSON", "model_prices"),
     )
-    prompt_variant: str = "v1"
+    # prompt A/B: one variant ("v1") or weights ("v1:50,v2:50"), sticky per session (graph/prompts.py)
+    prompt_variant: str = Field("v1", validation_alias=AliasChoices("PROMPT_VARIANTS", "PROMPT_VARIANT",
+                                                                  "prompt_variant"))
 
     # retrieval: full-text always; a vector index when an embedding model is configured (see
     # server/knowledge.py): VECTOR_STORE=auto picks pinecone with PINECONE_API_KEY, else pgvector with
@@ -115,6 +117,14 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, v: object) -> object:
         """`OPENAI_API_KEY=` in an env file means no key, not an empty one."""
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("prompt_variant")
+    @classmethod
+    def _known_variants(cls, v: str) -> str:
+        from graph.prompts import VariantPicker
+
+        VariantPicker.parse(v)  # raises on unknown names or bad weights, at start-up
+        return v
 
     @field_validator("db_pool_min", "db_pool_max")
     @classmethod

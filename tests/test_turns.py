@@ -156,3 +156,29 @@ async def test_server_side_failure_is_stored_as_internal_error(res: Resources) -
     assert [(r["role"], r["status"], r["error_code"]) for r in rows] == [
         ("user", "complete", None), ("assistant", "error", "internal_error")]
     assert (await res.sessions.get(session.session_id)).turn_running is False
+
+
+async def test_prompt_variants_split_sessions_and_stick(res: Resources, fake_openai: FakeOpenAIServer) -> None:
+    from server.chat import IntegratedChatService
+
+    chat = IntegratedChatService(
+        graph=res.chat.graph, messages=res.messages, model=res.chat.model, retriever=res.chat.retriever,
+        turn_timeout=res.chat.turn_timeout, expire_after=res.chat.expire_after, max_message_chars=500,
+        max_metadata_bytes=500, retrieval_k=2, history_messages=4, prompt_variant="v1:1,v2:1",
+    )
+    seen: dict[str, list[str]] = {}
+    for _ in range(40):  # until both variants were drawn (uuid4 ids: 2**-39 odds of not by then)
+        if len(seen) >= 4 and {v[0] for v in seen.values()} == {"v1", "v2"}:
+            break
+        session = await res.sessions.create("store-ab", None, {})
+        for question in ("How much is shipping?", "And returns?"):
+            before = len(fake_openai.chat_requests)
+            turn = await chat.start_turn(session.session_id, question, {})
+            events = [e async for e in turn.stream()]
+            assert events[-1][0] == "done"
+            system = fake_openai.chat_requests[before]["body"]["messages"][0]["content"]
+            variant = events[-1][1]["message"].prompt_variant
+            assert ("cite the passage" in system) == (variant == "v2")  # the model got that variant's prompt
+            seen.setdefault(str(session.session_id), []).append(variant)
+    assert all(len(set(v)) == 1 for v in seen.values())  # sticky within a session
+    assert {v[0] for v in seen.values()} == {"v1", "v2"}  # and both variants in use

@@ -145,3 +145,23 @@ def test_env_example_documents_every_setting() -> None:
     aliases = {"LANGSMITH_PROJECT": "LANGSMITH_PROJECT_NAME", "MODEL_PRICES": "MODEL_PRICES_JSON"}
     missing = {aliases.get(f.upper(), f.upper()) for f in Settings.model_fields} - documented
     assert not missing
+
+
+def test_prompt_variants_are_sticky_and_weighted() -> None:
+    import uuid
+
+    import pytest
+
+    from graph.prompts import VariantPicker
+
+    picker = VariantPicker.parse("v1:80, v2:20")
+    ids = [uuid.UUID(int=i * 7919 + 1) for i in range(5000)]
+    first = [picker.pick(i) for i in ids]
+    assert first == [VariantPicker.parse("v2:20,v1:80").pick(i) for i in ids]  # order-independent, stable
+    share_v2 = first.count("v2") / len(first)
+    assert 0.17 < share_v2 < 0.23
+    assert {VariantPicker.parse("v1").pick(i) for i in ids} == {"v1"}
+    with pytest.raises(ValueError, match="unknown prompt variant"):
+        VariantPicker.parse("v1:50,v9:50")
+    with pytest.raises(ValueError, match="positive"):
+        VariantPicker.parse("v1:0")
