@@ -181,8 +181,9 @@ class SessionController(Controller):
         store_id: Annotated[StoreId, Parameter(query="store_id")],
         start: Annotated[datetime | None, Parameter(query="from")] = None,
         end: Annotated[datetime | None, Parameter(query="to")] = None,
+        tz: Annotated[str | None, Parameter(query="tz", max_length=64)] = None,
     ) -> StoreStats:
-        return await _res(state).analytics.store_stats(store_id, _utc(start), _utc(end))
+        return await _res(state).analytics.store_stats(store_id, _utc(start), _utc(end), tz)
 
 
 @get("/health", tags=["operations"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -92,26 +92,11 @@ class FeedbackResponse(msgspec.Struct):
     comment: str | None
 
 
-class SessionStats(msgspec.Struct):
-    session_id: UUID
-    message_count: int
-    input_tokens: int
-    output_tokens: int
-    cost_usd: float
-    avg_latency_ms: float | None
-    p95_latency_ms: float | None
-    avg_first_token_ms: float | None
-    error_rate: float
-    feedback_count: int
-    avg_feedback_score: float | None
+class StatsFigures(msgspec.Struct, kw_only=True):
+    """The figures every statistics row carries (API.md's SessionStats/StoreStats fields, plus turn_count)."""
 
-
-class StoreStats(msgspec.Struct):
-    store_id: str
-    from_: datetime | None = msgspec.field(name="from")
-    to: datetime | None = None
-    session_count: int = 0
     message_count: int = 0
+    turn_count: int = 0  # assistant messages
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
@@ -121,6 +106,36 @@ class StoreStats(msgspec.Struct):
     error_rate: float = 0.0
     feedback_count: int = 0
     avg_feedback_score: float | None = None
+
+
+class SessionStats(StatsFigures, kw_only=True):
+    session_id: UUID
+
+
+class GroupFigures(StatsFigures, kw_only=True):
+    session_count: int = 0
+
+
+class DailyStats(GroupFigures, kw_only=True):
+    date: date
+
+
+class VariantStats(GroupFigures, kw_only=True):
+    prompt_variant: str
+
+
+class ModelStats(GroupFigures, kw_only=True):
+    model: str
+
+
+class StoreStats(GroupFigures, kw_only=True):
+    store_id: str
+    from_: datetime | None = msgspec.field(default=None, name="from")
+    to: datetime | None = None
+    tz: str = "UTC"  # the time zone of the daily buckets
+    daily: list[DailyStats] = msgspec.field(default_factory=list)
+    by_prompt_variant: list[VariantStats] = msgspec.field(default_factory=list)  # assistant messages
+    by_model: list[ModelStats] = msgspec.field(default_factory=list)  # assistant messages
 
 
 class DatabaseHealth(msgspec.Struct):

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
         default_factory=lambda: dict(DEFAULT_PRICES),
         validation_alias=AliasChoices("MODEL_PRICES_JSON", "model_prices"),
     )
+    # the time zone of daily statistics buckets (GET /stats?tz= overrides it)
+    stats_timezone: str = "Asia/Seoul"
     # prompt A/B: one variant ("v1") or weights ("v1:50,v2:50"), sticky per session (graph/prompts.py)
     prompt_variant: str = Field("v1", validation_alias=AliasChoices("PROMPT_VARIANTS", "PROMPT_VARIANT",
                                                                   "prompt_variant"))
