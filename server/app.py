@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -13,8 +14,10 @@ from uuid import UUID
 import msgspec
 import psycopg
 from litestar import Controller, Litestar, Request, Response, delete, get, post
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.params import Parameter
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
@@ -24,10 +27,12 @@ from psycopg_pool import PoolTimeout
 from server.errors import (
     AppError,
     DatabaseUnavailable,
+    Forbidden,
     MessageNotFound,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    Unauthorized,
     UnsupportedMediaType,
     ValidationFailed,
 )
@@ -245,6 +250,30 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     return _error_response(AppError())
 
 
+def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """/api/admin/*: a Bearer ADMIN_TOKEN when one is set; without one, open outside production only."""
+    settings: Settings = connection.app.state.settings
+    if settings.admin_token is None:
+        if settings.app_env == "production":
+            raise Forbidden("The admin API is off: set ADMIN_TOKEN to use it")
+        return
+    given = connection.headers.get("authorization", "")
+    expected = f"Bearer {settings.admin_token.get_secret_value()}"
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise Unauthorized("A valid admin token is required (Authorization: Bearer ...)")
+
+
+class AdminController(Controller):
+    path = "/api/admin"
+    tags = ["admin"]
+    guards = [admin_guard]
+
+    @get("/capacity")
+    async def capacity(self, state: State) -> dict[str, Any]:
+        """Against the seed's thresholds for Aurora or Redis: connections, sessions a month, latency, sizes."""
+        return await _res(state).capacity.report()
+
+
 class MetricsController(PrometheusController):
     """GET /metrics: Prometheus text format."""
 
@@ -265,7 +294,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     prometheus = PrometheusConfig(app_name="sixshop-ai-agent", prefix="sixshop", group_path=True,
                                   exclude=["/metrics"])
     return Litestar(
-        route_handlers=[SessionController, health, MetricsController],
+        route_handlers=[SessionController, AdminController, health, MetricsController],
         middleware=[prometheus.middleware],
         lifespan=[lifespan],
         state=State({"settings": settings}),

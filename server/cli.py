@@ -1,4 +1,4 @@
-"""`sixshop-agent`: serve, migrate, ingest."""
+"""`sixshop-agent`: serve, migrate, ingest, capacity."""
 
 from __future__ import annotations
 
@@ -80,6 +80,22 @@ async def _ingest_notion(settings: Settings, database_id: str | None) -> int:
     return 1 if report.failed else 0
 
 
+async def _capacity(settings: Settings, as_json: bool) -> int:
+    import json
+
+    from persistence.migrations import migrate
+    from server.capacity import render
+    from server.resources import make_capacity, open_database
+
+    async with open_database(settings) as (pool, _):
+        await migrate(pool)
+        capacity = make_capacity(settings, pool)
+        await capacity.sample()  # now counts too, with this process's own connection
+        report = await capacity.report()
+    print(json.dumps(report, indent=2, default=str) if as_json else render(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sixshop-agent", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--source", default=None, help="source name (default files:<folder name>)")
     ingest.add_argument("--no-prune", dest="prune", action="store_false",
                         help="keep documents of this source that are no longer in PATH")
+    capacity = sub.add_parser("capacity", help="connections, sessions a month, latency and table sizes against "
+                                                "the thresholds for Aurora or Redis")
+    capacity.add_argument("--json", action="store_true", help="the report as JSON (as GET /api/admin/capacity)")
     return parser
 
 
@@ -108,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(settings, args.host or settings.host, args.port or settings.port)
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
+    if args.command == "capacity":
+        return asyncio.run(_capacity(settings, args.json))
     if args.command == "ingest" and args.path == "notion":
         return asyncio.run(_ingest_notion(settings, args.database_id))
     if args.command == "ingest":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,6 +12,7 @@ from typing import Any
 
 from graph.graph import build_graph
 from graph.models import make_chat_model
+from persistence.capacity import CapacityRepository
 from persistence.checkpointer import make_checkpointer
 from persistence.db import Pool, PoolConfig, TimedPool, open_pool
 from persistence.embedded import embedded_conninfo, start_embedded
@@ -20,6 +22,7 @@ from persistence.sessions import SessionRepository
 from persistence.stats import StatsRepository
 from server import metrics
 from server.analytics import ChatAnalyticsService
+from server.capacity import CapacityService, Limits
 from server.chat import IntegratedChatService
 from server.knowledge import KnowledgeStack, build_knowledge
 from server.sessions import SessionService
@@ -39,6 +42,7 @@ class Resources:
     analytics: ChatAnalyticsService
     knowledge: KnowledgeStack
     tracing: Tracing
+    capacity: CapacityService
     embedded: Any = None
 
 
@@ -67,6 +71,13 @@ async def open_database(settings: Settings) -> AsyncIterator[tuple[Pool, Any]]:
         yield pool, embedded
     finally:
         await pool.close()
+
+
+def make_capacity(settings: Settings, pool: Pool) -> CapacityService:
+    return CapacityService(CapacityRepository(pool), pool, Limits(
+        connections=settings.capacity_connections_limit,
+        sessions_per_month=settings.capacity_sessions_per_month_limit,
+    ))
 
 
 def observe_pool(pool: Pool) -> None:
@@ -125,6 +136,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             prompt_variant=settings.prompt_variant,
             tracing=tracing,
         )
+        capacity = make_capacity(settings, pool)
         resources = Resources(
             settings=settings,
             pool=pool,
@@ -136,13 +148,18 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
                                            default_tz=settings.stats_timezone),
             knowledge=knowledge,
             tracing=tracing,
+            capacity=capacity,
             embedded=embedded,
         )
         observe_pool(pool)
         metrics.RUNTIME.resources = resources
+        sampler = (asyncio.create_task(capacity.run_sampler(settings.capacity_sample_seconds), name="capacity-sampler")
+                   if settings.capacity_sample_seconds > 0 else None)
         try:
             yield resources
         finally:
+            if sampler is not None:
+                sampler.cancel()
             metrics.RUNTIME.resources = None
             await chat.shutdown()
             await knowledge.aclose()

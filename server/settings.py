@@ -99,6 +99,12 @@ class Settings(BaseSettings):
     langsmith_flush_timeout_seconds: float = 5
     trace_hide_content: bool = False  # privacy: no message text in traces (metadata and usage still go)
 
+    # operations: the capacity report and admin endpoints
+    admin_token: SecretStr | None = None  # Bearer token for /api/admin/*; without one, admin is off in production
+    capacity_sample_seconds: float = 60  # 0: this process takes no samples
+    capacity_connections_limit: int = 100
+    capacity_sessions_per_month_limit: int = 100_000
+
     # Notion (`sixshop-agent ingest notion`)
     notion_integration_token: SecretStr | None = None
     notion_database_id: str | None = None
@@ -114,7 +120,7 @@ class Settings(BaseSettings):
 
     @field_validator("database_url", "db_password", "openai_api_key", "langsmith_api_key",
                      "notion_integration_token", "pinecone_api_key", "db_host", "openai_base_url",
-                     "pinecone_host", "notion_base_url", mode="before")
+                     "pinecone_host", "notion_base_url", "admin_token", mode="before")
     @classmethod
     def _blank_is_unset(cls, v: object) -> object:
         """`OPENAI_API_KEY=` in an env file means no key, not an empty one."""

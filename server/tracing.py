@@ -184,7 +184,9 @@ class Tracing:
             await asyncio.wait(list(self._pending), timeout=self.flush_timeout_s)
         if self.client is not None:
             try:
-                await asyncio.wait_for(asyncio.to_thread(self.client.flush, self.flush_timeout_s),
+                # drains what is queued (bounded), stops the client's threads, and unregisters its
+                # atexit hook: what could not be sent in time is dropped, not retried at exit
+                await asyncio.wait_for(asyncio.to_thread(self.client.close, self.flush_timeout_s),
                                        self.flush_timeout_s + 1)
             except Exception as exc:
                 log.warning("LangSmith traces not flushed at shutdown: %s", type(exc).__name__)

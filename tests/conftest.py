@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
@@ -23,6 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 for _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "LANGSMITH_API_KEY", "PINECONE_API_KEY", "NOTION_INTEGRATION_TOKEN"):
     os.environ.pop(_var, None)
 os.environ["LANGSMITH_TRACING"] = "false"
+# the tracing tests leave a LangSmith client retrying against a stopped server; its warnings after
+# the last test would go to stderr through logging's last resort (tests still see them via caplog)
+logging.getLogger("langsmith").addHandler(logging.NullHandler())
 os.environ["APP_ENV"] = "test"
 
 

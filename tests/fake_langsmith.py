@@ -73,6 +73,8 @@ class _Handler(JsonHandler):
             time.sleep(srv.delay_s)
         self._json(status, body)
         srv.first_answer_done.set()
+        with srv.lock:
+            srv.answered.append(self.path.split("?", 1)[0])
 
     def _route(self, method: str) -> None:
         srv = self.server
@@ -150,6 +152,7 @@ class FakeLangSmithServer(LocalServer):
         self.feedback: dict[str, dict[str, Any]] = {}
         self.feedback_updates = 0
         self.first_answer_done = threading.Event()
+        self.answered: list[str] = []  # paths, once their answer was sent
 
     @property
     def api_url(self) -> str:

@@ -138,8 +138,17 @@ async def test_langsmith_down_or_slow_never_holds_a_turn(database_url: str, fake
     with FakeLangSmithServer(delay_s=3) as slow:
         async with open_resources(_settings(database_url, fake_openai, slow.api_url,
                                             langsmith_flush_timeout_seconds=1)) as res:
+            ids = []
             for _ in range(2):
-                _, _, events = await _turn(res, "How do I return an item?")
+                _, message_id, events = await _turn(res, "How do I return an item?")
                 assert events[-1][0] == "done"
+                ids.append(str(message_id))
             # both turns finished while LangSmith had not yet answered a single request
             assert not slow.first_answer_done.is_set()
+        # the traces still arrive, late; wait for every batch's answer before the server goes away
+
+        def delivered(s: FakeLangSmithServer) -> bool:
+            sent = sum(r["path"] == "/runs/multipart" for r in s.requests)
+            return all(s.runs.get(i, {}).get("end_time") for i in ids) and s.answered.count("/runs/multipart") == sent
+
+        assert await asyncio.to_thread(slow.wait_for, delivered, 30)
