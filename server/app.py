@@ -19,7 +19,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.response import Stream
 from psycopg_pool import PoolTimeout
@@ -97,38 +97,38 @@ class SessionController(Controller):
     tags = ["sessions"]
 
     @post("/sessions", status_code=201)
-    async def create_session(self, data: CreateSessionRequest, state: State) -> Session:
+    async def create_session(self, data: JSONBody[CreateSessionRequest], state: State) -> Session:
         return await _res(state).sessions.create(data.store_id, data.user_id, data.metadata)
 
     @get("/sessions")
     async def list_sessions(
         self,
         state: State,
-        store_id: Annotated[StoreId | None, Parameter(query="store_id")] = None,
-        user_id: Annotated[str | None, Parameter(query="user_id", max_length=256)] = None,
-        status: Annotated[Literal["active", "expired"] | None, Parameter(query="status")] = None,
-        limit: Annotated[int, Parameter(query="limit", ge=1, le=100)] = 20,
-        cursor: Annotated[str | None, Parameter(query="cursor", max_length=512)] = None,
+        store_id: Annotated[StoreId | None, QueryParameter(name="store_id")] = None,
+        user_id: Annotated[str | None, QueryParameter(name="user_id", max_length=256)] = None,
+        status: Annotated[Literal["active", "expired"] | None, QueryParameter(name="status")] = None,
+        limit: Annotated[int, QueryParameter(name="limit", ge=1, le=100)] = 20,
+        cursor: Annotated[str | None, QueryParameter(name="cursor", max_length=512)] = None,
     ) -> SessionPage:
         return await _res(state).sessions.list(
             store_id=store_id, user_id=user_id, status=status, limit=limit, cursor=cursor
         )
 
     @get("/sessions/{session_id:str}")
-    async def get_session(self, session_id: str, state: State) -> Session:
+    async def get_session(self, session_id: FromPath[str], state: State) -> Session:
         return await _res(state).sessions.get(parse_id(session_id, "session_id"))
 
     @delete("/sessions/{session_id:str}", status_code=204)
-    async def delete_session(self, session_id: str, state: State) -> None:
+    async def delete_session(self, session_id: FromPath[str], state: State) -> None:
         await _res(state).sessions.delete(parse_id(session_id, "session_id"))
 
     @get("/sessions/{session_id:str}/messages")
     async def list_messages(
         self,
-        session_id: str,
+        session_id: FromPath[str],
         state: State,
-        limit: Annotated[int, Parameter(query="limit", ge=1, le=500)] = 100,
-        before: Annotated[UUID | None, Parameter(query="before")] = None,
+        limit: Annotated[int, QueryParameter(name="limit", ge=1, le=500)] = 100,
+        before: Annotated[UUID | None, QueryParameter(name="before")] = None,
     ) -> MessagePage:
         res, sid = _res(state), parse_id(session_id, "session_id")
         await res.sessions.get(sid)
@@ -136,7 +136,7 @@ class SessionController(Controller):
         return MessagePage(items=[message_out(r) for r in rows])
 
     @post("/sessions/{session_id:str}/chat", status_code=200)
-    async def chat(self, session_id: str, data: ChatRequest, state: State) -> ChatResponse:
+    async def chat(self, session_id: FromPath[str], data: JSONBody[ChatRequest], state: State) -> ChatResponse:
         message, user_message = await _res(state).chat.run_to_end(
             parse_id(session_id, "session_id"), data.message, data.metadata
         )
@@ -148,7 +148,7 @@ class SessionController(Controller):
         media_type="text/event-stream",
         description="Server-Sent Events: metadata, sources, token..., then done or error (API.md).",
     )
-    async def chat_stream(self, session_id: str, data: ChatRequest, state: State) -> Stream:
+    async def chat_stream(self, session_id: FromPath[str], data: JSONBody[ChatRequest], state: State) -> Stream:
         turn = await _res(state).chat.start_turn(parse_id(session_id, "session_id"), data.message, data.metadata)
 
         async def frames() -> AsyncIterator[bytes]:
@@ -161,7 +161,7 @@ class SessionController(Controller):
 
     @post("/messages/{message_id:str}/feedback", status_code=201)
     async def feedback(
-        self, message_id: str, data: FeedbackRequest, state: State, request: Request[Any, Any, Any]
+        self, message_id: FromPath[str], data: JSONBody[FeedbackRequest], state: State, request: Request[Any, Any, Any]
     ) -> FeedbackResponse:
         # Litestar converts bodies leniently ("1" -> 1.0); a score must be a JSON number
         data = strict_body(await request.body(), FeedbackRequest)
@@ -176,17 +176,17 @@ class SessionController(Controller):
         return FeedbackResponse(message_id=row["message_id"], score=row["score"], comment=row["comment"])
 
     @get("/sessions/{session_id:str}/stats")
-    async def session_stats(self, session_id: str, state: State) -> SessionStats:
+    async def session_stats(self, session_id: FromPath[str], state: State) -> SessionStats:
         return await _res(state).analytics.session_stats(parse_id(session_id, "session_id"))
 
     @get("/stats")
     async def store_stats(
         self,
         state: State,
-        store_id: Annotated[StoreId, Parameter(query="store_id")],
-        start: Annotated[datetime | None, Parameter(query="from")] = None,
-        end: Annotated[datetime | None, Parameter(query="to")] = None,
-        tz: Annotated[str | None, Parameter(query="tz", max_length=64)] = None,
+        store_id: Annotated[StoreId, QueryParameter(name="store_id")],
+        start: Annotated[datetime | None, QueryParameter(name="from")] = None,
+        end: Annotated[datetime | None, QueryParameter(name="to")] = None,
+        tz: Annotated[str | None, QueryParameter(name="tz", max_length=64)] = None,
     ) -> StoreStats:
         return await _res(state).analytics.store_stats(store_id, _utc(start), _utc(end), tz)
 

@@ -99,6 +99,7 @@ class Tracing:
         self.flush_timeout_s = flush_timeout_s
         self.feedback_errors = 0
         self._pending: set[asyncio.Task[None]] = set()
+        self._project_id: uuid.UUID | None = None
         self._send_errors = _SendErrors()
         if self.enabled:
             for name in _CLIENT_LOGGERS:
@@ -171,13 +172,22 @@ class Tracing:
         fid = feedback_id(message_id)
         try:
             if created:
-                await asyncio.to_thread(self.client.create_feedback, run_id=run_id, trace_id=run_id,
-                                        key="user_score", score=score, comment=comment, feedback_id=fid)
+                await asyncio.to_thread(self._create_feedback, run_id, fid, score, comment)
             else:
                 await asyncio.to_thread(self.client.update_feedback, fid, score=score, comment=comment)
         except Exception as exc:
             self.feedback_errors += 1
             log.warning("LangSmith feedback for message %s not sent: %s", message_id, type(exc).__name__)
+
+    def _create_feedback(self, run_id: uuid.UUID, fid: uuid.UUID, score: float, comment: str | None) -> None:
+        # LangSmith wants the project (its "session") with the feedback; looked up once by name
+        if self._project_id is None:
+            try:
+                self._project_id = self.client.read_project(project_name=self.project).id
+            except Exception as exc:  # still send: the run id alone identifies the run
+                log.warning("LangSmith project %r not found for feedback: %s", self.project, type(exc).__name__)
+        self.client.create_feedback(run_id=run_id, trace_id=run_id, key="user_score", score=score, comment=comment,
+                                    feedback_id=fid, session_id=self._project_id)
 
     async def aclose(self) -> None:
         if self._pending:

@@ -18,7 +18,9 @@ import email.policy
 import json
 import threading
 import time
+import uuid
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 from tests.local_http import JsonHandler, LocalServer
 
@@ -31,6 +33,14 @@ INFO = {
                             "size_limit_bytes": 20_971_520},
     "instance_flags": {"zstd_compression_enabled": True},
 }
+
+
+TENANT = "8d2d4c6e-3b7a-4f57-9a39-6a1b7f4c2e10"
+
+
+def project(name: str) -> dict[str, Any]:
+    return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"project:{name}")), "name": name, "tenant_id": TENANT,
+            "start_time": "2026-11-01T00:00:00+00:00", "reference_dataset_id": None, "extra": None}
 
 
 def _decompress(body: bytes) -> bytes:
@@ -67,7 +77,7 @@ class _Handler(JsonHandler):
             return bytes(data)
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-    def _answer(self, status: int, body: dict[str, Any]) -> None:
+    def _answer(self, status: int, body: Any) -> None:
         srv = self.server
         if srv.delay_s:
             time.sleep(srv.delay_s)
@@ -88,6 +98,12 @@ class _Handler(JsonHandler):
             return
         if method == "GET" and path == "/info":
             self._answer(200, INFO)
+            return
+        if method == "GET" and path == "/sessions":  # projects are created by the first run that names them
+            name = parse_qs(urlparse(self.path).query).get("name", [""])[0]
+            with srv.lock:
+                known = any(r.get("session_name") == name for r in srv.runs.values())
+            self._answer(200, [project(name)] if known else [])  # type: ignore[arg-type]
             return
         if method == "POST" and path == "/runs/multipart":
             if self.headers.get("Content-Encoding") == "zstd":

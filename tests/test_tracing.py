@@ -13,7 +13,7 @@ import pytest
 from server.resources import Resources, open_resources
 from server.settings import Settings
 from server.tracing import HIDDEN, feedback_id
-from tests.fake_langsmith import API_KEY, FakeLangSmithServer
+from tests.fake_langsmith import API_KEY, FakeLangSmithServer, project
 from tests.fake_openai import FakeOpenAIServer
 
 
@@ -91,6 +91,7 @@ async def test_feedback_reaches_the_run_and_updates(res: Resources, langsmith: F
     from server.app import create_app
 
     _, message_id, _ = await _turn(res, "Do you ship to Japan?")
+    await _flush(res)  # the run (and with it the project) exists before anyone rates the answer
     app = create_app(_settings(database_url, fake_openai, langsmith.api_url))
     async with AsyncTestClient(app) as client:
         first = await client.post(f"/api/session-chat/messages/{message_id}/feedback",
@@ -101,6 +102,7 @@ async def test_feedback_reaches_the_run_and_updates(res: Resources, langsmith: F
         fb = langsmith.feedback[fid]
         assert (fb["run_id"], fb["key"], fb["score"], fb["comment"]) == (str(message_id), "user_score", 0,
                                                                          "wrong country")
+        assert fb["session_id"] == project("sixshop-test")["id"]  # the project the run was traced to
         again = await client.post(f"/api/session-chat/messages/{message_id}/feedback", json={"score": 1})
         assert again.status_code == 201
         assert langsmith.wait_for(lambda s: s.feedback[fid]["score"] == 1)
