@@ -29,13 +29,9 @@ import argparse
 import asyncio
 import os
 import tempfile
-import warnings
 from contextlib import ExitStack
 
-warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from persistence.db import PoolConfig, open_pool  # noqa: E402
 from persistence.embedded import embedded_conninfo, start_embedded  # noqa: E402

@@ -24,12 +24,9 @@ import asyncio
 import statistics
 import tempfile
 import time
-import warnings
 from datetime import timedelta
 
-warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from persistence.db import PoolConfig, open_pool  # noqa: E402
 from persistence.embedded import embedded_conninfo, start_embedded  # noqa: E402
