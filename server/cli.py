@@ -1,4 +1,4 @@
-"""`sixshop-agent`: serve, migrate, ingest, capacity."""
+"""`sixshop-agent`: serve, migrate, ingest, purge, capacity."""
 
 from __future__ import annotations
 
@@ -80,6 +80,18 @@ async def _ingest_notion(settings: Settings, database_id: str | None) -> int:
     return 1 if report.failed else 0
 
 
+async def _purge(settings: Settings, dry_run: bool) -> int:
+    from persistence.migrations import migrate
+    from server.lifecycle import run_purge
+    from server.resources import open_database
+
+    async with open_database(settings) as (pool, _):
+        await migrate(pool)
+        report = await run_purge(pool, settings, dry_run)
+    print(report.summary())
+    return 0
+
+
 async def _capacity(settings: Settings, as_json: bool) -> int:
     import json
 
@@ -113,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--source", default=None, help="source name (default files:<folder name>)")
     ingest.add_argument("--no-prune", dest="prune", action="store_false",
                         help="keep documents of this source that are no longer in PATH")
+    purge = sub.add_parser("purge", help="expire idle sessions and delete old ones with their messages and "
+                                         "checkpoints (what the service does every SESSION_CLEANUP_INTERVAL_MINUTES)")
+    purge.add_argument("--dry-run", action="store_true", help="count what would go, change nothing")
     capacity = sub.add_parser("capacity", help="connections, sessions a month, latency and table sizes against "
                                                 "the thresholds for Aurora or Redis")
     capacity.add_argument("--json", action="store_true", help="the report as JSON (as GET /api/admin/capacity)")
@@ -127,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(settings, args.host or settings.host, args.port or settings.port)
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
+    if args.command == "purge":
+        return asyncio.run(_purge(settings, args.dry_run))
     if args.command == "capacity":
         return asyncio.run(_capacity(settings, args.json))
     if args.command == "ingest" and args.path == "notion":

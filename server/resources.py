@@ -25,6 +25,7 @@ from server.analytics import ChatAnalyticsService
 from server.capacity import CapacityService, Limits
 from server.chat import IntegratedChatService
 from server.knowledge import KnowledgeStack, build_knowledge
+from server.lifecycle import LifecycleJob
 from server.sessions import SessionService
 from server.settings import Settings
 from server.tracing import Tracing
@@ -153,13 +154,17 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         )
         observe_pool(pool)
         metrics.RUNTIME.resources = resources
-        sampler = (asyncio.create_task(capacity.run_sampler(settings.capacity_sample_seconds), name="capacity-sampler")
-                   if settings.capacity_sample_seconds > 0 else None)
+        background = []
+        if settings.capacity_sample_seconds > 0:
+            background.append(asyncio.create_task(capacity.run_sampler(settings.capacity_sample_seconds),
+                                                  name="capacity-sampler"))
+        if settings.session_cleanup_interval_minutes > 0:
+            background.append(asyncio.create_task(LifecycleJob(pool, settings).run_forever(), name="lifecycle"))
         try:
             yield resources
         finally:
-            if sampler is not None:
-                sampler.cancel()
+            for task in background:
+                task.cancel()
             metrics.RUNTIME.resources = None
             await chat.shutdown()
             await knowledge.aclose()

@@ -1,0 +1,43 @@
+"""The lifecycle job in the service (every SESSION_CLEANUP_INTERVAL_MINUTES) and for cron (`purge`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from persistence.db import Pool
+from persistence.lifecycle import LifecycleReport, run_lifecycle
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class LifecycleJob:
+    def __init__(self, pool: Pool, settings: Settings, batch: int = 500) -> None:
+        self.pool = pool
+        self.idle = timedelta(hours=settings.session_expire_hours)
+        self.keep = timedelta(days=settings.hard_delete_after_days)
+        self.every_s = settings.session_cleanup_interval_minutes * 60
+        self.batch = batch
+
+    async def run_once(self, *, dry_run: bool = False) -> LifecycleReport:
+        async with self.pool.connection() as conn:
+            return await run_lifecycle(conn, idle=self.idle, keep=self.keep, batch=self.batch, dry_run=dry_run)
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                report = await self.run_once()
+                if report.ran and (report.expired or report.purged_sessions):
+                    log.info("lifecycle: %s", report.summary())
+            except Exception as exc:  # the database may be away; the next round tries again
+                log.warning("lifecycle job failed: %s", type(exc).__name__)
+            await asyncio.sleep(self.every_s)
+
+
+async def run_purge(pool: Pool, settings: Settings, dry_run: bool) -> LifecycleReport:
+    return await LifecycleJob(pool, settings).run_once(dry_run=dry_run)
+
+
+__all__ = ["LifecycleJob", "LifecycleReport", "run_purge"]
