@@ -22,7 +22,7 @@ from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
-from langgraph.types import StreamMode
+from langgraph.types import Durability, StreamMode
 
 from graph.graph import ModelCallError
 from graph.models import content_text, model_label
@@ -115,6 +115,8 @@ class IntegratedChatService:
         history_messages: int,
         prompt_variant: str,
         tracing: Tracing | None = None,
+        durability: Durability = "exit",
+        prune_checkpoints: bool = True,
     ) -> None:
         self.graph = graph
         self.messages = messages
@@ -129,6 +131,9 @@ class IntegratedChatService:
         self.history_messages = history_messages
         self.variants = VariantPicker.parse(prompt_variant)
         self.tracing = tracing or Tracing.disabled()
+        # one checkpoint write per turn, and only the latest kept: storage linear in the conversation
+        self.durability: Durability = durability
+        self.prune_checkpoints = prune_checkpoints
         self._running: set[asyncio.Task[None]] = set()
 
     # -- starting a turn: everything that can be refused is refused before a response starts
@@ -273,7 +278,7 @@ class IntegratedChatService:
             config,
             context=context,
             stream_mode=STREAM_MODES,
-            durability="exit",  # one checkpoint write per turn, not one per step
+            durability=self.durability,  # "exit": one checkpoint write per turn, not one per step
         ):
             mode, payload = part
             if mode == "messages":
@@ -306,6 +311,7 @@ class IntegratedChatService:
     async def _finish(
         self, turn: Turn, progress: _Progress, status: str, error_code: str | None, error_text: str
     ) -> None:
+        await self._prune(turn)
         usage = progress.usage
         if progress.final is not None and progress.final.usage_metadata:
             usage = progress.final.usage_metadata  # the provider's own total for the call
@@ -339,6 +345,21 @@ class IntegratedChatService:
         finally:
             turn.finished.set()
             turn.events.put_nowait(_END)
+
+    async def _prune(self, turn: Turn) -> None:
+        """Drop the thread's older checkpoints while this turn still holds the session's claim.
+
+        The latest checkpoint holds the whole conversation (the model's history, Studio's view);
+        older ones are full copies of shorter versions of it, which is what made storage quadratic.
+        """
+        saver = self.graph.checkpointer
+        prune = getattr(saver, "aprune", None)
+        if not self.prune_checkpoints or prune is None:
+            return
+        try:
+            await prune([str(turn.session_id)], strategy="keep_latest")
+        except Exception as exc:  # storage catches up at the next turn; never fail a turn for it
+            log.warning("checkpoint prune failed: %s", type(exc).__name__, extra={"run_id": str(turn.message_id)})
 
     async def shutdown(self, grace_s: float = 5.0) -> None:
         """Cancel running turns and let each store its final state."""

@@ -182,3 +182,32 @@ async def test_prompt_variants_split_sessions_and_stick(res: Resources, fake_ope
             seen.setdefault(str(session.session_id), []).append(variant)
     assert all(len(set(v)) == 1 for v in seen.values())  # sticky within a session
     assert {v[0] for v in seen.values()} == {"v1", "v2"}  # and both variants in use
+
+
+async def test_checkpoint_storage_stays_linear(res: Resources, database_url: str) -> None:
+    """After each turn only the latest checkpoint is kept; it still holds the whole conversation."""
+    session = await res.sessions.create("store-ck", None, {})
+    thread = str(session.session_id)
+    logical_sql = """
+        select (select sum(octet_length(blob)) from checkpoint_blobs where thread_id = %(t)s)
+             + (select coalesce(sum(octet_length(blob)), 0) from checkpoint_writes where thread_id = %(t)s) as n"""
+    sizes = {}
+    for i in range(1, 13):
+        events = await _events(res, session.session_id, f"Question number {i}: how much is shipping to Jeju?")
+        assert events[-1][0] == "done"
+        if i in (6, 12):
+            sizes[i] = int(fetch_all(database_url, logical_sql, {"t": thread})[0]["n"])
+    counts = fetch_all(database_url, "select (select count(*) from checkpoints where thread_id = %(t)s) as c, "
+                                     "(select count(*) from checkpoint_writes where thread_id = %(t)s) as w",
+                       {"t": thread})[0]
+    assert counts == {"c": 1, "w": 0}
+    # every blob left is one the latest checkpoint uses: pruning leaves no garbage behind
+    unused = fetch_all(database_url, """
+        select count(*) as n from checkpoint_blobs b
+         where b.thread_id = %(t)s and not exists (
+            select 1 from checkpoints c where c.thread_id = b.thread_id
+               and c.checkpoint -> 'channel_versions' ->> b.channel = b.version)""", {"t": thread})
+    assert unused == [{"n": 0}]
+    assert sizes[12] < 2.3 * sizes[6]  # linear growth (a copy per step would be about 4x)
+    state = await res.chat.graph.aget_state({"configurable": {"thread_id": thread}})
+    assert len(state.values["messages"]) == 24  # the history the model and Studio need is all there
