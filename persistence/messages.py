@@ -49,6 +49,7 @@ insert into message_feedback (message_id, store_id, score, comment)
 select m.message_id, m.store_id, %(score)s, %(comment)s
   from chat_messages m join chat_sessions s using (session_id)
  where m.message_id = %(message_id)s and m.deleted_at is null and s.deleted_at is null
+   and (%(scope)s::text is null or m.store_id = %(scope)s)
 on conflict (message_id) do update set score = excluded.score, comment = excluded.comment
 returning message_id, score, comment, (xmax = 0) as created,
           (select run_id from chat_messages where message_id = %(message_id)s) as run_id
@@ -142,9 +143,11 @@ class MessageRepository:
             cur = await conn.execute(LIST_MESSAGES_SQL, {"session_id": session_id, "limit": limit, "before": before})
             return await cur.fetchall()
 
-    async def upsert_feedback(self, message_id: UUID, score: float, comment: str | None) -> Row | None:
+    async def upsert_feedback(self, message_id: UUID, score: float, comment: str | None,
+                              scope: str | None = None) -> Row | None:
+        """None when the message does not exist (or belongs to a store other than `scope`)."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                UPSERT_FEEDBACK_SQL, {"message_id": message_id, "score": score, "comment": comment}
+                UPSERT_FEEDBACK_SQL, {"message_id": message_id, "score": score, "comment": comment, "scope": scope}
             )
             return await cur.fetchone()

@@ -16,6 +16,7 @@ import psycopg
 from litestar import Controller, Litestar, Request, Response, delete, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
@@ -24,6 +25,8 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.response import Stream
 from psycopg_pool import PoolTimeout
 
+from server import metrics
+from server.auth import Principal
 from server.errors import (
     AppError,
     DatabaseUnavailable,
@@ -32,6 +35,8 @@ from server.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
+    SessionNotFound,
     Unauthorized,
     UnsupportedMediaType,
     ValidationFailed,
@@ -92,12 +97,42 @@ def sse_frame(event_id: int, event: str, data: Any) -> bytes:
         msgspec.json.encode(data) + b"\n\n"
 
 
+Caller = NamedDependency[Principal]  # the `principal` dependency: who is calling (server/auth.py)
+
+
+async def provide_principal(request: Request[Any, Any, Any], state: State) -> Principal:
+    return await _res(state).auth.principal(request.headers.get("authorization"))
+
+
+async def _owned_session(res: Resources, principal: Principal, session_id: str) -> Session:
+    """The session, if it exists and this caller's store may see it; otherwise 404, the same way."""
+    sid = parse_id(session_id, "session_id")
+    session = await res.sessions.get(sid)
+    principal.require_store(session.store_id, SessionNotFound(detail={"session_id": str(sid)}))
+    return session
+
+
+async def _turn_session(res: Resources, principal: Principal, session_id: str) -> Session:
+    """The session a turn may run on, and the turn counted against the key's rate limit."""
+    try:
+        session = await _owned_session(res, principal, session_id)
+        await res.auth.take_turn(principal)
+    except (SessionNotFound, RateLimited) as exc:
+        metrics.record_refusal("not_found" if isinstance(exc, SessionNotFound) else "rate_limited")
+        raise
+    return session
+
+
 class SessionController(Controller):
     path = "/api/session-chat"
     tags = ["sessions"]
+    dependencies = {"principal": Provide(provide_principal)}
 
     @post("/sessions", status_code=201)
-    async def create_session(self, data: JSONBody[CreateSessionRequest], state: State) -> Session:
+    async def create_session(self, data: JSONBody[CreateSessionRequest], state: State,
+                             principal: Caller) -> Session:
+        if not principal.may_see(data.store_id):
+            raise Forbidden("This API key belongs to another store", {"store_id": data.store_id})
         return await _res(state).sessions.create(data.store_id, data.user_id, data.metadata)
 
     @get("/sessions")
@@ -109,18 +144,25 @@ class SessionController(Controller):
         status: Annotated[Literal["active", "expired"] | None, QueryParameter(name="status")] = None,
         limit: Annotated[int, QueryParameter(name="limit", ge=1, le=100)] = 20,
         cursor: Annotated[str | None, QueryParameter(name="cursor", max_length=512)] = None,
+        *,
+        principal: Caller,
     ) -> SessionPage:
+        if principal.store_id is not None:
+            if store_id is not None and store_id != principal.store_id:
+                raise NotFound("No such store for this API key", {"store_id": store_id})
+            store_id = principal.store_id
         return await _res(state).sessions.list(
             store_id=store_id, user_id=user_id, status=status, limit=limit, cursor=cursor
         )
 
     @get("/sessions/{session_id:str}")
-    async def get_session(self, session_id: FromPath[str], state: State) -> Session:
-        return await _res(state).sessions.get(parse_id(session_id, "session_id"))
+    async def get_session(self, session_id: FromPath[str], state: State, principal: Caller) -> Session:
+        return await _owned_session(_res(state), principal, session_id)
 
     @delete("/sessions/{session_id:str}", status_code=204)
-    async def delete_session(self, session_id: FromPath[str], state: State) -> None:
-        await _res(state).sessions.delete(parse_id(session_id, "session_id"))
+    async def delete_session(self, session_id: FromPath[str], state: State, principal: Caller) -> None:
+        session = await _owned_session(_res(state), principal, session_id)
+        await _res(state).sessions.delete(session.session_id)
 
     @get("/sessions/{session_id:str}/messages")
     async def list_messages(
@@ -129,17 +171,20 @@ class SessionController(Controller):
         state: State,
         limit: Annotated[int, QueryParameter(name="limit", ge=1, le=500)] = 100,
         before: Annotated[UUID | None, QueryParameter(name="before")] = None,
+        *,
+        principal: Caller,
     ) -> MessagePage:
-        res, sid = _res(state), parse_id(session_id, "session_id")
-        await res.sessions.get(sid)
-        rows = await res.messages.list(sid, limit=limit, before=before)
+        res = _res(state)
+        session = await _owned_session(res, principal, session_id)
+        rows = await res.messages.list(session.session_id, limit=limit, before=before)
         return MessagePage(items=[message_out(r) for r in rows])
 
     @post("/sessions/{session_id:str}/chat", status_code=200)
-    async def chat(self, session_id: FromPath[str], data: JSONBody[ChatRequest], state: State) -> ChatResponse:
-        message, user_message = await _res(state).chat.run_to_end(
-            parse_id(session_id, "session_id"), data.message, data.metadata
-        )
+    async def chat(self, session_id: FromPath[str], data: JSONBody[ChatRequest], state: State,
+                   principal: Caller) -> ChatResponse:
+        res = _res(state)
+        session = await _turn_session(res, principal, session_id)
+        message, user_message = await res.chat.run_to_end(session.session_id, data.message, data.metadata)
         return ChatResponse(message=message, user_message=user_message)
 
     @post(
@@ -148,8 +193,11 @@ class SessionController(Controller):
         media_type="text/event-stream",
         description="Server-Sent Events: metadata, sources, token..., then done or error (API.md).",
     )
-    async def chat_stream(self, session_id: FromPath[str], data: JSONBody[ChatRequest], state: State) -> Stream:
-        turn = await _res(state).chat.start_turn(parse_id(session_id, "session_id"), data.message, data.metadata)
+    async def chat_stream(self, session_id: FromPath[str], data: JSONBody[ChatRequest], state: State,
+                          principal: Caller) -> Stream:
+        res = _res(state)
+        session = await _turn_session(res, principal, session_id)
+        turn = await res.chat.start_turn(session.session_id, data.message, data.metadata)
 
         async def frames() -> AsyncIterator[bytes]:
             n = 0
@@ -161,13 +209,14 @@ class SessionController(Controller):
 
     @post("/messages/{message_id:str}/feedback", status_code=201)
     async def feedback(
-        self, message_id: FromPath[str], data: JSONBody[FeedbackRequest], state: State, request: Request[Any, Any, Any]
+        self, message_id: FromPath[str], data: JSONBody[FeedbackRequest], state: State,
+        request: Request[Any, Any, Any], principal: Caller,
     ) -> FeedbackResponse:
         # Litestar converts bodies leniently ("1" -> 1.0); a score must be a JSON number
         data = strict_body(await request.body(), FeedbackRequest)
         mid = parse_id(message_id, "message_id")
         res = _res(state)
-        row = await res.messages.upsert_feedback(mid, data.score, data.comment)
+        row = await res.messages.upsert_feedback(mid, data.score, data.comment, scope=principal.store_id)
         if row is None:
             raise MessageNotFound(detail={"message_id": message_id})
         if row["run_id"] is not None:  # assistant messages are runs; feedback on them goes to LangSmith too
@@ -176,8 +225,9 @@ class SessionController(Controller):
         return FeedbackResponse(message_id=row["message_id"], score=row["score"], comment=row["comment"])
 
     @get("/sessions/{session_id:str}/stats")
-    async def session_stats(self, session_id: FromPath[str], state: State) -> SessionStats:
-        return await _res(state).analytics.session_stats(parse_id(session_id, "session_id"))
+    async def session_stats(self, session_id: FromPath[str], state: State, principal: Caller) -> SessionStats:
+        session = await _owned_session(_res(state), principal, session_id)
+        return await _res(state).analytics.session_stats(session.session_id)
 
     @get("/stats")
     async def store_stats(
@@ -187,7 +237,11 @@ class SessionController(Controller):
         start: Annotated[datetime | None, QueryParameter(name="from")] = None,
         end: Annotated[datetime | None, QueryParameter(name="to")] = None,
         tz: Annotated[str | None, QueryParameter(name="tz", max_length=64)] = None,
+        *,
+        principal: Caller,
     ) -> StoreStats:
+        if not principal.may_see(store_id):
+            raise NotFound("No such store for this API key", {"store_id": store_id})
         return await _res(state).analytics.store_stats(store_id, _utc(start), _utc(end), tz)
 
 
@@ -250,17 +304,20 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     return _error_response(AppError())
 
 
-def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """/api/admin/*: a Bearer ADMIN_TOKEN when one is set; without one, open outside production only."""
+async def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """/api/admin/*: Bearer ADMIN_TOKEN or an admin API key; open only in development before any key exists."""
     settings: Settings = connection.app.state.settings
-    if settings.admin_token is None:
-        if settings.app_env == "production":
-            raise Forbidden("The admin API is off: set ADMIN_TOKEN to use it")
+    res: Resources = connection.app.state.resources
+    header = connection.headers.get("authorization", "")
+    if settings.admin_token is not None and hmac.compare_digest(
+        header.encode(), f"Bearer {settings.admin_token.get_secret_value()}".encode()
+    ):
         return
-    given = connection.headers.get("authorization", "")
-    expected = f"Bearer {settings.admin_token.get_secret_value()}"
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+    principal = await res.auth.principal(header or None)  # 401 without a valid key where keys are required
+    if principal.anonymous and settings.admin_token is not None:
         raise Unauthorized("A valid admin token is required (Authorization: Bearer ...)")
+    if not principal.anonymous and not principal.admin:
+        raise Forbidden("This API key is for one store; the admin API needs an admin key")
 
 
 class AdminController(Controller):

@@ -1,4 +1,4 @@
-"""`sixshop-agent`: serve, migrate, ingest, purge, capacity."""
+"""`sixshop-agent`: serve, migrate, ingest, keys, purge, capacity."""
 
 from __future__ import annotations
 
@@ -80,6 +80,41 @@ async def _ingest_notion(settings: Settings, database_id: str | None) -> int:
     return 1 if report.failed else 0
 
 
+async def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    from persistence.keys import KeyRepository
+    from persistence.migrations import migrate
+    from server.resources import open_database
+
+    async with open_database(settings) as (pool, _):
+        await migrate(pool)
+        repo = KeyRepository(pool)
+        if args.keys_command == "create":
+            if (args.store_id is None) == (not args.admin):
+                print("error: give --store ID, or --admin for a key to every store", file=sys.stderr)
+                return 2
+            key, row = await repo.create(store_id=args.store_id, name=args.name,
+                                         turns_per_minute=args.turns_per_minute)
+            scope = f"store {row['store_id']}" if row["store_id"] else "admin (every store)"
+            print(f"created key {row['key_id']} ({scope}); it is shown once, here:", file=sys.stderr)
+            print(key)
+            return 0
+        if args.keys_command == "list":
+            for r in await repo.all():
+                state = f"revoked {r['revoked_at']:%Y-%m-%d}" if r["revoked_at"] else "active"
+                used = f"{r['last_used_at']:%Y-%m-%d %H:%M}" if r["last_used_at"] else "never"
+                limit = r["turns_per_minute"] if r["turns_per_minute"] is not None else "default"
+                print(f"{r['key_id']}  {r['prefix']}…  {r['store_id'] or '*admin*':<20} {state:<18} "
+                      f"used {used:<16} turns/min {limit}  {r['name'] or ''}")
+            return 0
+        revoked = await repo.revoke(args.ref)
+        if not revoked:
+            print(f"error: no active key with id or prefix {args.ref!r}", file=sys.stderr)
+            return 2
+        for r in revoked:
+            print(f"revoked {r['key_id']} ({r['prefix']}…)")
+        return 0
+
+
 async def _purge(settings: Settings, dry_run: bool) -> int:
     from persistence.migrations import migrate
     from server.lifecycle import run_purge
@@ -125,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--source", default=None, help="source name (default files:<folder name>)")
     ingest.add_argument("--no-prune", dest="prune", action="store_false",
                         help="keep documents of this source that are no longer in PATH")
+    keys = sub.add_parser("keys", help="API keys: create (shown once), list, revoke")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="a new key for one store (or --admin); printed once")
+    create.add_argument("--store", dest="store_id", default=None)
+    create.add_argument("--admin", action="store_true", help="a key for every store and the admin API")
+    create.add_argument("--name", default=None, help="a note to recognise the key by")
+    create.add_argument("--turns-per-minute", type=int, default=None, help="this key's rate limit (0: none)")
+    keys_sub.add_parser("list", help="every key (never the key itself)")
+    revoke = keys_sub.add_parser("revoke", help="revoke by key id or prefix")
+    revoke.add_argument("ref", help="key id, or the prefix shown by list")
     purge = sub.add_parser("purge", help="expire idle sessions and delete old ones with their messages and "
                                          "checkpoints (what the service does every SESSION_CLEANUP_INTERVAL_MINUTES)")
     purge.add_argument("--dry-run", action="store_true", help="count what would go, change nothing")
@@ -142,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(settings, args.host or settings.host, args.port or settings.port)
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
+    if args.command == "keys":
+        return asyncio.run(_keys(settings, args))
     if args.command == "purge":
         return asyncio.run(_purge(settings, args.dry_run))
     if args.command == "capacity":

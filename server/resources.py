@@ -16,12 +16,14 @@ from persistence.capacity import CapacityRepository
 from persistence.checkpointer import make_checkpointer
 from persistence.db import Pool, PoolConfig, TimedPool, open_pool
 from persistence.embedded import embedded_conninfo, start_embedded
+from persistence.keys import KeyRepository
 from persistence.messages import MessageRepository
 from persistence.migrations import migrate
 from persistence.sessions import SessionRepository
 from persistence.stats import StatsRepository
 from server import metrics
 from server.analytics import ChatAnalyticsService
+from server.auth import Authenticator
 from server.capacity import CapacityService, Limits
 from server.chat import IntegratedChatService
 from server.knowledge import KnowledgeStack, build_knowledge
@@ -44,6 +46,7 @@ class Resources:
     knowledge: KnowledgeStack
     tracing: Tracing
     capacity: CapacityService
+    auth: Authenticator
     embedded: Any = None
 
 
@@ -150,6 +153,9 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             knowledge=knowledge,
             tracing=tracing,
             capacity=capacity,
+            auth=Authenticator(KeyRepository(pool), production=settings.app_env == "production",
+                               default_turns_per_minute=settings.rate_limit_turns_per_minute,
+                               cache_s=settings.keys_cache_seconds),
             embedded=embedded,
         )
         observe_pool(pool)

@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     langsmith_flush_timeout_seconds: float = 5
     trace_hide_content: bool = False  # privacy: no message text in traces (metadata and usage still go)
 
+    # API keys (server/auth.py): required in production; in development once the first key exists
+    rate_limit_turns_per_minute: int = 30  # per key; a key's own turns_per_minute overrides it; 0: no limit
+    keys_cache_seconds: float = 5
+
     # operations: the capacity report and admin endpoints
     admin_token: SecretStr | None = None  # Bearer token for /api/admin/*; without one, admin is off in production
     capacity_sample_seconds: float = 60  # 0: this process takes no samples

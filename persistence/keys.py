@@ -1,0 +1,97 @@
+"""API keys: created once (the key is shown once), kept as a SHA-256 hash, revoked by id or prefix."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from typing import Any
+
+from persistence.db import Pool
+
+Row = dict[str, Any]
+KEY_PREFIX = "sk-sixshop-"
+
+INSERT_SQL = """
+insert into api_keys (key_id, store_id, name, prefix, key_hash, turns_per_minute)
+values (%s, %s, %s, %s, %s, %s)
+returning key_id, store_id, name, prefix, turns_per_minute, created_at
+"""
+LOOKUP_SQL = """
+update api_keys set last_used_at = now()
+ where key_hash = %s and revoked_at is null
+   and (last_used_at is null or last_used_at < now() - interval '1 minute')
+returning key_id
+"""
+GET_SQL = "select key_id, store_id, turns_per_minute from api_keys where key_hash = %s and revoked_at is null"
+LIST_SQL = """
+select key_id, store_id, name, prefix, turns_per_minute, created_at, revoked_at, last_used_at
+  from api_keys order by created_at
+"""
+REVOKE_SQL = """
+update api_keys set revoked_at = now()
+ where revoked_at is null and (key_id::text = %(ref)s or prefix = %(ref)s)
+returning key_id, prefix
+"""
+ANY_ACTIVE_SQL = "select exists (select 1 from api_keys where revoked_at is null) as any"
+# one round trip: count this turn in the current minute, forget windows older than two minutes
+TAKE_TURN_SQL = """
+with gone as (
+    delete from api_rate_windows
+     where key_id = %(key)s and window_start < date_trunc('minute', now()) - interval '1 minute'
+)
+insert into api_rate_windows (key_id, window_start, turns) values (%(key)s, date_trunc('minute', now()), 1)
+on conflict (key_id, window_start) do update set turns = api_rate_windows.turns + 1
+returning turns, extract(epoch from (date_trunc('minute', now()) + interval '1 minute' - now())) as retry_after
+"""
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+class KeyRepository:
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    async def create(self, *, store_id: str | None, name: str | None = None,
+                     turns_per_minute: int | None = None) -> tuple[str, Row]:
+        key = new_key()
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(INSERT_SQL, (uuid.uuid4(), store_id, name, key[: len(KEY_PREFIX) + 6],
+                                                  hash_key(key), turns_per_minute))
+            row = await cur.fetchone()
+        assert row is not None
+        return key, row
+
+    async def find(self, key: str) -> Row | None:
+        digest = hash_key(key)
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(GET_SQL, (digest,))).fetchone()
+            if row is not None:
+                await conn.execute(LOOKUP_SQL, (digest,))  # last_used_at, at most once a minute
+        return row
+
+    async def all(self) -> list[Row]:
+        async with self.pool.connection() as conn:
+            return await (await conn.execute(LIST_SQL)).fetchall()
+
+    async def revoke(self, ref: str) -> list[Row]:
+        async with self.pool.connection() as conn:
+            return await (await conn.execute(REVOKE_SQL, {"ref": ref})).fetchall()
+
+    async def any_active(self) -> bool:
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(ANY_ACTIVE_SQL)).fetchone()
+        return bool(row and row["any"])
+
+    async def take_turn(self, key_id: uuid.UUID) -> tuple[int, float]:
+        """Counts a turn in this minute's window: (turns so far this minute, seconds until the next)."""
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(TAKE_TURN_SQL, {"key": key_id})).fetchone()
+        assert row is not None
+        return int(row["turns"]), float(row["retry_after"])
