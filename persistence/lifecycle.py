@@ -34,6 +34,20 @@ select count(*) as n from chat_sessions
  where status = 'active' and deleted_at is null and active_run_id is null
    and last_activity_at < now() - %(idle)s::interval
 """
+# A turn whose process died: its assistant row stays 'streaming' and its session stays claimed. After
+# the turn timeout both are closed (begin_turn also takes over such a claim when a new turn comes).
+RECOVER_SQL = """
+with dead as (
+    update chat_messages set status = 'error', error_code = 'abandoned', completed_at = now()
+     where status = 'streaming' and created_at < now() - %(timeout)s::interval
+    returning session_id, message_id
+), released as (
+    update chat_sessions s set active_run_id = null, active_run_started_at = null
+      from dead where s.session_id = dead.session_id and s.active_run_id = dead.message_id
+    returning s.session_id
+)
+select (select count(*) from dead) as turns, (select count(*) from released) as claims
+"""
 PURGE_CANDIDATES_SQL = """
 select session_id from (
     select session_id from chat_sessions where deleted_at < now() - %(keep)s::interval
@@ -79,6 +93,12 @@ class LifecycleReport:
         return (f"{verb} {self.expired} sessions; {purge} {self.purged_sessions} sessions, "
                 f"{self.purged_messages} messages, {self.purged_checkpoints} checkpoints"
                 + ("" if self.dry_run else f" in {self.batches} batches"))
+
+
+async def recover_abandoned_turns(conn: AsyncConnection[dict[str, Any]], older_than: timedelta) -> tuple[int, int]:
+    """Close turns left 'streaming' longer than `older_than` and release their claims: (turns, claims)."""
+    row = await (await conn.execute(RECOVER_SQL, {"timeout": older_than})).fetchone()
+    return (int(row["turns"]), int(row["claims"])) if row else (0, 0)
 
 
 async def run_lifecycle(conn: AsyncConnection[dict[str, Any]], *, idle: timedelta, keep: timedelta,

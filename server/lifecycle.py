@@ -7,7 +7,7 @@ import logging
 from datetime import timedelta
 
 from persistence.db import Pool
-from persistence.lifecycle import LifecycleReport, run_lifecycle
+from persistence.lifecycle import LifecycleReport, recover_abandoned_turns, run_lifecycle
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -19,7 +19,17 @@ class LifecycleJob:
         self.idle = timedelta(hours=settings.session_expire_hours)
         self.keep = timedelta(days=settings.hard_delete_after_days)
         self.every_s = settings.session_cleanup_interval_minutes * 60
+        self.turn_timeout = timedelta(seconds=settings.turn_timeout_seconds)
         self.batch = batch
+
+    async def recover(self) -> tuple[int, int]:
+        """Turns of dead processes (left streaming past TURN_TIMEOUT_SECONDS): marked error, claims released."""
+        async with self.pool.connection() as conn:
+            turns, claims = await recover_abandoned_turns(conn, self.turn_timeout)
+        if turns:
+            log.warning("closed %d abandoned turns (a process died mid-turn), released %d session claims",
+                        turns, claims)
+        return turns, claims
 
     async def run_once(self, *, dry_run: bool = False) -> LifecycleReport:
         async with self.pool.connection() as conn:
@@ -28,6 +38,7 @@ class LifecycleJob:
     async def run_forever(self) -> None:
         while True:
             try:
+                await self.recover()
                 report = await self.run_once()
                 if report.ran and (report.expired or report.purged_sessions):
                     log.info("lifecycle: %s", report.summary())

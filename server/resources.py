@@ -99,6 +99,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     async with open_database(settings) as (pool, embedded):
         if settings.auto_migrate:
             await migrate(pool)
+        # a process killed mid-turn left rows 'streaming' and sessions claimed: close what is past the timeout
+        await LifecycleJob(pool, settings).recover()
         knowledge = await build_knowledge(settings, pool)
         if settings.ingest_sample_if_empty and await knowledge.indexer.repo.documents_outside("sample") == 0:
             # incremental: a no-op when the sample is already indexed for this backend
