@@ -220,7 +220,13 @@ class IntegratedChatService:
         progress = _Progress()
         status, error_code, error_text = "complete", None, ""
         try:
-            await self._stream_graph(turn, progress)
+            async with asyncio.timeout(self.turn_timeout.total_seconds()):
+                await self._stream_graph(turn, progress)
+        except TimeoutError:
+            # the whole turn has a deadline (the claim is taken over after it anyway): a model that
+            # hangs mid-stream ends the turn as an error, with what it had said so far
+            status, error_code, error_text = "error", "timeout", "The language model did not finish in time"
+            log.warning("turn timed out", extra={"session_id": str(turn.session_id), "run_id": str(turn.message_id)})
         except asyncio.CancelledError:
             status, error_code = "cancelled", "cancelled"
         except ModelCallError as exc:
@@ -336,7 +342,8 @@ class IntegratedChatService:
             if status == "complete":
                 turn.events.put_nowait(("done", {"message": message_out(row)}))
             else:
-                turn.events.put_nowait(("error", {"code": error_code, "message": error_text or status,
+                public = "model_error" if error_code == "timeout" else error_code  # stored detail vs API code
+                turn.events.put_nowait(("error", {"code": public, "message": error_text or status,
                                                   "message_id": str(turn.message_id)}))
         except Exception:
             # the claim goes stale after turn_timeout and the next turn marks this row 'error'

@@ -10,6 +10,7 @@ Behaviour is chosen by markers in the last user message, so one server serves ev
   [[truncate]] two content chunks, then the body ends cleanly with no finish_reason nor [DONE]
   [[slow]]   60 chunks, 50 ms apart (for 409 and disconnect tests)
   [[http500]] an HTTP 500 error body before any stream starts
+  [[stall]]  two content chunks, then nothing for 5 s before the rest (a model hanging mid-stream)
 Every request body is recorded in `requests` (the tests read what the model was shown).
 
 Embeddings (`embedding.create` wire format: float or base64 float32 data, usage) come from
@@ -168,6 +169,8 @@ class _Handler(JsonHandler):
                     self.close_connection = True
                     self.connection.shutdown(2)  # cut mid-body: no closing zero-length chunk, no [DONE]
                     return
+                if "[[stall]]" in last_user and i == 2:
+                    time.sleep(5)
                 if "[[truncate]]" in last_user and i == 2:
                     send(b"")  # a clean end of body, but no finish_reason, usage or [DONE]
                     return

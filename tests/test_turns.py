@@ -211,3 +211,36 @@ async def test_checkpoint_storage_stays_linear(res: Resources, database_url: str
     assert sizes[12] < 2.3 * sizes[6]  # linear growth (a copy per step would be about 4x)
     state = await res.chat.graph.aget_state({"configurable": {"thread_id": thread}})
     assert len(state.values["messages"]) == 24  # the history the model and Studio need is all there
+
+
+async def test_a_model_that_hangs_mid_stream_times_out(res: Resources, fake_openai: FakeOpenAIServer,
+                                                       database_url: str) -> None:
+    from datetime import timedelta
+
+    from graph.models import make_chat_model
+    from server.chat import IntegratedChatService
+
+    def chat_with(model: Any, turn_timeout_s: float) -> IntegratedChatService:
+        return IntegratedChatService(
+            graph=res.chat.graph, messages=res.messages, model=model, retriever=res.chat.retriever,
+            turn_timeout=timedelta(seconds=turn_timeout_s), expire_after=res.chat.expire_after,
+            max_message_chars=500, max_metadata_bytes=500, retrieval_k=2, history_messages=4, prompt_variant="v1",
+        )
+
+    # the client's own read timeout: the provider call fails, the turn is a model error
+    impatient = make_chat_model(openai_api_key="sk-local-test", openai_base_url=fake_openai.base_url,
+                                model_name="gpt-4o-mini", temperature=0, timeout_s=0.5, max_retries=0,
+                                offline_chunk_delay_s=0)
+    session = await res.sessions.create("store-hang", None, {})
+    turn = await chat_with(impatient, 30).start_turn(session.session_id, "[[stall]] hello", {})
+    events = [e async for e in turn.stream()]
+    assert events[-1][0] == "error" and events[-1][1]["code"] == "model_error"
+    # the turn's own deadline, whatever the client does
+    session = await res.sessions.create("store-hang", None, {})
+    turn = await chat_with(res.chat.model, 1).start_turn(session.session_id, "[[stall]] hello", {})
+    events = [e async for e in turn.stream()]
+    assert events[-1][0] == "error" and events[-1][1]["code"] == "model_error"
+    row = fetch_all(database_url, "select status, error_code, content from chat_messages where message_id = %s",
+                    (turn.message_id,))[0]
+    assert (row["status"], row["error_code"]) == ("error", "timeout") and row["content"].startswith("I saw")
+    assert (await res.sessions.get(session.session_id)).turn_running is False
