@@ -7,8 +7,11 @@ checkpointer and the offline defaults.
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any
 
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AnyMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -16,10 +19,22 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 
-from graph.models import ExtractiveChatModel, content_text
+from graph.models import content_text, make_chat_model
 from graph.prompts import system_prompt
 from graph.retrieval import Passage
 from graph.state import ChatContext, ChatState
+
+
+@functools.cache
+def default_model() -> BaseChatModel:
+    """The model when the caller gives none (`langgraph dev`, Studio): ChatOpenAI when OPENAI_API_KEY is
+    in their environment (OPENAI_BASE_URL honoured), else the offline extractive answerer."""
+    return make_chat_model(
+        openai_api_key=os.environ.get("OPENAI_API_KEY") or None,
+        openai_base_url=os.environ.get("OPENAI_BASE_URL") or None,
+        model_name=os.environ.get("OPENAI_MODEL") or "gpt-4o-mini",
+        max_retries=0,
+    )
 
 
 class ModelCallError(RuntimeError):
@@ -44,7 +59,7 @@ async def retrieve(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str,
 
 async def generate(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
     ctx = runtime.context or ChatContext()
-    model = ctx.model or ExtractiveChatModel()
+    model = ctx.model or default_model()
     passages = [Passage(**p) for p in state.get("passages", [])]
     history = state.get("messages", [])[-ctx.history_messages :]
     prompt: list[BaseMessage] = [SystemMessage(system_prompt(passages, ctx.prompt_variant)), *history]

@@ -30,6 +30,7 @@ import re
 import struct
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from tests.local_http import JsonHandler, LocalServer
@@ -133,7 +134,8 @@ class _Handler(JsonHandler):
         if "[[http500]]" in last_user:
             self._json(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
             return
-        pieces = answer_for(messages)
+        pace = self.server.pace
+        pieces = [f"tok{i} " for i in range(pace.tokens)] if pace else answer_for(messages)
         usage = usage_for(messages, pieces)
         self.server.usages.append(usage)
         cid = f"chatcmpl-{len(self.server.requests)}"
@@ -176,6 +178,8 @@ class _Handler(JsonHandler):
                     return
                 if "[[slow]]" in last_user:
                     time.sleep(0.05)
+                if pace:  # a model with a fixed first-token delay and token rate (benchmarks)
+                    time.sleep(pace.first_token_s if i == 0 else pace.token_interval_s)
                 chunk({"content": piece}, None)
             chunk({}, "stop")
             if (body.get("stream_options") or {}).get("include_usage"):
@@ -189,12 +193,26 @@ class _Handler(JsonHandler):
         self.close_connection = True
 
 
+@dataclass(frozen=True)
+class Pace:
+    """Every answer: `tokens` chunks, the first after `first_token_s`, then one per `token_interval_s`."""
+
+    first_token_s: float
+    token_interval_s: float
+    tokens: int
+
+    @property
+    def streaming_s(self) -> float:
+        return self.first_token_s + self.token_interval_s * (self.tokens - 1)
+
+
 class FakeOpenAIServer(LocalServer):
-    def __init__(self) -> None:
+    def __init__(self, pace: Pace | None = None) -> None:
         super().__init__(_Handler)
         self.requests: list[dict[str, Any]] = []
         self.usages: list[dict[str, Any]] = []
         self.embedding_inputs: list[str] = []
+        self.pace = pace
         self.client_disconnects = 0
 
     @property
@@ -207,7 +225,10 @@ class FakeOpenAIServer(LocalServer):
 
 
 
-if __name__ == "__main__":  # run it by hand: python -m tests.fake_openai
-    with FakeOpenAIServer() as srv:
+if __name__ == "__main__":  # run it by hand: python -m tests.fake_openai [first_token_ms token_ms tokens]
+    import sys
+
+    args = [float(a) for a in sys.argv[1:4]]
+    with FakeOpenAIServer(Pace(args[0] / 1000, args[1] / 1000, int(args[2])) if len(args) == 3 else None) as srv:
         print(srv.base_url, flush=True)
         threading.Event().wait()

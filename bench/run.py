@@ -1,0 +1,368 @@
+"""The benchmark suite: our service against LangGraph's own Agent Server (`langgraph dev`) on the same graph.
+
+    python bench/run.py            # the full suite (several minutes)
+    python bench/run.py --quick    # a smaller run, under two minutes
+
+Starts everything itself on 127.0.0.1, each in its own process: an embedded PostgreSQL, a local
+OpenAI-compatible model with a fixed pace (first token after FIRST_TOKEN_MS, then one token every
+TOKEN_MS; `tests/fake_openai.py`), our server (`sixshop-agent serve`, APP_ENV=production with an admin
+key), and `langgraph dev` serving `graph/graph.py:make_graph` with the same model. This process only
+drives HTTP. Prints, per system, medians and p95/p99 over all runs, and ours/LangGraph ratios:
+
+1. session creation: latency (sequential) and throughput (10 concurrent clients);
+2. turn overhead: time to the first SSE token minus the model's first-token delay, and whole-turn time
+   minus the model's streaming time, sequential turns;
+3. concurrency: N simultaneous streaming turns on N sessions: turns/s, overhead p99, errors, server RSS;
+4. database cost per turn (ours): WAL bytes, transactions and rows written per turn (pg_stat_database).
+Checkpoint bytes per turn and statistics latency have their own scripts (bench/checkpoints.py,
+bench/stats.py); the full run calls them at the end.
+
+What differs between the two systems, and is reported rather than hidden: our turn also retrieves
+passages (hybrid search needs an embeddings call; here the full-text backend, no embeddings) and
+writes the business rows (begin_turn/finish_turn) and prunes checkpoints; LangGraph's server runs the
+bare graph with its in-memory runtime (no retriever configured, no PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _venv import reexec_in_venv
+
+    reexec_in_venv(__file__)
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import psutil
+import psycopg
+
+from persistence.embedded import embedded_conninfo, start_embedded
+from tests.server_process import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRST_TOKEN_MS, TOKEN_MS, TOKENS = 200, 10, 20
+STREAM_MS = FIRST_TOKEN_MS + TOKEN_MS * (TOKENS - 1)
+API = "/api/session-chat"
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+@dataclass
+class Samples:
+    values: list[float] = field(default_factory=list)
+
+    def row(self) -> tuple[float, float, float]:
+        return statistics.median(self.values), pct(self.values, 0.95), pct(self.values, 0.99)
+
+
+class Proc:
+    """A child process with its output in a temp file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], ready_url: str | None = None) -> None:
+        self.log = tempfile.NamedTemporaryFile(prefix="sixshop-bench-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env}, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        self.ready_url = ready_url
+
+    def wait(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(Path(self.log.name).read_text(errors="replace")[-3000:])
+            try:
+                if self.ready_url and httpx.get(self.ready_url, timeout=1).status_code < 500:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"not ready: {self.ready_url}\n" + Path(self.log.name).read_text(errors="replace")[-3000:])
+
+    def rss_mb(self) -> float:
+        try:
+            p = psutil.Process(self.proc.pid)
+            return (p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))) / 2**20
+        except psutil.Error:
+            return float("nan")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+# -- the two systems, behind one small interface -----------------------------------------------------
+
+class System:
+    name = ""
+
+    def __init__(self, base_url: str, headers: dict[str, str] | None = None) -> None:
+        self.client = httpx.AsyncClient(base_url=base_url, headers=headers or {}, timeout=120,
+                                        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=1000))
+
+    async def new_session(self) -> str:
+        raise NotImplementedError
+
+    async def turn(self, session: str, text: str) -> tuple[float, float]:
+        """(seconds to the first token, seconds to the end of the stream)."""
+        raise NotImplementedError
+
+
+class Ours(System):
+    name = "ours"
+
+    async def new_session(self) -> str:
+        r = await self.client.post(f"{API}/sessions", json={"store_id": "bench"})
+        r.raise_for_status()
+        return str(r.json()["session_id"])
+
+    async def turn(self, session: str, text: str) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        first = None
+        async with self.client.stream("POST", f"{API}/sessions/{session}/chat/stream", json={"message": text}) as r:
+            r.raise_for_status()
+            async for line in r.aiter_lines():
+                if first is None and line == "event: token":
+                    first = time.perf_counter() - t0
+                if line.startswith("event: error"):
+                    raise RuntimeError("turn ended with an error event")
+        return (first if first is not None else float("nan")), time.perf_counter() - t0
+
+
+class LangGraphServer(System):
+    name = "langgraph"
+
+    async def new_session(self) -> str:
+        r = await self.client.post("/threads", json={})
+        r.raise_for_status()
+        return str(r.json()["thread_id"])
+
+    async def turn(self, session: str, text: str) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        first = None
+        body = {"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": text}]},
+                "stream_mode": "messages-tuple"}
+        async with self.client.stream("POST", f"/threads/{session}/runs/stream", json=body) as r:
+            r.raise_for_status()
+            event = ""
+            async for line in r.aiter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif first is None and event == "messages" and line.startswith("data:"):
+                    payload = json.loads(line[5:])
+                    chunk = payload[0] if isinstance(payload, list) and payload else {}
+                    if isinstance(chunk, dict) and chunk.get("content") and chunk.get("type", "").startswith("AI"):
+                        first = time.perf_counter() - t0
+                elif event == "error":
+                    raise RuntimeError("run ended with an error event")
+        return (first if first is not None else float("nan")), time.perf_counter() - t0
+
+
+# -- measurements ------------------------------------------------------------------------------------
+
+async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
+    t = time.perf_counter()
+    await fn()
+    return time.perf_counter() - t
+
+
+async def session_creation(system: System, n: int, results: dict[str, Samples]) -> float:
+    lat = results.setdefault(f"{system.name}:session_ms", Samples())
+    for _ in range(n):
+        lat.values.append(await timed(system.new_session) * 1000)
+    t = time.perf_counter()
+    per_client = n // 10
+
+    async def client() -> None:
+        for _ in range(per_client):
+            await system.new_session()
+
+    await asyncio.gather(*(client() for _ in range(10)))
+    return per_client * 10 / (time.perf_counter() - t)
+
+
+async def sequential_turns(system: System, n: int, results: dict[str, Samples]) -> None:
+    session = await system.new_session()
+    first = results.setdefault(f"{system.name}:first_token_overhead_ms", Samples())
+    total = results.setdefault(f"{system.name}:turn_overhead_ms", Samples())
+    for i in range(n):
+        ttft, whole = await system.turn(session, f"How much is shipping? ({i})")
+        first.values.append(ttft * 1000 - FIRST_TOKEN_MS)
+        total.values.append(whole * 1000 - STREAM_MS)
+
+
+async def concurrent_turns(system: System, n: int, proc: Proc) -> dict[str, float]:
+    sessions = await asyncio.gather(*(system.new_session() for _ in range(n)))
+    errors = 0
+    overheads: list[float] = []
+    peak_rss = 0.0
+
+    async def one(s: str) -> None:
+        nonlocal errors
+        try:
+            _, whole = await system.turn(s, "How do I return an item?")
+            overheads.append(whole * 1000 - STREAM_MS)
+        except Exception:
+            errors += 1
+
+    async def watch() -> None:
+        nonlocal peak_rss
+        while True:
+            peak_rss = max(peak_rss, proc.rss_mb())
+            await asyncio.sleep(0.2)
+
+    watcher = asyncio.create_task(watch())
+    t = time.perf_counter()
+    await asyncio.gather(*(one(s) for s in sessions))
+    elapsed = time.perf_counter() - t
+    watcher.cancel()
+    return {"turns_per_s": len(overheads) / elapsed, "overhead_p50_ms": pct(overheads, 0.5),
+            "overhead_p99_ms": pct(overheads, 0.99), "errors": errors, "rss_mb": peak_rss}
+
+
+def db_counters(conninfo: str) -> dict[str, int]:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute("""select pg_current_wal_lsn() - '0/0'::pg_lsn as wal, xact_commit, tup_inserted,
+                                     tup_updated, tup_deleted
+                                from pg_stat_database where datname = current_database()""").fetchone()
+    assert row is not None
+    return {"wal": int(row[0]), "xacts": int(row[1]), "rows": int(row[2]) + int(row[3]) + int(row[4])}
+
+
+async def db_cost(ours: Ours, conninfo: str, n: int) -> dict[str, float]:
+    session = await ours.new_session()
+    await asyncio.sleep(0.7)  # pg_stat counters are flushed by backends about every second
+    before = db_counters(conninfo)
+    for i in range(n):
+        await ours.turn(session, f"What are your opening hours? ({i})")
+    await asyncio.sleep(1.2)
+    after = db_counters(conninfo)
+    return {k: (after[k] - before[k]) / n for k in before}
+
+
+# -- the run -----------------------------------------------------------------------------------------
+
+def fmt(v: float) -> str:
+    return f"{v:,.1f}" if v == v else "n/a"
+
+
+async def drive(args: argparse.Namespace, ours: Ours, lg: LangGraphServer | None, ours_proc: Proc,
+                lg_proc: Proc | None, conninfo: str) -> None:
+    systems: list[tuple[System, Proc]] = [(ours, ours_proc)] + ([(lg, lg_proc)] if lg and lg_proc else [])
+    results: dict[str, Samples] = {}
+    throughput: dict[str, list[float]] = {}
+    for system, _ in systems:  # warm-up: imports, pools, JIT-free but cache-warm
+        await sequential_turns(system, 3, {})
+        await session_creation(system, 20, {})
+    for run in range(args.runs):
+        for system, _ in systems:
+            throughput.setdefault(system.name, []).append(await session_creation(system, args.sessions, results))
+            await sequential_turns(system, args.turns, results)
+        print(f"# run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
+
+    print(f"\n## model: first token {FIRST_TOKEN_MS} ms, then {TOKEN_MS} ms/token, {TOKENS} tokens "
+          f"({STREAM_MS} ms of streaming per turn); {args.runs} runs")
+    print(f"\n{'metric':<34} {'system':<10} {'p50':>9} {'p95':>9} {'p99':>9}")
+    for metric in ("session_ms", "first_token_overhead_ms", "turn_overhead_ms"):
+        for system, _ in systems:
+            s = results.get(f"{system.name}:{metric}")
+            if s:
+                p50, p95, p99 = s.row()
+                print(f"{metric:<34} {system.name:<10} {fmt(p50):>9} {fmt(p95):>9} {fmt(p99):>9}")
+        if lg:
+            a, b = results[f"ours:{metric}"].row()[0], results[f"langgraph:{metric}"].row()[0]
+            print(f"{metric:<34} {'ratio':<10} {fmt(a / b if b else float('nan')):>9}  (ours / langgraph, p50)")
+    for system, _ in systems:
+        rate = statistics.median(throughput[system.name])
+        print(f"{'sessions_per_s (10 clients)':<34} {system.name:<10} {fmt(rate):>9}")
+
+    print(f"\n{'concurrent turns':<18} {'system':<10} {'turns/s':>8} {'ovh p50':>9} {'ovh p99':>9} "
+          f"{'errors':>7} {'RSS MB':>8}")
+    for n in args.concurrency:
+        for system, proc in systems:
+            r = await concurrent_turns(system, n, proc)
+            print(f"{n:<18} {system.name:<10} {fmt(r['turns_per_s']):>8} {fmt(r['overhead_p50_ms']):>9} "
+                  f"{fmt(r['overhead_p99_ms']):>9} {int(r['errors']):>7} {fmt(r['rss_mb']):>8}")
+
+    cost = await db_cost(ours, conninfo, 20)
+    print(f"\ndatabase per turn (ours, 20 sequential turns): {cost['wal']:,.0f} WAL bytes, "
+          f"{cost['xacts']:.1f} transactions, {cost['rows']:.1f} rows written")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer requests and concurrency up to 100")
+    parser.add_argument("--no-langgraph", action="store_true", help="measure only our service")
+    args = parser.parse_args()
+    args.runs = 1 if args.quick else 3
+    args.sessions = 100 if args.quick else 300
+    args.turns = 20 if args.quick else 60
+    args.concurrency = [10, 100] if args.quick else [10, 100, 500]
+
+    pg = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
+    conninfo = embedded_conninfo(pg)
+    model = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", str(FIRST_TOKEN_MS), str(TOKEN_MS),
+                              str(TOKENS)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    procs: list[Proc] = []
+    try:
+        assert model.stdout is not None
+        model_url = model.stdout.readline().strip()
+        common = {"OPENAI_API_KEY": "sk-local-bench", "OPENAI_BASE_URL": model_url, "OPENAI_MAX_RETRIES": "0",
+                  "LANGSMITH_TRACING": "false", "LANGGRAPH_CLI_NO_ANALYTICS": "1"}
+        key = subprocess.run([sys.executable, "-m", "server.cli", "keys", "create", "--admin",
+                              "--turns-per-minute", "0"], cwd=ROOT, capture_output=True, text=True, check=True,
+                             env={**os.environ, "DATABASE_URL": conninfo}).stdout.strip()
+        port = free_port()
+        ours_proc = Proc([sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
+                         {**common, "DATABASE_URL": conninfo, "APP_ENV": "production", "LOG_LEVEL": "WARNING",
+                          "VECTOR_STORE": "none", "CAPACITY_SAMPLE_SECONDS": "0", "DB_POOL_MAX": "20"},
+                         ready_url=f"http://127.0.0.1:{port}/health")
+        procs.append(ours_proc)
+        lg_proc = None
+        if not args.no_langgraph:
+            lg_port = free_port()
+            lg_proc = Proc([str(Path(sys.executable).parent / "langgraph"), "dev", "--no-browser", "--no-reload",
+                            "--host", "127.0.0.1", "--port", str(lg_port)], common,
+                           ready_url=f"http://127.0.0.1:{lg_port}/ok")
+            procs.append(lg_proc)
+        for p in procs:
+            p.wait()
+        ours = Ours(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"})
+        lg = LangGraphServer(f"http://127.0.0.1:{lg_port}") if lg_proc else None
+        asyncio.run(drive(args, ours, lg, ours_proc, lg_proc, conninfo))
+    finally:
+        for p in procs:
+            p.stop()
+        model.terminate()
+        pg.cleanup()
+    if not args.quick:
+        print("\n## checkpoint bytes per turn (bench/checkpoints.py)", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "bench" / "checkpoints.py")], cwd=ROOT, check=False)
+        for n in (10_000, 100_000):
+            print(f"\n## statistics at {n:,} messages (bench/stats.py)", flush=True)
+            subprocess.run([sys.executable, str(ROOT / "bench" / "stats.py"), "--messages", str(n)], cwd=ROOT,
+                           check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
