@@ -47,11 +47,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import psutil
 import psycopg
 
 from persistence.embedded import embedded_conninfo, start_embedded
-from tests.server_process import free_port
+from tests.server_process import ChildProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_TOKEN_MS, TOKEN_MS, TOKENS = 200, 10, 20
@@ -70,44 +69,6 @@ class Samples:
 
     def row(self) -> tuple[float, float, float]:
         return statistics.median(self.values), pct(self.values, 0.95), pct(self.values, 0.99)
-
-
-class Proc:
-    """A child process with its output in a temp file."""
-
-    def __init__(self, args: list[str], env: dict[str, str], ready_url: str | None = None) -> None:
-        self.log = tempfile.NamedTemporaryFile(prefix="sixshop-bench-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env}, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        self.ready_url = ready_url
-
-    def wait(self, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(Path(self.log.name).read_text(errors="replace")[-3000:])
-            try:
-                if self.ready_url and httpx.get(self.ready_url, timeout=1).status_code < 500:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"not ready: {self.ready_url}\n" + Path(self.log.name).read_text(errors="replace")[-3000:])
-
-    def rss_mb(self) -> float:
-        try:
-            p = psutil.Process(self.proc.pid)
-            return (p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))) / 2**20
-        except psutil.Error:
-            return float("nan")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
 
 
 # -- the two systems, behind one small interface -----------------------------------------------------
@@ -210,7 +171,7 @@ async def sequential_turns(system: System, n: int, results: dict[str, Samples]) 
         total.values.append(whole * 1000 - STREAM_MS)
 
 
-async def concurrent_turns(system: System, n: int, proc: Proc) -> dict[str, float]:
+async def concurrent_turns(system: System, n: int, proc: ChildProcess) -> dict[str, float]:
     sessions = await asyncio.gather(*(system.new_session() for _ in range(n)))
     errors = 0
     overheads: list[float] = []
@@ -265,9 +226,9 @@ def fmt(v: float) -> str:
     return f"{v:,.1f}" if v == v else "n/a"
 
 
-async def drive(args: argparse.Namespace, ours: Ours, lg: LangGraphServer | None, ours_proc: Proc,
-                lg_proc: Proc | None, conninfo: str) -> None:
-    systems: list[tuple[System, Proc]] = [(ours, ours_proc)] + ([(lg, lg_proc)] if lg and lg_proc else [])
+async def drive(args: argparse.Namespace, ours: Ours, lg: LangGraphServer | None, ours_proc: ChildProcess,
+                lg_proc: ChildProcess | None, conninfo: str) -> None:
+    systems: list[tuple[System, ChildProcess]] = [(ours, ours_proc)] + ([(lg, lg_proc)] if lg and lg_proc else [])
     results: dict[str, Samples] = {}
     throughput: dict[str, list[float]] = {}
     for system, _ in systems:  # warm-up: imports, pools, JIT-free but cache-warm
@@ -322,7 +283,7 @@ def main() -> int:
     conninfo = embedded_conninfo(pg)
     model = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", str(FIRST_TOKEN_MS), str(TOKEN_MS),
                               str(TOKENS)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    procs: list[Proc] = []
+    procs: list[ChildProcess] = []
     try:
         assert model.stdout is not None
         model_url = model.stdout.readline().strip()
@@ -332,20 +293,20 @@ def main() -> int:
                               "--turns-per-minute", "0"], cwd=ROOT, capture_output=True, text=True, check=True,
                              env={**os.environ, "DATABASE_URL": conninfo}).stdout.strip()
         port = free_port()
-        ours_proc = Proc([sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
+        ours_proc = ChildProcess([sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
                          {**common, "DATABASE_URL": conninfo, "APP_ENV": "production", "LOG_LEVEL": "WARNING",
                           "VECTOR_STORE": "none", "CAPACITY_SAMPLE_SECONDS": "0", "DB_POOL_MAX": "20"},
-                         ready_url=f"http://127.0.0.1:{port}/health")
+                                 f"http://127.0.0.1:{port}/health")
         procs.append(ours_proc)
         lg_proc = None
         if not args.no_langgraph:
             lg_port = free_port()
-            lg_proc = Proc([str(Path(sys.executable).parent / "langgraph"), "dev", "--no-browser", "--no-reload",
-                            "--host", "127.0.0.1", "--port", str(lg_port)], common,
-                           ready_url=f"http://127.0.0.1:{lg_port}/ok")
+            lg_proc = ChildProcess([str(Path(sys.executable).parent / "langgraph"), "dev", "--no-browser",
+                                    "--no-reload", "--host", "127.0.0.1", "--port", str(lg_port)], common,
+                                   f"http://127.0.0.1:{lg_port}/ok")
             procs.append(lg_proc)
         for p in procs:
-            p.wait()
+            p.wait_ready(120)
         ours = Ours(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"})
         lg = LangGraphServer(f"http://127.0.0.1:{lg_port}") if lg_proc else None
         asyncio.run(drive(args, ours, lg, ours_proc, lg_proc, conninfo))

@@ -1,4 +1,5 @@
-"""Start `sixshop-agent serve` as a real process on 127.0.0.1 for end-to-end tests."""
+"""Child processes for end-to-end tests and benchmarks: `sixshop-agent serve` on 127.0.0.1, or any server
+with a readiness URL, with its output kept in a temp file."""
 
 from __future__ import annotations
 
@@ -21,32 +22,38 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class ServerProcess:
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile(prefix="sixshop-e2e-", suffix=".log", delete=False)
-        full_env = {**os.environ, "APP_ENV": "test", "LANGSMITH_TRACING": "false", **env}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
-        )
+class ChildProcess:
+    def __init__(self, args: list[str], env: dict[str, str], ready_url: str) -> None:
+        self.ready_url = ready_url
+        self.log = tempfile.NamedTemporaryFile(prefix="sixshop-child-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env}, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.output()}")
+                raise RuntimeError(f"process exited early:\n{self.output()[-4000:]}")
             try:
-                if httpx.get(self.base_url + "/health", timeout=1).status_code == 200:
+                if httpx.get(self.ready_url, timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"server not ready in {timeout_s}s:\n{self.output()}")
+        raise RuntimeError(f"not ready in {timeout_s}s:\n{self.output()[-4000:]}")
 
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
+
+    def rss_mb(self) -> float:
+        """Resident memory of the process and its children."""
+        import psutil
+
+        try:
+            p = psutil.Process(self.proc.pid)
+            return (p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))) / 2**20
+        except psutil.Error:
+            return float("nan")
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -56,3 +63,15 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait(5)
         self.log.close()
+
+
+class ServerProcess(ChildProcess):
+    """`sixshop-agent serve` on a free port, APP_ENV=test unless the env says otherwise."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        super().__init__(
+            [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            {"APP_ENV": "test", "LANGSMITH_TRACING": "false", **env}, f"{self.base_url}/health",
+        )
