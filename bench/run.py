@@ -42,7 +42,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +50,7 @@ import httpx
 import psycopg
 
 from persistence.embedded import embedded_conninfo, start_embedded
-from tests.server_process import ChildProcess, free_port
+from tests.server_process import ChildProcess, free_port, process_cpu_s
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_TOKEN_MS, TOKEN_MS, TOKENS = 200, 10, 20
@@ -71,12 +71,53 @@ class Samples:
         return statistics.median(self.values), pct(self.values, 0.95), pct(self.values, 0.99)
 
 
+# -- a lean SSE client: httpx costs the driver more CPU per turn than the server spends -----------------
+
+async def sse_lines(base_url: str, path: str, body: dict[str, Any], headers: dict[str, str]) -> AsyncIterator[bytes]:
+    """POST `body` and yield the response's lines as they arrive (HTTP/1.1, chunked or not)."""
+    host, port = base_url.removeprefix("http://").split(":")
+    data = json.dumps(body).encode()
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(data)}\r\nConnection: close\r\n{head}\r\n".encode() + data)
+        status = await reader.readline()
+        if b" 200 " not in status:
+            raise RuntimeError(status.decode(errors="replace").strip())
+        chunked = False
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            chunked |= line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower()
+        pending = b""
+        while True:
+            if chunked:
+                size = int((await reader.readline()).strip() or b"0", 16)
+                if size == 0:
+                    break
+                piece = await reader.readexactly(size + 2)
+                pending += piece[:-2]
+            else:
+                piece = await reader.read(65536)
+                if not piece:
+                    break
+                pending += piece
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.rstrip(b"\r")
+        if pending:
+            yield pending
+    finally:
+        writer.close()
+
+
 # -- the two systems, behind one small interface -----------------------------------------------------
 
 class System:
     name = ""
 
     def __init__(self, base_url: str, headers: dict[str, str] | None = None) -> None:
+        self.base_url = base_url
+        self.headers = headers or {}
         self.client = httpx.AsyncClient(base_url=base_url, headers=headers or {}, timeout=120,
                                         limits=httpx.Limits(max_connections=1000, max_keepalive_connections=1000))
 
@@ -99,13 +140,12 @@ class Ours(System):
     async def turn(self, session: str, text: str) -> tuple[float, float]:
         t0 = time.perf_counter()
         first = None
-        async with self.client.stream("POST", f"{API}/sessions/{session}/chat/stream", json={"message": text}) as r:
-            r.raise_for_status()
-            async for line in r.aiter_lines():
-                if first is None and line == "event: token":
-                    first = time.perf_counter() - t0
-                if line.startswith("event: error"):
-                    raise RuntimeError("turn ended with an error event")
+        async for line in sse_lines(self.base_url, f"{API}/sessions/{session}/chat/stream", {"message": text},
+                                    self.headers):
+            if first is None and line == b"event: token":
+                first = time.perf_counter() - t0
+            elif line == b"event: error":
+                raise RuntimeError("turn ended with an error event")
         return (first if first is not None else float("nan")), time.perf_counter() - t0
 
 
@@ -122,19 +162,17 @@ class LangGraphServer(System):
         first = None
         body = {"assistant_id": "agent", "input": {"messages": [{"role": "user", "content": text}]},
                 "stream_mode": "messages-tuple"}
-        async with self.client.stream("POST", f"/threads/{session}/runs/stream", json=body) as r:
-            r.raise_for_status()
-            event = ""
-            async for line in r.aiter_lines():
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                elif first is None and event == "messages" and line.startswith("data:"):
-                    payload = json.loads(line[5:])
-                    chunk = payload[0] if isinstance(payload, list) and payload else {}
-                    if isinstance(chunk, dict) and chunk.get("content") and chunk.get("type", "").startswith("AI"):
-                        first = time.perf_counter() - t0
-                elif event == "error":
+        event = b""
+        async for line in sse_lines(self.base_url, f"/threads/{session}/runs/stream", body, self.headers):
+            if line.startswith(b"event:"):
+                event = line[6:].strip()
+                if event == b"error":
                     raise RuntimeError("run ended with an error event")
+            elif first is None and event == b"messages" and line.startswith(b"data:"):
+                payload = json.loads(line[5:])
+                chunk = payload[0] if isinstance(payload, list) and payload else {}
+                if isinstance(chunk, dict) and chunk.get("content") and str(chunk.get("type", "")).startswith("AI"):
+                    first = time.perf_counter() - t0
         return (first if first is not None else float("nan")), time.perf_counter() - t0
 
 
@@ -171,7 +209,7 @@ async def sequential_turns(system: System, n: int, results: dict[str, Samples]) 
         total.values.append(whole * 1000 - STREAM_MS)
 
 
-async def concurrent_turns(system: System, n: int, proc: ChildProcess) -> dict[str, float]:
+async def concurrent_turns(system: System, n: int, proc: ChildProcess, others: dict[str, int]) -> dict[str, float]:
     sessions = await asyncio.gather(*(system.new_session() for _ in range(n)))
     errors = 0
     overheads: list[float] = []
@@ -192,12 +230,20 @@ async def concurrent_turns(system: System, n: int, proc: ChildProcess) -> dict[s
             await asyncio.sleep(0.2)
 
     watcher = asyncio.create_task(watch())
+    pids = {"server": proc.proc.pid, **others, "driver": os.getpid()}
+
+    def cpu_of(name: str, pid: int) -> float:  # the driver's children are the systems themselves
+        return process_cpu_s(pid, children=name != "driver")
+
+    cpu_before = {k: cpu_of(k, pid) for k, pid in pids.items()}
     t = time.perf_counter()
     await asyncio.gather(*(one(s) for s in sessions))
     elapsed = time.perf_counter() - t
     watcher.cancel()
+    cpu = {k: (cpu_of(k, pid) - cpu_before[k]) / max(1, len(overheads)) * 1000 for k, pid in pids.items()}
     return {"turns_per_s": len(overheads) / elapsed, "overhead_p50_ms": pct(overheads, 0.5),
-            "overhead_p99_ms": pct(overheads, 0.99), "errors": errors, "rss_mb": peak_rss}
+            "overhead_p99_ms": pct(overheads, 0.99), "errors": errors, "rss_mb": peak_rss,
+            **{f"cpu_ms_{k}": v for k, v in cpu.items()}}
 
 
 def db_counters(conninfo: str) -> dict[str, int]:
@@ -241,7 +287,7 @@ async def drive(args: argparse.Namespace, ours: Ours, lg: LangGraphServer | None
         print(f"# run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
 
     print(f"\n## model: first token {FIRST_TOKEN_MS} ms, then {TOKEN_MS} ms/token, {TOKENS} tokens "
-          f"({STREAM_MS} ms of streaming per turn); {args.runs} runs")
+          f"({STREAM_MS} ms of streaming per turn); {args.runs} runs; our server: {args.workers} worker(s)")
     print(f"\n{'metric':<34} {'system':<10} {'p50':>9} {'p95':>9} {'p99':>9}")
     for metric in ("session_ms", "first_token_overhead_ms", "turn_overhead_ms"):
         for system, _ in systems:
@@ -251,18 +297,21 @@ async def drive(args: argparse.Namespace, ours: Ours, lg: LangGraphServer | None
                 print(f"{metric:<34} {system.name:<10} {fmt(p50):>9} {fmt(p95):>9} {fmt(p99):>9}")
         if lg:
             a, b = results[f"ours:{metric}"].row()[0], results[f"langgraph:{metric}"].row()[0]
-            print(f"{metric:<34} {'ratio':<10} {fmt(a / b if b else float('nan')):>9}  (ours / langgraph, p50)")
+            ratio = a / b if b else float("nan")
+            print(f"{metric:<34} {'ratio':<10} {ratio:>9.3f}  (ours / langgraph, p50)")
     for system, _ in systems:
         rate = statistics.median(throughput[system.name])
         print(f"{'sessions_per_s (10 clients)':<34} {system.name:<10} {fmt(rate):>9}")
 
     print(f"\n{'concurrent turns':<18} {'system':<10} {'turns/s':>8} {'ovh p50':>9} {'ovh p99':>9} "
-          f"{'errors':>7} {'RSS MB':>8}")
+          f"{'errors':>7} {'RSS MB':>8}   CPU ms per turn: server / model / postgres / driver")
     for n in args.concurrency:
         for system, proc in systems:
-            r = await concurrent_turns(system, n, proc)
+            r = await concurrent_turns(system, n, proc, args.pids)
             print(f"{n:<18} {system.name:<10} {fmt(r['turns_per_s']):>8} {fmt(r['overhead_p50_ms']):>9} "
-                  f"{fmt(r['overhead_p99_ms']):>9} {int(r['errors']):>7} {fmt(r['rss_mb']):>8}")
+                  f"{fmt(r['overhead_p99_ms']):>9} {int(r['errors']):>7} {fmt(r['rss_mb']):>8}   "
+                  f"{fmt(r['cpu_ms_server'])} / {fmt(r['cpu_ms_model'])} / {fmt(r['cpu_ms_postgres'])} / "
+                  f"{fmt(r['cpu_ms_driver'])}")
 
     cost = await db_cost(ours, conninfo, 20)
     print(f"\ndatabase per turn (ours, 20 sequential turns): {cost['wal']:,.0f} WAL bytes, "
@@ -273,6 +322,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer requests and concurrency up to 100")
     parser.add_argument("--no-langgraph", action="store_true", help="measure only our service")
+    parser.add_argument("--workers", type=int, default=2, help="our server's worker processes (WEB_CONCURRENCY)")
     args = parser.parse_args()
     args.runs = 1 if args.quick else 3
     args.sessions = 100 if args.quick else 300
@@ -295,7 +345,8 @@ def main() -> int:
         port = free_port()
         ours_proc = ChildProcess([sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
                          {**common, "DATABASE_URL": conninfo, "APP_ENV": "production", "LOG_LEVEL": "WARNING",
-                          "VECTOR_STORE": "none", "CAPACITY_SAMPLE_SECONDS": "0", "DB_POOL_MAX": "20"},
+                          "VECTOR_STORE": "none", "CAPACITY_SAMPLE_SECONDS": "0", "DB_POOL_MAX": "20",
+                          "WEB_CONCURRENCY": str(args.workers)},
                                  f"http://127.0.0.1:{port}/health")
         procs.append(ours_proc)
         lg_proc = None
@@ -307,6 +358,7 @@ def main() -> int:
             procs.append(lg_proc)
         for p in procs:
             p.wait_ready(120)
+        args.pids = {"model": model.pid, "postgres": int(pg.get_pid() or 0)}
         ours = Ours(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"})
         lg = LangGraphServer(f"http://127.0.0.1:{lg_port}") if lg_proc else None
         asyncio.run(drive(args, ours, lg, ours_proc, lg_proc, conninfo))

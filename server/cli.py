@@ -11,19 +11,23 @@ from server.logs import configure_logging
 from server.settings import Settings, load_settings
 
 
-def _serve(settings: Settings, host: str, port: int) -> int:
+def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
     import uvicorn
 
+    common: dict[str, object] = {
+        "host": host, "port": port,
+        "log_config": None,  # ours (configure_logging) stays in charge
+        "access_log": settings.app_env != "production",
+        "timeout_graceful_shutdown": 10,
+    }
+    if workers > 1:
+        # each worker is a full process (its own pool, background jobs under advisory locks), like
+        # several containers on one database; settings come from the environment in each
+        uvicorn.run("server.app:create_app", factory=True, workers=workers, **common)  # type: ignore[arg-type]
+        return 0
     from server.app import create_app
 
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_config=None,  # ours (configure_logging) stays in charge
-        access_log=settings.app_env != "production",
-        timeout_graceful_shutdown=10,
-    )
+    uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
     return 0
 
 
@@ -149,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP/SSE service")
     serve.add_argument("--host", default=None, help="bind address (default HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default PORT or 8000)")
+    serve.add_argument("--workers", type=int, default=None, help="worker processes (default WEB_CONCURRENCY or 1)")
     sub.add_parser("migrate", help="apply sql/ migrations and the LangGraph checkpoint tables")
     ingest = sub.add_parser(
         "ingest", help="index the Notion database (`ingest notion`) or a folder/file of Markdown/text (`ingest PATH`)"
@@ -184,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     configure_logging(settings.log_level, json_lines=settings.app_env == "production")
     if args.command == "serve":
-        return _serve(settings, args.host or settings.host, args.port or settings.port)
+        return _serve(settings, args.host or settings.host, args.port or settings.port,
+                      args.workers or settings.web_concurrency)
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
     if args.command == "keys":

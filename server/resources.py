@@ -18,7 +18,7 @@ from persistence.db import Pool, PoolConfig, TimedPool, open_pool
 from persistence.embedded import embedded_conninfo, start_embedded
 from persistence.keys import KeyRepository
 from persistence.messages import MessageRepository
-from persistence.migrations import migrate
+from persistence.migrations import advisory_lock, migrate
 from persistence.sessions import SessionRepository
 from persistence.stats import StatsRepository
 from server import metrics
@@ -77,6 +77,24 @@ async def open_database(settings: Settings) -> AsyncIterator[tuple[Pool, Any]]:
         await pool.close()
 
 
+async def index_sample(settings: Settings, pool: Pool, knowledge: KnowledgeStack) -> None:
+    """Index the sample help centre while the knowledge base holds nothing else (incremental: a no-op when
+    current). Under the migration lock, so several workers starting together do it once."""
+    from server.ingest import ingest_path
+
+    async with pool.connection() as conn, advisory_lock(conn):
+        if await knowledge.indexer.repo.documents_outside("sample") > 0:
+            return
+        try:
+            report = await ingest_path(knowledge.indexer, settings.knowledge_dir, source="sample")
+        except Exception as exc:  # e.g. the embeddings endpoint is down: serve anyway, say so
+            log.warning("could not index the sample knowledge base for %s (%s); it is retried at the next "
+                        "start", knowledge.backend, type(exc).__name__)
+            return
+    if report.added or report.updated or report.deleted:
+        log.info("sample knowledge base indexed for %s: %s", knowledge.backend, report.summary())
+
+
 def make_capacity(settings: Settings, pool: Pool) -> CapacityService:
     return CapacityService(CapacityRepository(pool), pool, Limits(
         connections=settings.capacity_connections_limit,
@@ -102,18 +120,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         # a process killed mid-turn left rows 'streaming' and sessions claimed: close what is past the timeout
         await LifecycleJob(pool, settings).recover()
         knowledge = await build_knowledge(settings, pool)
-        if settings.ingest_sample_if_empty and await knowledge.indexer.repo.documents_outside("sample") == 0:
-            # incremental: a no-op when the sample is already indexed for this backend
-            from server.ingest import ingest_path
-
-            try:
-                report = await ingest_path(knowledge.indexer, settings.knowledge_dir, source="sample")
-            except Exception as exc:  # e.g. the embeddings endpoint is down: serve anyway, say so
-                log.warning("could not index the sample knowledge base for %s (%s); it is retried at the next "
-                            "start", knowledge.backend, type(exc).__name__)
-            else:
-                if report.added or report.updated or report.deleted:
-                    log.info("sample knowledge base indexed for %s: %s", knowledge.backend, report.summary())
+        if settings.ingest_sample_if_empty:
+            await index_sample(settings, pool, knowledge)
         model = make_chat_model(
             openai_api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
             openai_base_url=settings.openai_base_url,

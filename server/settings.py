@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     host: str = "127.0.0.1"
     port: int = Field(8000, validation_alias=AliasChoices("PORT", "port"))
+    web_concurrency: int = Field(1, ge=1, le=64)  # `serve` worker processes
 
     # PostgreSQL: DATABASE_URL, or the Stage 1 DB_* parts; neither -> embedded server
     database_url: SecretStr | None = None

@@ -22,6 +22,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def process_cpu_s(pid: int, children: bool = True) -> float:
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        procs = [p, *p.children(recursive=True)] if children else [p]
+        return sum(t.user + t.system for t in (q.cpu_times() for q in procs))
+    except psutil.Error:
+        return float("nan")
+
+
 class ChildProcess:
     def __init__(self, args: list[str], env: dict[str, str], ready_url: str) -> None:
         self.ready_url = ready_url
@@ -54,6 +65,10 @@ class ChildProcess:
             return (p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))) / 2**20
         except psutil.Error:
             return float("nan")
+
+    def cpu_s(self) -> float:
+        """CPU seconds used so far by the process and its children."""
+        return process_cpu_s(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -173,3 +173,21 @@ async def test_two_servers_share_sessions_without_interleaving(database_url: str
         acked = {b["message"]["message_id"] for b in ok} | {b["user_message"]["message_id"] for b in ok}
         assert acked == stored  # every acknowledged message once, nothing else
     assert json.dumps(results)  # plain data, for the failure message if any
+
+
+async def test_serve_with_two_workers(pg_server_conninfo: str, fake_openai: FakeOpenAIServer) -> None:
+    """WEB_CONCURRENCY=2: two worker processes start on a fresh database together (migrations and the
+    sample index taken under the advisory lock, once) and both serve."""
+    url = create_database(pg_server_conninfo, "workers")
+    proc = _started(_env(url, fake_openai, WEB_CONCURRENCY="2"))
+    try:
+        async with httpx.AsyncClient(base_url=proc.base_url, timeout=30) as c:
+            sessions = [(await c.post(f"{API}/sessions", json={"store_id": "w"})).json()["session_id"]
+                        for _ in range(6)]
+            replies = await asyncio.gather(*(_chat(c, s, "How much is shipping?") for s in sessions))
+        assert [r.status_code for r in replies] == [200] * 6
+    finally:
+        proc.stop()
+    assert "Started parent process" in proc.output() or proc.output().count("Application startup complete") >= 2
+    docs = fetch_all(url, "select count(*) as n, count(distinct doc_id) as d from knowledge_documents")[0]
+    assert docs["n"] == docs["d"] == 16  # the sample indexed once
