@@ -75,6 +75,8 @@ async def measure(res: Resources, turns: int, stock: bool) -> tuple[int, int, in
         turn = await chat.start_turn(session.session_id, question(i), {})
         async for _ in turn.stream():
             pass
+        if turn.task is not None:
+            await turn.task  # the checkpoint prune runs after the answer is out
     elapsed = time.perf_counter() - started
     async with res.pool.connection() as conn:
         row = await (await conn.execute(SIZE_SQL, {"t": str(session.session_id)})).fetchone()

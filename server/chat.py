@@ -317,7 +317,6 @@ class IntegratedChatService:
     async def _finish(
         self, turn: Turn, progress: _Progress, status: str, error_code: str | None, error_text: str
     ) -> None:
-        await self._prune(turn)
         usage = progress.usage
         if progress.final is not None and progress.final.usage_metadata:
             usage = progress.final.usage_metadata  # the provider's own total for the call
@@ -352,12 +351,17 @@ class IntegratedChatService:
         finally:
             turn.finished.set()
             turn.events.put_nowait(_END)
+        await self._prune(turn)  # after the answer is out, so it costs the shopper no latency
 
     async def _prune(self, turn: Turn) -> None:
-        """Drop the thread's older checkpoints while this turn still holds the session's claim.
+        """Drop the thread's older checkpoints (the stock saver's `aprune(keep_latest)`).
 
         The latest checkpoint holds the whole conversation (the model's history, Studio's view);
         older ones are full copies of shorter versions of it, which is what made storage quadratic.
+        It runs after the turn released its session, so a next turn may already be writing: that is
+        safe, since the prune works in a REPEATABLE READ snapshot and deletes only checkpoints older than
+        the head it saw and blob versions only they used, none of which a newer checkpoint refers to. If
+        two prunes of one thread collide, one fails and the next turn's prune catches up.
         """
         saver = self.graph.checkpointer
         prune = getattr(saver, "aprune", None)
