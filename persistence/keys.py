@@ -17,13 +17,18 @@ insert into api_keys (key_id, store_id, name, prefix, key_hash, turns_per_minute
 values (%s, %s, %s, %s, %s, %s)
 returning key_id, store_id, name, prefix, turns_per_minute, created_at
 """
-LOOKUP_SQL = """
-update api_keys set last_used_at = now()
- where key_hash = %s and revoked_at is null
-   and (last_used_at is null or last_used_at < now() - interval '1 minute')
-returning key_id
+# the key, if active; last_used_at refreshed at most once a minute, in the same round trip
+FIND_SQL = """
+with found as (
+    select key_id, store_id, turns_per_minute, last_used_at from api_keys
+     where key_hash = %(hash)s and revoked_at is null
+), touched as (
+    update api_keys k set last_used_at = now()
+      from found f
+     where k.key_id = f.key_id and (f.last_used_at is null or f.last_used_at < now() - interval '1 minute')
+)
+select key_id, store_id, turns_per_minute from found
 """
-GET_SQL = "select key_id, store_id, turns_per_minute from api_keys where key_hash = %s and revoked_at is null"
 LIST_SQL = """
 select key_id, store_id, name, prefix, turns_per_minute, created_at, revoked_at, last_used_at
   from api_keys order by created_at
@@ -69,12 +74,8 @@ class KeyRepository:
         return key, row
 
     async def find(self, key: str) -> Row | None:
-        digest = hash_key(key)
         async with self.pool.connection() as conn:
-            row = await (await conn.execute(GET_SQL, (digest,))).fetchone()
-            if row is not None:
-                await conn.execute(LOOKUP_SQL, (digest,))  # last_used_at, at most once a minute
-        return row
+            return await (await conn.execute(FIND_SQL, {"hash": hash_key(key)})).fetchone()
 
     async def all(self) -> list[Row]:
         async with self.pool.connection() as conn:

@@ -35,9 +35,7 @@ on conflict (collection, id) do update
        embedding = excluded.embedding, updated_at = now()
 """
 _DELETE = "delete from kb_vectors where collection = %s and id = any(%s)"
-_DELETE_DOCS = "delete from kb_vectors where collection = %s and metadata->>'doc_id' = any(%s)"
 _GET = "select id, content, metadata from kb_vectors where collection = %s and id = any(%s)"
-_COUNT = "select count(*) as n from kb_vectors where collection = %s"
 # search SQL is built per call: the dimension is part of the indexed expression
 
 
@@ -201,11 +199,6 @@ class PgVectorStore(VectorStore):
             conn.execute(sql.SQL("drop index if exists {}").format(sql.Identifier(self.index_name())))
         self._index_ready = False
 
-    async def adelete_documents(self, doc_ids: Sequence[str]) -> None:
-        """Drop every chunk whose metadata `doc_id` is one of these (a page deleted at the source)."""
-        async with self._async_conn() as conn:
-            await conn.execute(_DELETE_DOCS, (self.collection, list(doc_ids)))
-
     # -- reads ------------------------------------------------------------------------------------
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
@@ -218,12 +211,6 @@ class PgVectorStore(VectorStore):
             cur = await conn.execute(_GET, (self.collection, list(ids)))
             rows = await cur.fetchall()
         return [self._document(r) for r in rows]
-
-    async def acount(self) -> int:
-        async with self._async_conn() as conn:
-            cur = await conn.execute(_COUNT, (self.collection,))
-            row = await cur.fetchone()
-        return int(row["n"]) if row else 0
 
     def similarity_search_by_vector_with_score(
         self, embedding: list[float], k: int = 4, **kwargs: Any

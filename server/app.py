@@ -112,15 +112,20 @@ async def _owned_session(res: Resources, principal: Principal, session_id: str) 
     return session
 
 
-async def _turn_session(res: Resources, principal: Principal, session_id: str) -> Session:
-    """The session a turn may run on, and the turn counted against the key's rate limit."""
+async def _turn_session(res: Resources, principal: Principal, session_id: str) -> UUID:
+    """The session a turn may run on, and the turn counted against the key's rate limit.
+
+    Only a store key needs the session looked up first; otherwise begin_turn itself answers 404.
+    """
     try:
-        session = await _owned_session(res, principal, session_id)
+        sid = parse_id(session_id, "session_id")
+        if principal.store_id is not None:
+            await _owned_session(res, principal, session_id)
         await res.auth.take_turn(principal)
     except (SessionNotFound, RateLimited) as exc:
         metrics.record_refusal("not_found" if isinstance(exc, SessionNotFound) else "rate_limited")
         raise
-    return session
+    return sid
 
 
 class SessionController(Controller):
@@ -183,8 +188,8 @@ class SessionController(Controller):
     async def chat(self, session_id: FromPath[str], data: JSONBody[ChatRequest], state: State,
                    principal: Caller) -> ChatResponse:
         res = _res(state)
-        session = await _turn_session(res, principal, session_id)
-        message, user_message = await res.chat.run_to_end(session.session_id, data.message, data.metadata)
+        sid = await _turn_session(res, principal, session_id)
+        message, user_message = await res.chat.run_to_end(sid, data.message, data.metadata)
         return ChatResponse(message=message, user_message=user_message)
 
     @post(
@@ -196,8 +201,8 @@ class SessionController(Controller):
     async def chat_stream(self, session_id: FromPath[str], data: JSONBody[ChatRequest], state: State,
                           principal: Caller) -> Stream:
         res = _res(state)
-        session = await _turn_session(res, principal, session_id)
-        turn = await res.chat.start_turn(session.session_id, data.message, data.metadata)
+        sid = await _turn_session(res, principal, session_id)
+        turn = await res.chat.start_turn(sid, data.message, data.metadata)
 
         async def frames() -> AsyncIterator[bytes]:
             n = 0

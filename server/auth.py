@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
 from uuid import UUID
 
 from persistence.keys import KeyRepository
@@ -108,6 +107,3 @@ class Authenticator:
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sixshop-ai-agent"'}
 
-
-def auth_summary(principal: Principal) -> dict[str, Any]:
-    return {"key_id": str(principal.key_id) if principal.key_id else None, "store_id": principal.store_id}

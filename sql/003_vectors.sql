@@ -21,7 +21,6 @@ begin
             )
         $ddl$;
         execute 'create index kb_vectors_scope_idx on kb_vectors (collection, store_id)';
-        execute 'create index kb_vectors_doc_idx on kb_vectors (collection, (metadata->>''doc_id''))';
     end if;
 end
 $$;
