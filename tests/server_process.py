@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -69,6 +70,17 @@ class ChildProcess:
     def cpu_s(self) -> float:
         """CPU seconds used so far by the process and its children."""
         return process_cpu_s(self.proc.pid)
+
+    def __enter__(self) -> Self:
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         self.proc.terminate()

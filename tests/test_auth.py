@@ -35,12 +35,9 @@ def _new_key(database_url: str, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def server(database_url: str) -> Iterator[ServerProcess]:
-    proc = ServerProcess({"DATABASE_URL": database_url, "KEYS_CACHE_SECONDS": "0", "CAPACITY_SAMPLE_SECONDS": "0"})
-    try:
-        proc.wait_ready()
+    env = {"DATABASE_URL": database_url, "KEYS_CACHE_SECONDS": "0", "CAPACITY_SAMPLE_SECONDS": "0"}
+    with ServerProcess(env) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def _h(key: str) -> dict[str, str]:

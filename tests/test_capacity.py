@@ -71,13 +71,9 @@ async def test_old_samples_are_pruned(pool: Pool, migrated_url: str) -> None:
 
 @pytest.fixture(scope="module")
 def server(database_url: str, history: int) -> Iterator[ServerProcess]:
-    proc = ServerProcess({"DATABASE_URL": database_url, "ADMIN_TOKEN": "admin-secret-1",
-                          "CAPACITY_SAMPLE_SECONDS": "0.2"})
-    try:
-        proc.wait_ready()
+    with ServerProcess({"DATABASE_URL": database_url, "ADMIN_TOKEN": "admin-secret-1",
+                          "CAPACITY_SAMPLE_SECONDS": "0.2"}) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 async def test_admin_endpoint(server: ServerProcess, history: int) -> None:

@@ -26,19 +26,15 @@ API = "/api/session-chat"
 
 @pytest.fixture(scope="module")
 def server(database_url: str, fake_openai: FakeOpenAIServer) -> Iterator[ServerProcess]:
-    proc = ServerProcess({
+    with ServerProcess({
         "DATABASE_URL": database_url,
         "OPENAI_API_KEY": "sk-local-test",
         "OPENAI_BASE_URL": fake_openai.base_url,
         "OPENAI_MAX_RETRIES": "0",
         "MAX_MESSAGE_CHARS": "500",
         "MAX_BODY_BYTES": "8192",
-    })
-    try:
-        proc.wait_ready()
+    }) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture
@@ -296,12 +292,8 @@ async def test_schema_and_health(client: httpx.AsyncClient) -> None:
 
 @pytest.fixture(scope="module")
 def offline_server(pg_server_conninfo: str) -> Iterator[ServerProcess]:
-    proc = ServerProcess({"DATABASE_URL": create_database(pg_server_conninfo, "offline"), "OPENAI_API_KEY": ""})
-    try:
-        proc.wait_ready()
+    with ServerProcess({"DATABASE_URL": create_database(pg_server_conninfo, "offline"), "OPENAI_API_KEY": ""}) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 async def test_offline_server_answers_from_the_sample_knowledge_base(offline_server: ServerProcess) -> None:

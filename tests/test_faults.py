@@ -29,6 +29,7 @@ def _env(database_url: str, fake_openai: FakeOpenAIServer, **extra: str) -> dict
 
 
 def _started(env: dict[str, str]) -> ServerProcess:
+    """A ready server these tests stop (or kill) themselves."""
     proc = ServerProcess(env)
     proc.wait_ready()
     return proc

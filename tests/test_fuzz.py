@@ -15,13 +15,9 @@ from tests.server_process import ServerProcess
 
 @pytest.fixture(scope="module")
 def fuzz_server(database_url: str) -> Iterator[ServerProcess]:
-    proc = ServerProcess({"DATABASE_URL": database_url, "CAPACITY_SAMPLE_SECONDS": "0",
-                          "RATE_LIMIT_TURNS_PER_MINUTE": "0"})
-    try:
-        proc.wait_ready()
+    with ServerProcess({"DATABASE_URL": database_url, "CAPACITY_SAMPLE_SECONDS": "0",
+                          "RATE_LIMIT_TURNS_PER_MINUTE": "0"}) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")

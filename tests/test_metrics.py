@@ -15,13 +15,9 @@ from tests.test_e2e import new_session, stream_turn
 
 @pytest.fixture(scope="module")
 def server(database_url: str, fake_openai: FakeOpenAIServer) -> Iterator[ServerProcess]:
-    proc = ServerProcess({"DATABASE_URL": database_url, "OPENAI_API_KEY": "sk-local-test",
-                          "OPENAI_BASE_URL": fake_openai.base_url, "OPENAI_MAX_RETRIES": "0"})
-    try:
-        proc.wait_ready()
+    with ServerProcess({"DATABASE_URL": database_url, "OPENAI_API_KEY": "sk-local-test",
+                          "OPENAI_BASE_URL": fake_openai.base_url, "OPENAI_MAX_RETRIES": "0"}) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
