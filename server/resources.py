@@ -181,6 +181,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         finally:
             for task in background:
                 task.cancel()
+            if background:  # let them hand their connections back before the pool closes
+                await asyncio.wait(background, timeout=5)
             metrics.RUNTIME.resources = None
             await chat.shutdown()
             await knowledge.aclose()
