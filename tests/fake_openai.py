@@ -164,6 +164,7 @@ class _Handler(JsonHandler):
                                                                  "finish_reason": finish}], "usage": None}
             send(f"data: {json.dumps(obj)}\n\n".encode())
 
+        start = time.monotonic()
         try:
             chunk({"role": "assistant", "content": ""}, None)
             for i, piece in enumerate(pieces):
@@ -178,8 +179,9 @@ class _Handler(JsonHandler):
                     return
                 if "[[slow]]" in last_user:
                     time.sleep(0.05)
-                if pace:  # a model with a fixed first-token delay and token rate (benchmarks)
-                    time.sleep(pace.first_token_s if i == 0 else pace.token_interval_s)
+                if pace:  # a fixed first-token delay and token rate, on a schedule from the request (benchmarks)
+                    due = start + pace.first_token_s + i * pace.token_interval_s
+                    time.sleep(max(0.0, due - time.monotonic()))
                 chunk({"content": piece}, None)
             chunk({}, "stop")
             if (body.get("stream_options") or {}).get("include_usage"):
@@ -190,7 +192,8 @@ class _Handler(JsonHandler):
             send(b"")
         except (BrokenPipeError, ConnectionResetError):
             self.server.client_disconnects += 1
-        self.close_connection = True
+            self.close_connection = True
+        # otherwise the connection stays open for the client's next request, as the real API's does
 
 
 @dataclass(frozen=True)

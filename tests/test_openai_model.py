@@ -1,0 +1,55 @@
+"""The OpenAI chat model we build sends the same request as stock ChatOpenAI, without the SDK's
+client-side walk of the conversation (graph/openai_model.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+from unittest import mock
+
+import openai.resources.chat.completions.completions as sdk_completions
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_openai import ChatOpenAI
+
+from graph.models import make_chat_model
+from graph.openai_model import ChatOpenAIFastRequest
+from tests.fake_openai import FakeOpenAIServer
+
+CONVERSATION = [
+    SystemMessage("Answer from the passages.\n<passage id=\"p1\" title=\"배송\">무료 배송은 5만원 이상</passage>"),
+    HumanMessage("배송비가 얼마인가요?"),
+    AIMessage("5만원 이상이면 무료입니다."),
+    HumanMessage("And returns? \"quoted\" \\ backslash"),
+]
+
+
+async def _body(model: ChatOpenAI, server: FakeOpenAIServer) -> dict[str, Any]:
+    chunks = [chunk async for chunk in model.astream(CONVERSATION)]
+    assert "".join(str(c.content) for c in chunks)  # the answer streamed back through the bypass
+    return dict(server.chat_requests[-1]["body"])
+
+
+async def test_same_request_body_as_stock_chat_openai(fake_openai: FakeOpenAIServer) -> None:
+    common: dict[str, Any] = dict(model="gpt-4o-mini", api_key="sk-test", base_url=fake_openai.base_url,
+                                  temperature=0.2, streaming=True, stream_usage=True, max_retries=0)
+    stock = await _body(ChatOpenAI(**common), fake_openai)
+    ours = await _body(ChatOpenAIFastRequest(**common), fake_openai)
+    assert ours == stock
+    assert [m["role"] for m in ours["messages"]] == ["system", "user", "assistant", "user"]
+    assert ours["messages"][1]["content"] == "배송비가 얼마인가요?"
+    assert ours["stream"] is True and ours["stream_options"] == {"include_usage": True}
+
+
+async def test_the_sdk_transform_no_longer_walks_the_conversation(fake_openai: FakeOpenAIServer) -> None:
+    model = make_chat_model(openai_api_key="sk-test", openai_base_url=fake_openai.base_url, max_retries=0)
+    assert isinstance(model, ChatOpenAIFastRequest)
+    seen: list[Any] = []
+    real = sdk_completions.async_maybe_transform
+
+    async def spy(data: Any, expected_type: Any) -> Any:
+        seen.append(data)
+        return await real(data, expected_type)
+
+    with mock.patch.object(sdk_completions, "async_maybe_transform", spy):
+        await _body(model, fake_openai)
+    assert seen and seen[0]["messages"] == []  # what the SDK walked: an empty placeholder
+    assert len(fake_openai.chat_requests[-1]["body"]["messages"]) == len(CONVERSATION)  # what was sent
