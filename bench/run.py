@@ -140,12 +140,15 @@ class Ours(System):
     async def turn(self, session: str, text: str) -> tuple[float, float]:
         t0 = time.perf_counter()
         first = None
+        failed = False
         async for line in sse_lines(self.base_url, f"{API}/sessions/{session}/chat/stream", {"message": text},
                                     self.headers):
             if first is None and line == b"event: token":
                 first = time.perf_counter() - t0
             elif line == b"event: error":
-                raise RuntimeError("turn ended with an error event")
+                failed = True
+            elif failed and line.startswith(b"data:"):
+                raise RuntimeError(f"turn ended with an error event: {json.loads(line[5:]).get('code')}")
         return (first if first is not None else float("nan")), time.perf_counter() - t0
 
 
@@ -209,9 +212,10 @@ async def sequential_turns(system: System, n: int, results: dict[str, Samples]) 
         total.values.append(whole * 1000 - STREAM_MS)
 
 
-async def concurrent_turns(system: System, n: int, proc: ChildProcess, others: dict[str, int]) -> dict[str, float]:
+async def concurrent_turns(system: System, n: int, proc: ChildProcess, others: dict[str, int]) -> dict[str, Any]:
     sessions = await asyncio.gather(*(system.new_session() for _ in range(n)))
     errors = 0
+    reasons: dict[str, int] = {}
     overheads: list[float] = []
     peak_rss = 0.0
 
@@ -220,8 +224,10 @@ async def concurrent_turns(system: System, n: int, proc: ChildProcess, others: d
         try:
             _, whole = await system.turn(s, "How do I return an item?")
             overheads.append(whole * 1000 - STREAM_MS)
-        except Exception:
+        except Exception as exc:
             errors += 1
+            reason = f"{type(exc).__name__}: {str(exc)[:120]}"
+            reasons[reason] = reasons.get(reason, 0) + 1
 
     async def watch() -> None:
         nonlocal peak_rss
@@ -242,7 +248,7 @@ async def concurrent_turns(system: System, n: int, proc: ChildProcess, others: d
     watcher.cancel()
     cpu = {k: (cpu_of(k, pid) - cpu_before[k]) / max(1, len(overheads)) * 1000 for k, pid in pids.items()}
     return {"turns_per_s": len(overheads) / elapsed, "overhead_p50_ms": pct(overheads, 0.5),
-            "overhead_p99_ms": pct(overheads, 0.99), "errors": errors, "rss_mb": peak_rss,
+            "overhead_p99_ms": pct(overheads, 0.99), "errors": errors, "reasons": reasons, "rss_mb": peak_rss,
             **{f"cpu_ms_{k}": v for k, v in cpu.items()}}
 
 
@@ -345,6 +351,8 @@ async def drive(args: argparse.Namespace, ours: Ours, lg: LangGraphServer | None
                   f"{fmt(r['overhead_p99_ms']):>9} {int(r['errors']):>7} {fmt(r['rss_mb']):>8}   "
                   f"{fmt(r['cpu_ms_server'])} / {fmt(r['cpu_ms_model'])} / {fmt(r['cpu_ms_postgres'])} / "
                   f"{fmt(r['cpu_ms_driver'])}")
+            for reason, count in r["reasons"].items():
+                print(f"{'':<18} {'':<10} error x{count}: {reason}")
 
     cost = await db_cost(ours, conninfo, 20)
     print(f"\ndatabase per turn (ours, 20 sequential turns): {cost['statements']:.1f} SQL statements, "
@@ -358,11 +366,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer requests and concurrency up to 100")
     parser.add_argument("--no-langgraph", action="store_true", help="measure only our service")
     parser.add_argument("--workers", type=int, default=2, help="our server's worker processes (WEB_CONCURRENCY)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=None,
+                        help="the concurrent-turn levels (default 10 100, and 500 without --quick)")
     args = parser.parse_args()
     args.runs = 1 if args.quick else 3
     args.sessions = 100 if args.quick else 300
     args.turns = 20 if args.quick else 60
-    args.concurrency = [10, 100] if args.quick else [10, 100, 500]
+    args.concurrency = args.concurrency or ([10, 100] if args.quick else [10, 100, 500])
 
     pg = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
     conninfo = enable_statement_stats(pg)

@@ -6,6 +6,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,13 @@ class LatencyWindow:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+# How long a connection may be waited for when the caller gives no timeout. Unset: the pool's own
+# (DB_CONNECTION_TIMEOUT, so a request is refused with 503 quickly when the database is away). A turn
+# that has started streaming sets it to its own deadline: under a burst of turns the wait is the CPU's
+# backlog, and an accepted turn should wait for its queries rather than fail after the answer began.
+POOL_WAIT_S: ContextVar[float | None] = ContextVar("pool_wait_s", default=None)
+
+
 class TimedPool(AsyncConnectionPool[AsyncConnection[dict[str, Any]]]):
     """The pool, timing each use: wait for a connection, then how long it is held (the database work).
 
@@ -72,6 +80,8 @@ class TimedPool(AsyncConnectionPool[AsyncConnection[dict[str, Any]]]):
     @asynccontextmanager  # same signature as AsyncConnectionPool.connection
     async def connection(self, timeout: float | None = None) -> AsyncIterator[AsyncConnection[dict[str, Any]]]:  # noqa: ASYNC109
         asked = time.perf_counter()
+        if timeout is None:
+            timeout = POOL_WAIT_S.get()
         async with super().connection(timeout=timeout) as conn:
             got = time.perf_counter()
             try:

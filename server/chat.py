@@ -29,6 +29,7 @@ from graph.models import content_text, model_label
 from graph.prompts import VariantPicker
 from graph.retrieval import Passage
 from graph.state import ChatContext
+from persistence.db import POOL_WAIT_S
 from persistence.messages import MessageRepository
 from server import metrics
 from server.errors import (
@@ -217,6 +218,7 @@ class IntegratedChatService:
     # -- the turn itself
 
     async def _run(self, turn: Turn) -> None:
+        POOL_WAIT_S.set(self.turn_timeout.total_seconds())  # this task's (and its children's) pool waits
         progress = _Progress()
         status, error_code, error_text = "complete", None, ""
         try:
@@ -265,6 +267,7 @@ class IntegratedChatService:
             k=self.retrieval_k,
             history_messages=self.history_messages,
             prompt_variant=turn.prompt_variant,
+            answer_id=str(turn.message_id),
         )
         graph_input = {"messages": [HumanMessage(content=turn.content, id=str(turn.user_message_id))]}
         with self.tracing.context():
