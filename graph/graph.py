@@ -13,6 +13,7 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AnyMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
@@ -48,12 +49,14 @@ def _last_question(messages: list[AnyMessage]) -> str:
     return ""
 
 
-async def retrieve(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
+async def retrieve(state: ChatState, runtime: Runtime[ChatContext],
+                   default_retriever: BaseRetriever | None = None) -> dict[str, Any]:
     ctx = runtime.context or ChatContext()
+    retriever = ctx.retriever or default_retriever
     question = _last_question(state.get("messages", []))
-    if ctx.retriever is None or not question.strip():
+    if retriever is None or not question.strip():
         return {"passages": []}
-    found = await ctx.retriever.ainvoke(question, k=ctx.k, store_id=ctx.store_id)
+    found = await retriever.ainvoke(question, k=ctx.k, store_id=ctx.store_id)
     return {"passages": [Passage.from_document(doc).as_dict() for doc in found]}
 
 
@@ -67,12 +70,23 @@ async def generate(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str,
         response = await model.ainvoke(prompt)
     except Exception as exc:  # the caller must tell a model failure from a failure of ours
         raise ModelCallError(f"{type(exc).__name__} from the chat model") from exc
+    if ctx.answer_id:
+        response.id = ctx.answer_id
     return {"messages": [response]}
 
 
-def build_graph(checkpointer: BaseCheckpointSaver[Any] | None = None) -> CompiledStateGraph[Any, Any, Any, Any]:
+def build_graph(
+    checkpointer: BaseCheckpointSaver[Any] | None = None, *, default_retriever: BaseRetriever | None = None
+) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """The graph; `default_retriever` serves runs whose context brings none (Studio's)."""
     builder = StateGraph(ChatState, context_schema=ChatContext)
-    builder.add_node("retrieve", retrieve)
+    if default_retriever is None:
+        builder.add_node("retrieve", retrieve)
+    else:
+        async def retrieve_with_default(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
+            return await retrieve(state, runtime, default_retriever)
+
+        builder.add_node("retrieve", retrieve_with_default)
     builder.add_node("generate", generate)
     builder.add_edge(START, "retrieve")
     builder.add_edge("retrieve", "generate")
@@ -81,5 +95,9 @@ def build_graph(checkpointer: BaseCheckpointSaver[Any] | None = None) -> Compile
 
 
 def make_graph(config: RunnableConfig | None = None) -> CompiledStateGraph[Any, Any, Any, Any]:
-    """Entry point for langgraph.json: the platform supplies the checkpointer."""
-    return build_graph()
+    """Entry point for langgraph.json (`langgraph dev`, Studio): the platform supplies the checkpointer;
+    retrieval is the service's own (server/studio.py: same settings, same database and index, the
+    sample knowledge base indexed when empty), so a run here retrieves and answers as a turn does."""
+    from server.studio import studio_retriever  # the server layer, loaded only by this entry point
+
+    return build_graph(default_retriever=studio_retriever())

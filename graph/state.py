@@ -30,3 +30,6 @@ class ChatContext:
     k: int = 4
     history_messages: int = 20
     prompt_variant: str = DEFAULT_VARIANT
+    # the id the answer gets in the thread's state (the service uses the assistant message's row id, so
+    # the row, the checkpoint and every streamed chunk name the same message); None keeps the model's
+    answer_id: str | None = None

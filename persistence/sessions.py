@@ -35,6 +35,8 @@ select {SESSION_COLUMNS} from chat_sessions
    and (%(store_id)s::text is null or store_id = %(store_id)s)
    and (%(user_id)s::text is null or user_id = %(user_id)s)
    and (%(status)s::text is null or status = %(status)s)
+   and (%(metadata)s::jsonb is null or metadata @> %(metadata)s::jsonb)
+   and (%(busy)s::boolean is null or (active_run_id is not null) = %(busy)s)
    and (%(after_ts)s::timestamptz is null or (created_at, session_id) < (%(after_ts)s, %(after_id)s::uuid))
  order by created_at desc, session_id desc
  limit %(limit)s
@@ -73,6 +75,8 @@ class SessionRepository:
         status: str | None,
         limit: int,
         after: tuple[datetime, UUID] | None,
+        metadata: dict[str, Any] | None = None,
+        busy: bool | None = None,
     ) -> list[Row]:
         params = {
             "store_id": store_id,
@@ -81,6 +85,8 @@ class SessionRepository:
             "after_ts": after[0] if after else None,
             "after_id": after[1] if after else None,
             "limit": limit,
+            "metadata": Jsonb(metadata) if metadata else None,
+            "busy": busy,
         }
         async with self.pool.connection() as conn:
             cur = await conn.execute(LIST_SESSIONS_SQL, params)

@@ -48,6 +48,8 @@ _AGGREGATES = """
                                                                             as cost_usd,
     avg(m.latency_ms) filter (where m.role = 'assistant' and m.status = 'complete')::float8
                                                                             as avg_latency_ms,
+    percentile_cont(0.5) within group (order by m.latency_ms)
+        filter (where m.role = 'assistant' and m.status = 'complete')       as p50_latency_ms,
     percentile_cont(0.95) within group (order by m.latency_ms)
         filter (where m.role = 'assistant' and m.status = 'complete')       as p95_latency_ms,
     avg(m.first_token_ms) filter (where m.role = 'assistant' and m.status = 'complete')::float8

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
@@ -15,17 +16,20 @@ import msgspec
 import psycopg
 from litestar import Controller, Litestar, Request, Response, delete, get, post
 from litestar.connection import ASGIConnection
-from litestar.datastructures import State
+from litestar.datastructures import CacheControlHeader, State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
-from litestar.response import Stream
+from litestar.response import File, Stream
+from litestar.static_files import create_static_files_router
 from psycopg_pool import PoolTimeout
 
+from persistence.admin import AdminRepository
 from server import metrics
+from server.agent_protocol import AgentProtocolController
 from server.auth import Principal
 from server.errors import (
     AppError,
@@ -335,6 +339,70 @@ class AdminController(Controller):
         """Against the seed's thresholds for Aurora or Redis: connections, sessions a month, latency, sizes."""
         return await _res(state).capacity.report()
 
+    @get("/stores")
+    async def stores(self, state: State) -> dict[str, Any]:
+        """Every store with sessions: id, session count, last activity (the operator page's picker)."""
+        return {"items": await AdminRepository(_res(state).pool).stores()}
+
+    @get("/stats")
+    async def stats(
+        self,
+        state: State,
+        store_id: Annotated[StoreId, QueryParameter(name="store_id")],
+        start: Annotated[datetime | None, QueryParameter(name="from")] = None,
+        end: Annotated[datetime | None, QueryParameter(name="to")] = None,
+        tz: Annotated[str | None, QueryParameter(name="tz", max_length=64)] = None,
+    ) -> StoreStats:
+        """GET /api/session-chat/stats for operators (ADMIN_TOKEN or an admin key)."""
+        return await _res(state).analytics.store_stats(store_id, _utc(start), _utc(end), tz)
+
+    @get("/sessions")
+    async def search_sessions(
+        self,
+        state: State,
+        store_id: Annotated[StoreId | None, QueryParameter(name="store_id")] = None,
+        q: Annotated[str | None, QueryParameter(name="q", max_length=200)] = None,
+        limit: Annotated[int, QueryParameter(name="limit", ge=1, le=200)] = 50,
+    ) -> dict[str, Any]:
+        """Sessions, newest activity first; `q` matches a session id prefix, the user id or message text."""
+        return {"items": await AdminRepository(_res(state).pool).search_sessions(store_id, q, limit)}
+
+    @get("/sessions/{session_id:str}/transcript")
+    async def transcript(self, session_id: FromPath[str], state: State) -> dict[str, Any]:
+        """A session and every message with its usage, timings, sources, feedback and LangSmith link."""
+        res = _res(state)
+        session = await res.sessions.get(parse_id(session_id, "session_id"))
+        rows = await AdminRepository(res.pool).transcript(session.session_id)
+        messages = []
+        for row in rows:
+            row["trace_url"] = await res.tracing.trace_url(row["run_id"]) if row["role"] == "assistant" else None
+            messages.append(row)
+        return {"session": session, "messages": messages, "tracing": res.tracing.enabled}
+
+
+WEB = Path(__file__).resolve().parent / "web"
+PAGE_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; "
+                                           "script-src 'self'; connect-src 'self'; frame-ancestors 'none'"}
+
+
+@get("/", include_in_schema=False)
+async def shopper_page() -> File:
+    """The shopper chat (server/web/index.html); its data comes from /api/session-chat."""
+    return File(WEB / "index.html", content_disposition_type="inline", media_type="text/html; charset=utf-8",
+                headers=PAGE_HEADERS)
+
+
+@get("/admin", include_in_schema=False)
+async def operator_page() -> File:
+    """The operator page; the page is static, its data (/api/admin/*) needs the admin token in production."""
+    return File(WEB / "admin.html", content_disposition_type="inline", media_type="text/html; charset=utf-8",
+                headers=PAGE_HEADERS)
+
+
+static_files = create_static_files_router(path="/static", directories=[WEB], include_in_schema=False,
+                                          cache_control=CacheControlHeader(no_cache=True))
+
 
 class MetricsController(PrometheusController):
     """GET /metrics: Prometheus text format."""
@@ -356,7 +424,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     prometheus = PrometheusConfig(app_name="sixshop-ai-agent", prefix="sixshop", group_path=True,
                                   exclude=["/metrics"])
     return Litestar(
-        route_handlers=[SessionController, AdminController, health, MetricsController],
+        route_handlers=[SessionController, AdminController, AgentProtocolController, health, MetricsController,
+                        shopper_page, operator_page, static_files],
         middleware=[prometheus.middleware],
         lifespan=[lifespan],
         state=State({"settings": settings}),

@@ -41,6 +41,25 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
+async def _prepare(settings: Settings) -> int:
+    """What `serve` does to the database at start: migrations, then the sample knowledge base if the index
+    is empty (INGEST_SAMPLE_IF_EMPTY). Studio's graph runs it before its first retrieval."""
+    from persistence.migrations import migrate
+    from server.knowledge import build_knowledge
+    from server.resources import index_sample, open_database
+
+    async with open_database(settings) as (pool, _):
+        await migrate(pool)
+        knowledge = await build_knowledge(settings, pool)
+        try:
+            if settings.ingest_sample_if_empty:
+                await index_sample(settings, pool, knowledge)
+        finally:
+            await knowledge.aclose()
+    print(knowledge.backend)
+    return 0
+
+
 async def _ingest(settings: Settings, path: Path, store_id: str | None, source: str | None, prune: bool) -> int:
     from persistence.migrations import migrate
     from server.ingest import ingest_path
@@ -155,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=None, help="port (default PORT or 8000)")
     serve.add_argument("--workers", type=int, default=None, help="worker processes (default WEB_CONCURRENCY or 1)")
     sub.add_parser("migrate", help="apply sql/ migrations and the LangGraph checkpoint tables")
+    sub.add_parser("prepare", help="migrate, then index the sample knowledge base if the index is empty "
+                                   "(what serve does at start)")
     ingest = sub.add_parser(
         "ingest", help="index the Notion database (`ingest notion`) or a folder/file of Markdown/text (`ingest PATH`)"
     )
@@ -193,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                       args.workers or settings.web_concurrency)
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
+    if args.command == "prepare":
+        return asyncio.run(_prepare(settings))
     if args.command == "keys":
         return asyncio.run(_keys(settings, args))
     if args.command == "purge":

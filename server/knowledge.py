@@ -20,7 +20,7 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.vectorstores import VectorStore
 
 from graph.retrieval import HybridRetriever, VectorRetriever
-from persistence.db import Pool
+from persistence.db import Pool, async_connection
 from persistence.knowledge import FullTextRetriever, KnowledgeIndexer, KnowledgeRepository
 from persistence.vectorstore import PgVectorStore
 from server.settings import Settings
@@ -92,16 +92,20 @@ def make_pinecone_store(settings: Settings, embeddings: Embeddings) -> VectorSto
     )
 
 
-async def pgvector_available(pool: Pool) -> bool:
-    async with pool.connection() as conn:
+async def pgvector_available(pool: Pool | None, conninfo: str | None = None) -> bool:
+    async with async_connection(pool, conninfo, "pgvector_available") as conn:
         cur = await conn.execute("select to_regclass('kb_vectors') is not null as ok")
         row = await cur.fetchone()
     return bool(row and row["ok"])
 
 
-async def build_knowledge(settings: Settings, pool: Pool) -> KnowledgeStack:
-    repo = KnowledgeRepository(pool)
-    fulltext = FullTextRetriever(pool=pool, k=settings.retrieval_k)
+async def build_knowledge(settings: Settings, pool: Pool | None, *,
+                          retrieval_conninfo: str | None = None) -> KnowledgeStack:
+    """The indexer on `pool`, and the retriever on `pool` too, or, given `retrieval_conninfo`, on short
+    connections of its own (a retriever that outlives the pool and works from any event loop: Studio)."""
+    repo = KnowledgeRepository(pool)  # type: ignore[arg-type]  # None only for a retrieval-only stack (Studio)
+    search_pool = None if retrieval_conninfo else pool
+    fulltext = FullTextRetriever(pool=search_pool, conninfo=retrieval_conninfo, k=settings.retrieval_k)
     backend = vector_backend(settings)
     if backend == "none":
         if settings.retrieval_mode == "vector":
@@ -111,13 +115,14 @@ async def build_knowledge(settings: Settings, pool: Pool) -> KnowledgeStack:
     embeddings = make_embeddings(settings)
     store: VectorStore
     if backend == "pgvector":
-        if not await pgvector_available(pool):
+        if not await pgvector_available(pool, retrieval_conninfo):
             raise KnowledgeConfigError(
                 "VECTOR_STORE=pgvector but this PostgreSQL has no `vector` extension "
                 "(install pgvector, or set VECTOR_STORE=none)"
             )
         store = PgVectorStore(embeddings, collection=collection_name(settings),
-                              dimensions=settings.embedding_dimensions, pool=pool)
+                              dimensions=settings.embedding_dimensions, pool=search_pool,
+                              conninfo=retrieval_conninfo)
         label = f"pgvector:{collection_name(settings)}"
     else:
         store = make_pinecone_store(settings, embeddings)

@@ -101,6 +101,7 @@ class StatsFigures(msgspec.Struct, kw_only=True):
     output_tokens: int = 0
     cost_usd: float = 0.0
     avg_latency_ms: float | None = None
+    p50_latency_ms: float | None = None
     p95_latency_ms: float | None = None
     avg_first_token_ms: float | None = None
     error_rate: float = 0.0

@@ -33,9 +33,12 @@ class SessionService:
         self.expire_after = expire_after
         self.max_metadata_bytes = max_metadata_bytes
 
-    async def create(self, store_id: str, user_id: str | None, metadata: dict[str, Any]) -> Session:
+    async def create(self, store_id: str, user_id: str | None, metadata: dict[str, Any],
+                     session_id: UUID | None = None) -> Session:
+        """A new session; `session_id` lets a client choose it (Agent Protocol threads): a taken id
+        raises psycopg.errors.UniqueViolation for the caller to answer."""
         check_metadata_size(metadata, self.max_metadata_bytes)
-        row = await self.repo.create(uuid4(), store_id, user_id, metadata)
+        row = await self.repo.create(session_id or uuid4(), store_id, user_id, metadata)
         return session_out(row, self.expire_after)
 
     async def get(self, session_id: UUID) -> Session:
@@ -49,10 +52,12 @@ class SessionService:
             raise SessionNotFound(detail={"session_id": str(session_id)})
 
     async def list(
-        self, *, store_id: str | None, user_id: str | None, status: str | None, limit: int, cursor: str | None
+        self, *, store_id: str | None, user_id: str | None, status: str | None, limit: int, cursor: str | None,
+        metadata: dict[str, Any] | None = None, busy: bool | None = None,
     ) -> SessionPage:
         after = decode_cursor(cursor) if cursor else None
-        rows = await self.repo.list(store_id=store_id, user_id=user_id, status=status, limit=limit + 1, after=after)
+        rows = await self.repo.list(store_id=store_id, user_id=user_id, status=status, limit=limit + 1, after=after,
+                                    metadata=metadata, busy=busy)
         page, more = rows[:limit], len(rows) > limit
         next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["session_id"]) if more else None
         return SessionPage(items=[session_out(r, self.expire_after) for r in page], next_cursor=next_cursor)

@@ -100,6 +100,7 @@ class Tracing:
         self.feedback_errors = 0
         self._pending: set[asyncio.Task[None]] = set()
         self._project_id: uuid.UUID | None = None
+        self._url_prefix: str | None = None
         self._send_errors = _SendErrors()
         if self.enabled:
             for name in _CLIENT_LOGGERS:
@@ -155,6 +156,23 @@ class Tracing:
 
     def metadata(self, **fields: Any) -> dict[str, Any]:
         return {**fields, "app_version": self.version}
+
+    # -- links to traces (the operator page) --------------------------------------------------------
+
+    async def trace_url(self, run_id: uuid.UUID | None) -> str | None:
+        """The run's page in LangSmith (the URL langsmith's `get_run_url` builds), or None when tracing
+        is off or the project cannot be looked up; the project is looked up once."""
+        if not self.enabled or run_id is None:
+            return None
+        if self._url_prefix is None:
+            try:
+                project = await asyncio.to_thread(self.client.read_project, project_name=self.project)
+            except Exception as exc:
+                log.warning("LangSmith project %r not found for trace links: %s", self.project, type(exc).__name__)
+                return None
+            self._project_id = project.id
+            self._url_prefix = f"{self.client._host_url}/o/{project.tenant_id}/projects/p/{project.id}/r/"
+        return f"{self._url_prefix}{run_id}?poll=true"
 
     # -- feedback ---------------------------------------------------------------------------------
 

@@ -153,7 +153,8 @@ def test_hot_queries_use_indexes(pool: Pool, database_url: str) -> None:
             rows = conn.execute("explain " + sql, params).fetchall()
         return "\n".join(r[0] for r in rows)
 
-    base = {"store_id": "bulk-1", "user_id": None, "status": None, "after_ts": None, "after_id": None, "limit": 21}
+    base = {"store_id": "bulk-1", "user_id": None, "status": None, "after_ts": None, "after_id": None, "limit": 21,
+            "metadata": None, "busy": None}
     assert "chat_sessions_store_list_idx" in plan(LIST_SESSIONS_SQL, base)
     assert "chat_sessions_store_user_list_idx" in plan(LIST_SESSIONS_SQL, {**base, "user_id": "u1"})
     msgs = plan(LIST_MESSAGES_SQL, {"session_id": uuid4(), "limit": 50, "before": None})

@@ -213,7 +213,8 @@ async def test_feedback_and_stats(client: httpx.AsyncClient) -> None:
     assert stats["cost_usd"] > 0  # gpt-4o-mini prices
     store_stats = (await client.get(f"{API}/stats", params={"store_id": store})).json()
     for key in ("message_count", "session_count", "input_tokens", "output_tokens", "cost_usd", "avg_latency_ms",
-                "p95_latency_ms", "avg_first_token_ms", "error_rate", "feedback_count", "avg_feedback_score"):
+                "p50_latency_ms", "p95_latency_ms", "avg_first_token_ms", "error_rate", "feedback_count",
+                "avg_feedback_score"):
         assert key in store_stats
     assert store_stats["session_count"] == 1 and store_stats["message_count"] == 2
     empty = (await client.get(f"{API}/stats", params={"store_id": store, "from": "2000-01-01T00:00:00Z",

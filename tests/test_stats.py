@@ -74,6 +74,7 @@ def expected(rows: list[dict[str, Any]], feedback: dict[Any, float]) -> dict[str
         "output_tokens": sum(r["output_tokens"] for r in rows),
         "cost_usd": cost,
         "avg_latency_ms": _mean([r["latency_ms"] for r in done]),
+        "p50_latency_ms": _percentile_cont([r["latency_ms"] for r in done], 0.5),
         "p95_latency_ms": _percentile_cont([r["latency_ms"] for r in done], 0.95),
         "avg_first_token_ms": _mean([r["first_token_ms"] for r in done]),
         "error_rate": (sum(r["status"] == "error" for r in finished) / len(finished)) if finished else 0.0,

@@ -1,0 +1,523 @@
+"""The Agent Protocol front door: the part of LangGraph Platform's API a chat front end needs.
+
+Clients written for LangGraph Platform (`langgraph_sdk.get_client(url=...)`, LangChain's Agent Chat UI)
+talk to the service through these routes; a thread IS a session and a run IS a turn, stored, counted
+and traced like any turn of /api/session-chat. Supported (README "Agent Protocol"):
+
+    POST   /threads                      threads.create   (metadata.store_id; thread_id; if_exists)
+    GET    /threads/{id}                 threads.get      (with values: the conversation)
+    DELETE /threads/{id}                 threads.delete   (soft delete, like DELETE /sessions/{id})
+    POST   /threads/search               threads.search   (metadata, status, limit, offset)
+    GET    /threads/{id}/state           threads.get_state
+    GET|POST /threads/{id}/history       threads.get_history (the latest state: older ones are pruned)
+    POST   /threads/{id}/runs/stream     runs.stream (stream_mode messages-tuple, values, updates)
+    POST   /runs/stream                  the Agent Protocol's form, thread_id in the body
+    GET    /assistants/{id}, POST /assistants/search, GET /info
+
+Shapes follow the Agent Protocol's OpenAPI document where it has the path (checked in
+tests/test_agent_protocol.py against ../shared/reference/agent-protocol-openapi.json) and LangGraph's
+Agent Server where the SDK calls a LangGraph extension (`/state`, `/threads/{id}/runs/stream`). What a
+run cannot do here (commands, interrupts, checkpoints to resume from, webhooks, other stream modes)
+is refused with 422 `unsupported`, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any, Literal
+from uuid import UUID
+
+import msgspec
+import psycopg
+from langchain_core.messages import BaseMessage
+from litestar import Controller, Request, delete, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath
+from litestar.response import Stream
+
+from graph.graph import build_graph
+from server import metrics
+from server.auth import Principal
+from server.chat import Turn
+from server.errors import AppError, Forbidden, NotFound, RateLimited, SessionNotFound, ValidationFailed
+from server.resources import Resources
+from server.schemas import Session, StoreId, UserId
+
+ASSISTANT_ID = "agent"  # the graph's id in langgraph.json, and LangGraph's default assistant id
+GRAPH_NAME = build_graph().name
+STREAM_MODES = frozenset({"messages-tuple", "values", "updates"})
+STARTED = datetime.now(UTC)
+Caller = NamedDependency[Principal]  # the `principal` dependency, as in server/app.py
+
+
+class Unsupported(AppError):
+    status_code, code, default_message = 422, "unsupported", "This Agent Protocol feature is not supported"
+
+
+class ThreadExists(AppError):
+    status_code, code, default_message = 409, "thread_exists", "A thread with this id already exists"
+
+
+class AssistantNotFound(NotFound):
+    code, default_message = "assistant_not_found", "No such assistant"
+
+
+# -- request bodies: what the SDK and the Agent Protocol send; unknown keys are allowed (the SDK sends
+#    many optional ones), the ones we cannot honour are refused by name below
+
+class ThreadCreate(msgspec.Struct):
+    thread_id: UUID | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    if_exists: Literal["raise", "do_nothing"] = "raise"
+    supersteps: list[Any] | None = None
+
+
+class ThreadSearch(msgspec.Struct):
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    values: dict[str, Any] | None = None
+    status: Literal["idle", "busy", "interrupted", "error"] | None = None
+    limit: int = 10
+    offset: int = 0
+    sort_by: str | None = None
+    sort_order: Literal["asc", "desc"] | None = None
+    select: list[str] | None = None
+
+
+class HistoryRequest(msgspec.Struct):
+    limit: int = 10
+    before: Any = None
+    metadata: dict[str, Any] | None = None
+    checkpoint: dict[str, Any] | None = None
+
+
+class AssistantSearch(msgspec.Struct):
+    graph_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    limit: int = 10
+    offset: int = 0
+
+
+class RunStream(msgspec.Struct):
+    assistant_id: str | None = None
+    agent_id: str | None = None  # the Agent Protocol's name for it
+    thread_id: UUID | None = None  # POST /runs/stream
+    input: Any = None
+    messages: list[Any] | None = None  # the Agent Protocol's form of the input
+    stream_mode: str | list[str] = "values"
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    config: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    if_not_exists: Literal["create", "reject"] = "reject"
+    on_disconnect: Literal["cancel", "continue"] = "cancel"
+    multitask_strategy: Literal["reject", "interrupt", "rollback", "enqueue"] = "reject"
+    command: dict[str, Any] | None = None
+    interrupt_before: Any = None
+    interrupt_after: Any = None
+    checkpoint: dict[str, Any] | None = None
+    checkpoint_id: str | None = None
+    webhook: str | None = None
+    stream_subgraphs: bool = False
+    stream_resumable: bool = False
+
+
+def decode(raw: bytes, kind: type[Any]) -> Any:
+    try:
+        return msgspec.json.decode(raw or b"{}", type=kind)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ValidationFailed(str(exc)) from None
+
+
+# -- who is calling: the SDK sends its key as x-api-key; Authorization: Bearer works too
+
+async def provide_principal(request: Request[Any, Any, Any], state: State) -> Principal:
+    authorization = request.headers.get("authorization")
+    if not authorization and (key := request.headers.get("x-api-key")):
+        authorization = f"Bearer {key}"
+    resources: Resources = state.resources
+    return await resources.auth.principal(authorization)
+
+
+def _parse_thread_id(value: str) -> UUID:
+    try:
+        return UUID(value)
+    except ValueError:
+        raise ValidationFailed("thread_id must be a UUID", {"field": "thread_id", "value": value[:64]}) from None
+
+
+async def _owned(res: Resources, principal: Principal, thread_id: str | UUID) -> Session:
+    sid = thread_id if isinstance(thread_id, UUID) else _parse_thread_id(thread_id)
+    session = await res.sessions.get(sid)
+    principal.require_store(session.store_id, SessionNotFound(detail={"session_id": str(sid)}))
+    return session
+
+
+# -- shapes --------------------------------------------------------------------------------------
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def message_json(message: BaseMessage) -> dict[str, Any]:
+    """A message as LangGraph's server sends it: the LangChain message's fields (type, content, id...)."""
+    return message.model_dump(mode="json")
+
+
+def _values(snapshot: Any) -> dict[str, Any]:
+    values = dict(snapshot.values or {})
+    if "messages" in values:
+        values["messages"] = [message_json(m) if isinstance(m, BaseMessage) else m for m in values["messages"]]
+    return values
+
+
+def thread_json(session: Session, values: dict[str, Any] | None = None) -> dict[str, Any]:
+    metadata = {**session.metadata, "store_id": session.store_id, "graph_id": ASSISTANT_ID,
+                "assistant_id": ASSISTANT_ID}
+    if session.user_id is not None:
+        metadata["user_id"] = session.user_id
+    out: dict[str, Any] = {
+        "thread_id": str(session.session_id),
+        "created_at": _iso(session.created_at),
+        "updated_at": _iso(session.last_activity_at),
+        "metadata": metadata,
+        "status": "busy" if session.turn_running else "idle",
+        "interrupts": {},
+    }
+    if values is not None:
+        out["values"] = values
+    return out
+
+
+def state_json(thread_id: UUID, snapshot: Any) -> dict[str, Any]:
+    configurable = (snapshot.config or {}).get("configurable", {})
+    parent = (snapshot.parent_config or {}).get("configurable") if snapshot.parent_config else None
+    return {
+        "values": _values(snapshot),
+        "next": list(snapshot.next or ()),
+        "tasks": [],
+        "interrupts": [],
+        "metadata": dict(snapshot.metadata or {}),
+        "created_at": snapshot.created_at,
+        "checkpoint": {"thread_id": str(thread_id), "checkpoint_ns": configurable.get("checkpoint_ns", ""),
+                       "checkpoint_id": configurable.get("checkpoint_id")},
+        "parent_checkpoint": (
+            {"thread_id": str(thread_id), "checkpoint_ns": parent.get("checkpoint_ns", ""),
+             "checkpoint_id": parent.get("checkpoint_id")} if parent else None
+        ),
+    }
+
+
+def assistant_json() -> dict[str, Any]:
+    return {
+        "assistant_id": ASSISTANT_ID,
+        "graph_id": ASSISTANT_ID,
+        "name": GRAPH_NAME,
+        "description": "The store's customer-support agent: retrieve passages, then answer from them",
+        "config": {},
+        "context": {},
+        "metadata": {"created_by": "system"},
+        "version": 1,
+        "created_at": _iso(STARTED),
+        "updated_at": _iso(STARTED),
+    }
+
+
+def _checked(value: Any, kind: Any, field: str) -> str:
+    try:
+        return str(msgspec.convert(value, kind))
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed(f"{field}: {exc}", {"field": field}) from None
+
+
+def _known_assistant(assistant_id: str | None) -> None:
+    if assistant_id not in (None, ASSISTANT_ID, GRAPH_NAME):
+        raise AssistantNotFound(detail={"assistant_id": assistant_id, "known": [ASSISTANT_ID]})
+
+
+# -- a run's input and its events ------------------------------------------------------------------
+
+def _text_of(content: Any) -> str | None:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content blocks: the text ones
+        parts = [b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text"]
+        parts += [b for b in content if isinstance(b, str)]
+        return "".join(parts) if parts else None
+    return None
+
+
+def user_text(body: RunStream) -> str:
+    """The shopper's question: the last user message of input.messages (or the body's messages)."""
+    messages: Any = body.messages
+    if messages is None and isinstance(body.input, dict):
+        messages = body.input.get("messages")
+    if isinstance(messages, dict | str):
+        messages = [messages]
+    for item in reversed(messages if isinstance(messages, list) else []):
+        if isinstance(item, str):
+            return item
+        if isinstance(item, list | tuple) and len(item) == 2 and item[0] in ("user", "human"):
+            text = _text_of(item[1])
+        elif isinstance(item, dict) and (item.get("role") or item.get("type")) in ("user", "human"):
+            text = _text_of(item.get("content"))
+        else:
+            continue
+        if text is not None:
+            return text
+    raise ValidationFailed("input.messages must end with a user message",
+                           {"field": "input.messages", "example": {"messages": [{"role": "user", "content": "..."}]}})
+
+
+def stream_modes(value: str | list[str]) -> set[str]:
+    modes = {value} if isinstance(value, str) else set(value)
+    if "messages" in modes:  # the SDK's "messages" is LangGraph's partial-message mode
+        raise Unsupported("stream_mode 'messages' is not supported; use 'messages-tuple'",
+                          {"supported": sorted(STREAM_MODES)})
+    unknown = modes - STREAM_MODES
+    if unknown or not modes:
+        raise Unsupported(f"stream_mode {sorted(unknown)} is not supported", {"supported": sorted(STREAM_MODES)})
+    return modes
+
+
+def refuse_unsupported(body: RunStream) -> None:
+    named = {
+        "command": body.command, "interrupt_before": body.interrupt_before, "interrupt_after": body.interrupt_after,
+        "checkpoint": body.checkpoint, "checkpoint_id": body.checkpoint_id, "webhook": body.webhook,
+        "stream_subgraphs": body.stream_subgraphs or None, "stream_resumable": body.stream_resumable or None,
+    }
+    for name, value in named.items():
+        if value:
+            raise Unsupported(f"'{name}' is not supported by this service", {"field": name})
+    if body.on_disconnect != "cancel":
+        raise Unsupported("on_disconnect must be 'cancel': a turn stops when its client leaves",
+                          {"field": "on_disconnect"})
+    if body.multitask_strategy != "reject":
+        raise Unsupported("multitask_strategy must be 'reject': one turn at a time per thread (409 otherwise)",
+                          {"field": "multitask_strategy"})
+
+
+def sse(event: str, data: Any) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + msgspec.json.encode(data) + b"\n\n"
+
+
+def _chunk(message_id: str, content: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "AIMessageChunk", "id": message_id, "content": content, "additional_kwargs": {},
+            "response_metadata": {}, "name": None, "tool_calls": [], "invalid_tool_calls": [],
+            "tool_call_chunks": [], "usage_metadata": None, **extra}
+
+
+async def run_events(res: Resources, turn: Turn, modes: set[str],
+                     before: dict[str, Any] | None) -> AsyncIterator[bytes]:
+    """Our turn's events, in the shapes LangGraph's server streams (metadata, messages, updates,
+    values, error); the turn itself is the service's, so it is stored and traced as usual."""
+    run_id, thread_id = str(turn.message_id), str(turn.session_id)
+    meta = {"langgraph_node": "generate", "langgraph_step": 2, "thread_id": thread_id, "run_id": run_id,
+            "assistant_id": ASSISTANT_ID, "graph_id": ASSISTANT_ID, "store_id": turn.store_id}
+    async for event, data in turn.stream():
+        if event == "metadata":
+            yield sse("metadata", {"run_id": run_id, "thread_id": thread_id, "attempt": 1})
+            if "values" in modes and before is not None:
+                yield sse("values", before)
+        elif event == "sources" and "updates" in modes:
+            yield sse("updates", {"retrieve": {"passages": data["sources"]}})
+        elif event == "token" and "messages-tuple" in modes:
+            yield sse("messages", [_chunk(run_id, data["delta"]), meta])
+        elif event == "done":
+            message = data["message"]
+            usage = {"input_tokens": message.input_tokens, "output_tokens": message.output_tokens,
+                     "total_tokens": message.input_tokens + message.output_tokens}
+            if "messages-tuple" in modes:  # the closing chunk: finish reason and the provider's usage
+                yield sse("messages", [_chunk(run_id, "", usage_metadata=usage, chunk_position="last",
+                                              response_metadata={"finish_reason": "stop",
+                                                                 "model_name": message.model}), meta])
+            if "updates" in modes:
+                final = {"type": "ai", "id": run_id, "content": message.content, "usage_metadata": usage,
+                         "response_metadata": {"finish_reason": "stop", "model_name": message.model}}
+                yield sse("updates", {"generate": {"messages": [final]}})
+            if "values" in modes:
+                snapshot = await res.chat.graph.aget_state({"configurable": {"thread_id": thread_id}})
+                yield sse("values", _values(snapshot))
+        elif event == "error":
+            yield sse("error", {"error": data.get("code", "internal_error"), "message": data.get("message", ""),
+                                "run_id": run_id})
+
+
+# -- routes --------------------------------------------------------------------------------------
+
+class AgentProtocolController(Controller):
+    path = "/"
+    tags = ["agent-protocol"]
+    dependencies = {"principal": Provide(provide_principal)}
+
+    @get("/info")
+    async def info(self, state: State) -> dict[str, Any]:
+        res: Resources = state.resources
+        return {"version": "0.1.0", "flags": {"assistants": True, "crons": False, "store": False,
+                                                "langsmith": res.settings.tracing_enabled}}
+
+    @get("/assistants/{assistant_id:str}")
+    async def get_assistant(self, assistant_id: FromPath[str], principal: Caller) -> dict[str, Any]:
+        _known_assistant(assistant_id)
+        return assistant_json()
+
+    @post("/assistants/search", status_code=200)
+    async def search_assistants(self, request: Request[Any, Any, Any], principal: Caller) -> list[dict[str, Any]]:
+        body: AssistantSearch = decode(await request.body(), AssistantSearch)
+        if body.graph_id not in (None, ASSISTANT_ID) or body.offset > 0:
+            return []
+        return [assistant_json()]
+
+    @post("/threads", status_code=200)
+    async def create_thread(self, request: Request[Any, Any, Any], state: State,
+                            principal: Caller) -> dict[str, Any]:
+        res: Resources = state.resources
+        body: ThreadCreate = decode(await request.body(), ThreadCreate)
+        if body.supersteps:
+            raise Unsupported("'supersteps' is not supported by this service", {"field": "supersteps"})
+        metadata = dict(body.metadata)
+        store_id = metadata.pop("store_id", None) or principal.store_id
+        user_id = metadata.pop("user_id", None)
+        for key in ("graph_id", "assistant_id"):
+            metadata.pop(key, None)
+        if store_id is None:
+            raise ValidationFailed("metadata.store_id is required: the store whose knowledge the thread uses",
+                                   {"field": "metadata.store_id"})
+        store_id = _checked(store_id, StoreId, "metadata.store_id")
+        user_id = None if user_id is None else _checked(user_id, UserId, "metadata.user_id")
+        if not principal.may_see(store_id):
+            raise Forbidden("This API key belongs to another store", {"store_id": store_id})
+        try:
+            session = await res.sessions.create(store_id, user_id, metadata, session_id=body.thread_id)
+        except psycopg.errors.UniqueViolation:
+            assert body.thread_id is not None
+            if body.if_exists == "raise":
+                raise ThreadExists(detail={"thread_id": str(body.thread_id)}) from None
+            session = await _owned(res, principal, body.thread_id)
+        return thread_json(session, {"messages": []} if session.message_count == 0 else None)
+
+    @get("/threads/{thread_id:str}")
+    async def get_thread(self, thread_id: FromPath[str], state: State, principal: Caller) -> dict[str, Any]:
+        res: Resources = state.resources
+        session = await _owned(res, principal, thread_id)
+        snapshot = await res.chat.graph.aget_state({"configurable": {"thread_id": str(session.session_id)}})
+        return thread_json(session, _values(snapshot))
+
+    @delete("/threads/{thread_id:str}", status_code=204)
+    async def delete_thread(self, thread_id: FromPath[str], state: State, principal: Caller) -> None:
+        res: Resources = state.resources
+        session = await _owned(res, principal, thread_id)
+        await res.sessions.delete(session.session_id)
+
+    @post("/threads/search", status_code=200)
+    async def search_threads(self, request: Request[Any, Any, Any], state: State,
+                             principal: Caller) -> list[dict[str, Any]]:
+        res: Resources = state.resources
+        body: ThreadSearch = decode(await request.body(), ThreadSearch)
+        if not 1 <= body.limit <= 1000 or not 0 <= body.offset <= 10_000:
+            raise ValidationFailed("limit must be 1..1000 and offset 0..10000", {"field": "limit"})
+        if body.values:
+            raise Unsupported("searching by state values is not supported", {"field": "values"})
+        if body.sort_by not in (None, "created_at") or body.sort_order not in (None, "desc"):
+            raise Unsupported("threads are listed newest first (sort_by created_at, desc)", {"field": "sort_by"})
+        if body.status in ("interrupted", "error"):
+            return []  # a turn never leaves its thread interrupted or in error: the next turn may run
+        metadata = dict(body.metadata)
+        store_id, user_id = metadata.pop("store_id", None), metadata.pop("user_id", None)
+        metadata.pop("graph_id", None)
+        metadata.pop("assistant_id", None)
+        if principal.store_id is not None:
+            if store_id not in (None, principal.store_id):
+                return []
+            store_id = principal.store_id
+        page = await res.sessions.list(store_id=store_id, user_id=user_id, status=None,
+                                       limit=body.offset + body.limit, cursor=None, metadata=metadata or None,
+                                       busy=None if body.status is None else body.status == "busy")
+        sessions = page.items[body.offset:]
+        if body.select is not None and "values" in body.select:
+            snapshots = await asyncio.gather(*(
+                res.chat.graph.aget_state({"configurable": {"thread_id": str(s.session_id)}}) for s in sessions))
+            return [thread_json(s, _values(snap)) for s, snap in zip(sessions, snapshots, strict=True)]
+        return [thread_json(s) for s in sessions]
+
+    @get("/threads/{thread_id:str}/state")
+    async def get_state(self, thread_id: FromPath[str], state: State, principal: Caller) -> dict[str, Any]:
+        res: Resources = state.resources
+        session = await _owned(res, principal, thread_id)
+        snapshot = await res.chat.graph.aget_state({"configurable": {"thread_id": str(session.session_id)}})
+        return state_json(session.session_id, snapshot)
+
+    @get("/threads/{thread_id:str}/history")
+    async def get_history(self, thread_id: FromPath[str], state: State, principal: Caller) -> list[dict[str, Any]]:
+        """The thread's states, newest first: only the latest is kept (checkpoints are pruned per turn)."""
+        return await _history(state.resources, principal, thread_id)
+
+    @post("/threads/{thread_id:str}/history", status_code=200)
+    async def post_history(self, thread_id: FromPath[str], request: Request[Any, Any, Any], state: State,
+                           principal: Caller) -> list[dict[str, Any]]:
+        body: HistoryRequest = decode(await request.body(), HistoryRequest)
+        if body.before or body.checkpoint:
+            return []  # nothing older than the latest state is kept
+        return (await _history(state.resources, principal, thread_id))[:max(1, body.limit)]
+
+    @post("/threads/{thread_id:str}/runs/stream", status_code=200, media_type="text/event-stream")
+    async def stream_run(self, thread_id: FromPath[str], request: Request[Any, Any, Any], state: State,
+                         principal: Caller) -> Stream:
+        body: RunStream = decode(await request.body(), RunStream)
+        return await start_run(state.resources, principal, _parse_thread_id(thread_id), body)
+
+    @post("/runs/stream", status_code=200, media_type="text/event-stream")
+    async def stream_run_ap(self, request: Request[Any, Any, Any], state: State, principal: Caller) -> Stream:
+        body: RunStream = decode(await request.body(), RunStream)
+        if body.thread_id is None:
+            raise Unsupported("stateless runs are not supported: pass thread_id (a session)", {"field": "thread_id"})
+        return await start_run(state.resources, principal, body.thread_id, body)
+
+
+async def _history(res: Resources, principal: Principal, thread_id: str) -> list[dict[str, Any]]:
+    session = await _owned(res, principal, thread_id)
+    snapshot = await res.chat.graph.aget_state({"configurable": {"thread_id": str(session.session_id)}})
+    return [state_json(session.session_id, snapshot)] if snapshot.created_at else []
+
+
+async def start_run(res: Resources, principal: Principal, thread_id: UUID, body: RunStream) -> Stream:
+    """Everything that can be refused is refused before the stream starts (then it is 200 + events)."""
+    _known_assistant(body.assistant_id or body.agent_id)
+    refuse_unsupported(body)
+    modes = stream_modes(body.stream_mode)
+    text = user_text(body)
+    try:
+        await _owned(res, principal, thread_id)
+    except SessionNotFound:
+        if body.if_not_exists != "create":
+            metrics.record_refusal("not_found")
+            raise
+        store_id = (body.metadata or {}).get("store_id") or principal.store_id
+        if store_id is None:
+            raise ValidationFailed("if_not_exists='create' needs metadata.store_id (or a store key)",
+                                   {"field": "metadata.store_id"}) from None
+        store_id = _checked(store_id, StoreId, "metadata.store_id")
+        if not principal.may_see(store_id):
+            raise Forbidden("This API key belongs to another store", {"store_id": store_id}) from None
+        try:
+            await res.sessions.create(store_id, None, {}, session_id=thread_id)
+        except psycopg.errors.UniqueViolation:  # a thread with this id exists, but not for this caller
+            raise SessionNotFound(detail={"session_id": str(thread_id)}) from None
+    try:
+        await res.auth.take_turn(principal)
+    except RateLimited:
+        metrics.record_refusal("rate_limited")
+        raise
+    before = None
+    if "values" in modes:  # the state as the run starts: the conversation so far plus the new question
+        snapshot = await res.chat.graph.aget_state({"configurable": {"thread_id": str(thread_id)}})
+        before = _values(snapshot)
+    metadata = {k: v for k, v in (body.metadata or {}).items() if k != "store_id"}
+    turn = await res.chat.start_turn(thread_id, text, metadata)
+    if before is not None:
+        before["messages"] = [*before.get("messages", []),
+                              {"type": "human", "id": str(turn.user_message_id), "content": text}]
+    return Stream(run_events(res, turn, modes, before), media_type="text/event-stream",
+                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                           "Content-Location": f"/threads/{thread_id}/runs/{turn.message_id}"})

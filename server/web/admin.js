@@ -1,0 +1,230 @@
+// The operator page: a store's statistics with charts (plain SVG), its sessions found by text, and a
+// session's transcript with usage, timings, sources, feedback and the LangSmith trace link.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const SVG = "http://www.w3.org/2000/svg";
+const hashParams = () => new URLSearchParams(location.hash.slice(1));
+
+function headers() {
+  const token = sessionStorage.getItem("sixshop.admin") || "";
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+async function api(path) {
+  const r = await fetch(`/api/admin${path}`, { headers: headers() });
+  if (!r.ok) {
+    let body = {};
+    try { body = await r.json(); } catch (_) { /* not JSON */ }
+    throw new Error(`${body.code || r.status}: ${body.message || "request failed"}`);
+  }
+  return r.json();
+}
+
+function status(text, isError = false) {
+  $("status").textContent = text;
+  $("status").className = isError ? "error" : "muted";
+}
+
+const el = (tag, text, cls) => {
+  const e = document.createElement(tag);
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  if (cls) e.className = cls;
+  return e;
+};
+const fmt = (v, digits = 0) => (v === null || v === undefined ? "–" : Number(v).toLocaleString(undefined,
+  { maximumFractionDigits: digits, minimumFractionDigits: 0 }));
+const pct = (v) => (v === null || v === undefined ? "–" : `${(v * 100).toFixed(1)}%`);
+const isoDay = (d) => d.toISOString().slice(0, 10);
+
+// -- charts: bars for counts, lines for rates and latencies; one or more series over the days -------
+
+function chart(svg, labels, series, { kind = "bar", max = null, digits = 0 } = {}) {
+  svg.innerHTML = "";
+  const W = svg.clientWidth || 320, H = svg.clientHeight || 150, pad = { l: 44, r: 8, t: 10, b: 22 };
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  const values = series.flatMap((s) => s.values.filter((v) => v !== null && v !== undefined));
+  const top = max ?? Math.max(1e-9, ...values, 0) * 1.1;
+  const x0 = pad.l, x1 = W - pad.r, y0 = H - pad.b, y1 = pad.t;
+  const y = (v) => y0 - (v / top) * (y0 - y1);
+  const add = (name, attrs, text) => {
+    const n = document.createElementNS(SVG, name);
+    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
+    if (text !== undefined) n.textContent = text;
+    svg.appendChild(n);
+    return n;
+  };
+  for (const f of [0, 0.5, 1]) {
+    add("line", { x1: x0, x2: x1, y1: y(top * f), y2: y(top * f), stroke: "#e4e7ec" });
+    add("text", { x: x0 - 4, y: y(top * f) + 4, "text-anchor": "end", "font-size": 10, fill: "#667085" },
+        fmt(top * f, digits));
+  }
+  const n = Math.max(labels.length, 1), slot = (x1 - x0) / n;
+  labels.forEach((label, i) => {
+    if (n <= 10 || i % Math.ceil(n / 8) === 0) {
+      add("text", { x: x0 + slot * (i + 0.5), y: H - 6, "text-anchor": "middle", "font-size": 10, fill: "#667085" },
+          label.slice(5));
+    }
+  });
+  series.forEach((s, si) => {
+    if (kind === "bar") {
+      const w = Math.max(2, (slot * 0.7) / series.length);
+      s.values.forEach((v, i) => {
+        if (v === null || v === undefined) return;
+        const r = add("rect", { x: x0 + slot * i + slot * 0.15 + w * si, y: y(v), width: w,
+                                height: Math.max(0, y0 - y(v)), fill: s.color, "data-value": v });
+        const tip = document.createElementNS(SVG, "title");
+        tip.textContent = `${labels[i]} ${s.name}: ${fmt(v, digits)}`;
+        r.appendChild(tip);
+      });
+    } else {
+      const pts = s.values.map((v, i) => (v === null || v === undefined ? null
+        : `${x0 + slot * (i + 0.5)},${y(v)}`)).filter(Boolean);
+      if (pts.length) add("polyline", { points: pts.join(" "), fill: "none", stroke: s.color, "stroke-width": 2 });
+      s.values.forEach((v, i) => {
+        if (v !== null && v !== undefined) {
+          add("circle", { cx: x0 + slot * (i + 0.5), cy: y(v), r: 3, fill: s.color, "data-value": v });
+        }
+      });
+    }
+  });
+  svg.setAttribute("aria-label", series.map((s) => `${s.name}: ${s.values.map((v) => fmt(v, digits)).join(", ")}`)
+    .join("; "));
+}
+
+// -- statistics -----------------------------------------------------------------------------------
+
+async function loadStats() {
+  const store = $("store").value;
+  if (!store) return;
+  const from = $("from").value, to = $("to").value;
+  const q = new URLSearchParams({ store_id: store });
+  if (from) q.set("from", `${from}T00:00:00Z`);
+  if (to) q.set("to", `${to}T23:59:59Z`);
+  const s = await api(`/stats?${q}`);
+  $("range").textContent = `(${s.tz})`;
+  const figures = [
+    ["turns", fmt(s.turn_count)], ["sessions", fmt(s.session_count)],
+    ["tokens in / out", `${fmt(s.input_tokens)} / ${fmt(s.output_tokens)}`], ["cost", `$${fmt(s.cost_usd, 4)}`],
+    ["latency p50", `${fmt(s.p50_latency_ms)} ms`], ["latency p95", `${fmt(s.p95_latency_ms)} ms`],
+    ["error rate", pct(s.error_rate)],
+    ["feedback", s.feedback_count ? `${fmt(s.avg_feedback_score, 2)} (${s.feedback_count})` : "–"],
+  ];
+  $("figures").replaceChildren(...figures.map(([k, v]) => {
+    const box = el("div", null, "figure");
+    box.dataset.figure = k;
+    box.append(el("span", k, "muted"), el("b", v));
+    return box;
+  }));
+  const days = s.daily.map((d) => d.date);
+  const col = (k) => s.daily.map((d) => d[k]);
+  chart($("chart-turns"), days, [{ name: "turns", values: col("turn_count"), color: "#2f6fed" }]);
+  chart($("chart-tokens"), days, [{ name: "input", values: col("input_tokens"), color: "#7a5af8" },
+                                  { name: "output", values: col("output_tokens"), color: "#12b76a" }]);
+  chart($("chart-latency"), days, [{ name: "p50", values: col("p50_latency_ms"), color: "#2f6fed" },
+                                   { name: "p95", values: col("p95_latency_ms"), color: "#f79009" }],
+        { kind: "line" });
+  chart($("chart-errors"), days, [{ name: "error rate", values: col("error_rate"), color: "#d92d20" }],
+        { kind: "line", max: Math.max(0.05, ...col("error_rate")) * 1.1, digits: 2 });
+  chart($("chart-feedback"), days, [{ name: "feedback", values: col("avg_feedback_score"), color: "#12b76a" }],
+        { kind: "line", max: 1, digits: 1 });
+  chart($("chart-cost"), days, [{ name: "cost", values: col("cost_usd"), color: "#667085" }], { digits: 4 });
+  $("variants").tBodies[0].replaceChildren(...s.by_prompt_variant.map((v) => {
+    const tr = el("tr");
+    tr.append(el("td", v.prompt_variant), el("td", fmt(v.turn_count)), el("td", fmt(v.p50_latency_ms)),
+              el("td", fmt(v.p95_latency_ms)), el("td", pct(v.error_rate)),
+              el("td", v.feedback_count ? fmt(v.avg_feedback_score, 2) : "–"), el("td", `$${fmt(v.cost_usd, 4)}`));
+    return tr;
+  }));
+}
+
+// -- sessions and transcripts ---------------------------------------------------------------------
+
+async function loadSessions() {
+  const q = new URLSearchParams({ store_id: $("store").value, limit: "50" });
+  if ($("q").value.trim()) q.set("q", $("q").value.trim());
+  const page = await api(`/sessions?${q}`);
+  $("sessions").tBodies[0].replaceChildren(...page.items.map((s) => {
+    const tr = el("tr", null, "pick");
+    tr.dataset.sessionId = s.session_id;
+    tr.append(el("td", new Date(s.last_activity_at).toLocaleString()), el("td", s.user_id || "–"),
+              el("td", s.message_count), el("td", s.first_message || ""));
+    tr.addEventListener("click", () => { location.hash = `store=${encodeURIComponent($("store").value)}&session=${s.session_id}`; });
+    return tr;
+  }));
+}
+
+async function loadTranscript(id) {
+  document.querySelectorAll("#sessions tr.pick").forEach((tr) => tr.classList.toggle("active",
+    tr.dataset.sessionId === id));
+  const t = await api(`/sessions/${id}/transcript`);
+  const box = $("turns");
+  box.className = "";
+  const head = el("p", `${t.session.session_id} · store ${t.session.store_id} · user ${t.session.user_id || "–"} · `
+    + `${t.session.message_count} messages`, "muted");
+  box.replaceChildren(head, ...t.messages.map((m) => {
+    const turn = el("div", null, `turn ${m.role}`);
+    turn.dataset.messageId = m.message_id;
+    turn.append(el("div", `${m.role} · ${new Date(m.created_at).toLocaleString()} · ${m.status}`, "who"),
+                el("div", m.content, "content"));
+    const meta = el("div", null, "meta");
+    if (m.role === "assistant") {
+      meta.append(el("span", `model ${m.model || "–"}`), el("span", `variant ${m.prompt_variant || "–"}`),
+                  el("span", `tokens ${m.input_tokens} in / ${m.output_tokens} out`),
+                  el("span", `first token ${fmt(m.first_token_ms)} ms`), el("span", `total ${fmt(m.latency_ms)} ms`));
+      if (m.error_code) meta.append(el("span", `error ${m.error_code}`, "error"));
+      meta.append(el("span", m.feedback_score === null ? "no feedback"
+        : `feedback ${m.feedback_score >= 0.5 ? "👍" : "👎"} ${fmt(m.feedback_score, 2)}${m.feedback_comment ? ` “${m.feedback_comment}”` : ""}`,
+        "feedback"));
+      if (m.trace_url) {
+        const a = el("a", "LangSmith trace");
+        a.href = m.trace_url; a.target = "_blank"; a.rel = "noopener noreferrer";
+        meta.append(a);
+      } else if (!t.tracing) {
+        meta.append(el("span", "tracing off"));
+      }
+      for (const s of m.sources || []) {
+        let url = null;
+        try { url = ["http:", "https:"].includes(new URL(s.url).protocol) ? s.url : null; } catch (_) { /* none */ }
+        const a = el(url ? "a" : "span", `📄 ${s.title} (${fmt(s.score, 3)})`);
+        if (url) { a.href = url; a.target = "_blank"; a.rel = "noopener noreferrer"; }
+        meta.append(a);
+      }
+    }
+    turn.append(meta);
+    return turn;
+  }));
+}
+
+// -- wiring ---------------------------------------------------------------------------------------
+
+async function refresh() {
+  status("loading…");
+  try {
+    const stores = await api("/stores");
+    const wanted = hashParams().get("store") || $("store").value || stores.items[0]?.store_id || "";
+    $("store").replaceChildren(...stores.items.map((s) => {
+      const o = el("option", `${s.store_id} (${s.session_count})`);
+      o.value = s.store_id;
+      return o;
+    }));
+    if (wanted) $("store").value = wanted;
+    await Promise.all([loadStats(), loadSessions()]);
+    const session = hashParams().get("session");
+    if (session) await loadTranscript(session);
+    status(`updated ${new Date().toLocaleTimeString()}`);
+  } catch (e) { status(e.message, true); }
+}
+
+const today = new Date();
+$("to").value = isoDay(today);
+$("from").value = isoDay(new Date(today.getTime() - 29 * 86400000));
+$("token").value = sessionStorage.getItem("sixshop.admin") || "";
+$("token").addEventListener("change", (ev) => { sessionStorage.setItem("sixshop.admin", ev.target.value.trim()); refresh(); });
+$("refresh").addEventListener("click", refresh);
+$("store").addEventListener("change", () => { location.hash = `store=${encodeURIComponent($("store").value)}`; });
+$("from").addEventListener("change", () => loadStats().catch((e) => status(e.message, true)));
+$("to").addEventListener("change", () => loadStats().catch((e) => status(e.message, true)));
+$("search-form").addEventListener("submit", (ev) => { ev.preventDefault(); loadSessions().catch((e) => status(e.message, true)); });
+window.addEventListener("hashchange", refresh);
+refresh();

@@ -1,0 +1,262 @@
+// The shopper chat: pick or create a session, stream answers over SSE (POST, so fetch + a reader, not
+// EventSource), show sources as links, rate answers. The current session survives reloads (localStorage).
+"use strict";
+
+const API = "/api/session-chat";
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const state = { store: params.get("store") || localStorage.getItem("sixshop.store") || "demo-store", session: null,
+                busy: false };
+
+function headers(json = true) {
+  const h = json ? { "Content-Type": "application/json" } : {};
+  const key = localStorage.getItem("sixshop.key");
+  if (key) h.Authorization = `Bearer ${key}`;
+  return h;
+}
+
+async function api(path, options = {}) {
+  const r = await fetch(API + path, { ...options, headers: { ...headers(options.body !== undefined),
+                                                              ...(options.headers || {}) } });
+  if (!r.ok) {
+    let body = {};
+    try { body = await r.json(); } catch (_) { /* not JSON */ }
+    const err = new Error(body.message || `HTTP ${r.status}`);
+    err.status = r.status; err.code = body.code;
+    throw err;
+  }
+  return r.status === 204 ? null : r.json();
+}
+
+function status(text, isError = false) {
+  $("status").textContent = text;
+  $("status").className = isError ? "error" : "muted";
+}
+
+const sessionKey = () => `sixshop.session.${state.store}`;
+
+// -- rendering ------------------------------------------------------------------------------------
+
+function safeUrl(url) {
+  try { const u = new URL(url, location.href); return ["http:", "https:"].includes(u.protocol) ? u.href : null; }
+  catch (_) { return null; }
+}
+
+function bubble(role) {
+  const el = document.createElement("div");
+  el.className = `msg ${role}`;
+  const text = document.createElement("div");
+  text.className = "text";
+  el.appendChild(text);
+  $("messages").querySelector(".empty")?.remove();
+  $("messages").appendChild(el);
+  return el;
+}
+
+function showSources(el, sources) {
+  el.querySelector(".sources")?.remove();
+  const links = (sources || []).map((s) => [safeUrl(s.url), s.title]).filter(([u]) => u);
+  if (!links.length) return;
+  const box = document.createElement("div");
+  box.className = "sources";
+  box.append("Sources · 출처: ");
+  for (const [url, title] of links) {
+    const a = document.createElement("a");
+    a.href = url; a.textContent = title; a.target = "_blank"; a.rel = "noopener noreferrer";
+    box.appendChild(a);
+  }
+  el.appendChild(box);
+}
+
+function showFooter(el, message) {
+  el.querySelector(".foot")?.remove();
+  el.dataset.messageId = message.message_id;
+  const foot = document.createElement("div");
+  foot.className = "foot";
+  const note = document.createElement("span");
+  note.className = "muted";
+  if (message.status === "complete") {
+    for (const [label, score, name] of [["👍", 1, "helpful"], ["👎", 0, "not helpful"]]) {
+      const b = document.createElement("button");
+      b.type = "button"; b.textContent = label; b.title = name; b.setAttribute("aria-label", name);
+      b.dataset.score = String(score);
+      b.addEventListener("click", () => rate(el, message.message_id, score, b));
+      foot.appendChild(b);
+    }
+    note.textContent = [message.model, message.latency_ms != null ? `${message.latency_ms} ms` : null]
+      .filter(Boolean).join(" · ");
+  } else {
+    note.textContent = message.status === "error" ? "The answer failed · 답변 실패" : message.status;
+    note.className = message.status === "error" ? "error" : "muted";
+  }
+  foot.appendChild(note);
+  el.appendChild(foot);
+}
+
+function renderMessage(message) {
+  const el = bubble(message.role);
+  el.querySelector(".text").textContent = message.content;
+  if (message.role === "assistant") {
+    showSources(el, message.sources);
+    showFooter(el, message);
+  }
+  return el;
+}
+
+async function rate(el, messageId, score, button) {
+  try {
+    await api(`/messages/${messageId}/feedback`, { method: "POST", body: JSON.stringify({ score }) });
+    el.querySelectorAll(".foot button").forEach((b) => b.classList.toggle("chosen", b === button));
+    status("Thanks for the feedback · 감사합니다");
+  } catch (e) { status(`Feedback failed: ${e.message}`, true); }
+}
+
+// -- sessions -------------------------------------------------------------------------------------
+
+async function loadSessionList() {
+  const select = $("sessions");
+  select.innerHTML = "";
+  let page = { items: [] };
+  try { page = await api(`/sessions?store_id=${encodeURIComponent(state.store)}&limit=20`); }
+  catch (e) { status(e.message, true); }
+  for (const s of page.items) {
+    const o = document.createElement("option");
+    o.value = s.session_id;
+    o.textContent = `${new Date(s.created_at).toLocaleString()} · ${s.message_count} msgs`;
+    select.appendChild(o);
+  }
+  if (state.session && ![...select.options].some((o) => o.value === state.session)) {
+    const o = document.createElement("option");
+    o.value = state.session; o.textContent = "current";
+    select.prepend(o);
+  }
+  if (state.session) select.value = state.session;
+}
+
+async function openSession(id) {
+  $("messages").innerHTML = "";
+  state.session = id;
+  localStorage.setItem(sessionKey(), id);
+  const page = await api(`/sessions/${id}/messages?limit=200`);
+  if (!page.items.length) {
+    const empty = document.createElement("div");
+    empty.className = "empty";
+    empty.textContent = "Ask a question about the store · 궁금한 점을 물어보세요";
+    $("messages").appendChild(empty);
+  }
+  page.items.forEach(renderMessage);
+  $("messages").scrollTop = $("messages").scrollHeight;
+}
+
+async function newSession() {
+  const s = await api("/sessions", { method: "POST", body: JSON.stringify({ store_id: state.store,
+                                                                             metadata: { channel: "web" } }) });
+  await openSession(s.session_id);
+  await loadSessionList();
+}
+
+async function start() {
+  $("store").value = state.store;
+  $("api-key").value = localStorage.getItem("sixshop.key") || "";
+  const saved = localStorage.getItem(sessionKey());
+  try {
+    if (saved) {
+      try { await openSession(saved); }
+      catch (e) { if (e.status === 404 || e.status === 410) await newSession(); else throw e; }
+    } else {
+      await newSession();
+    }
+    await loadSessionList();
+    status("");
+  } catch (e) { status(e.message, true); }
+}
+
+// -- a turn: POST .../chat/stream, read the SSE frames as they arrive -------------------------------
+
+async function* sseEvents(response) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const frame = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      let event = "message", data = "";
+      for (const line of frame.split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data += line.slice(5).trim();
+      }
+      if (data) yield [event, JSON.parse(data)];
+    }
+  }
+}
+
+async function send(text) {
+  if (state.busy || !text.trim()) return;
+  state.busy = true;
+  $("send").disabled = true;
+  renderMessage({ role: "user", content: text });
+  const el = bubble("assistant");
+  el.classList.add("streaming");
+  const textEl = el.querySelector(".text");
+  try {
+    const r = await fetch(`${API}/sessions/${state.session}/chat/stream`, {
+      method: "POST", headers: headers(), body: JSON.stringify({ message: text }),
+    });
+    if (!r.ok) {
+      let body = {};
+      try { body = await r.json(); } catch (_) { /* not JSON */ }
+      throw new Error(body.message || `HTTP ${r.status}`);
+    }
+    for await (const [event, data] of sseEvents(r)) {
+      if (event === "token") {
+        textEl.textContent += data.delta;
+        $("messages").scrollTop = $("messages").scrollHeight;
+      } else if (event === "sources") {
+        el.dataset.sources = JSON.stringify(data.sources);
+      } else if (event === "done") {
+        textEl.textContent = data.message.content;
+        showSources(el, data.message.sources);
+        showFooter(el, data.message);
+      } else if (event === "error") {
+        showFooter(el, { message_id: data.message_id || "", status: "error" });
+      }
+    }
+  } catch (e) {
+    status(e.message, true);
+    el.remove();
+  } finally {
+    el.classList.remove("streaming");
+    state.busy = false;
+    $("send").disabled = false;
+    $("messages").scrollTop = $("messages").scrollHeight;
+  }
+}
+
+$("composer").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const text = $("input").value;
+  $("input").value = "";
+  send(text);
+});
+$("input").addEventListener("keydown", (ev) => {
+  if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); $("composer").requestSubmit(); }
+});
+$("new-chat").addEventListener("click", () => newSession().catch((e) => status(e.message, true)));
+$("sessions").addEventListener("change", (ev) => openSession(ev.target.value).catch((e) => status(e.message, true)));
+$("store").addEventListener("change", (ev) => {
+  state.store = ev.target.value.trim() || "demo-store";
+  localStorage.setItem("sixshop.store", state.store);
+  state.session = null;
+  start();
+});
+$("api-key").addEventListener("change", (ev) => {
+  const key = ev.target.value.trim();
+  if (key) localStorage.setItem("sixshop.key", key); else localStorage.removeItem("sixshop.key");
+  start();
+});
+start();
