@@ -27,6 +27,10 @@ from persistence.db import Pool, async_connection, sync_connection
 
 MAX_INDEXED_DIMENSIONS = 2000  # pgvector's HNSW limit for the `vector` type
 
+# Two writers creating a collection's index at once: `create index if not exists` is not safe against a
+# concurrent creation of the same name (unique violation in pg_class), so creators take this lock first
+# (concurrent pages of one ingest run, or two processes).
+_INDEX_LOCK = "select pg_advisory_xact_lock(hashtext(%s))"
 _UPSERT = """
 insert into kb_vectors (collection, id, store_id, content, metadata, embedding)
 values (%s, %s, %s, %s, %s, %s::vector)
@@ -148,7 +152,9 @@ class PgVectorStore(VectorStore):
         rows = self._rows(documents, ids, self._embedding.embed_documents([d.page_content for d in documents]))
         with self._sync_conn() as conn:
             if not self._index_ready:
-                conn.execute(self._index_sql())
+                with conn.transaction():
+                    conn.execute(_INDEX_LOCK, (self.index_name(),))
+                    conn.execute(self._index_sql())
                 self._index_ready = True
             with conn.transaction(), conn.cursor() as cur:
                 cur.executemany(_UPSERT, rows)
@@ -162,7 +168,9 @@ class PgVectorStore(VectorStore):
         rows = self._rows(documents, ids, vectors)
         async with self._async_conn() as conn:
             if not self._index_ready:
-                await conn.execute(self._index_sql())
+                async with conn.transaction():
+                    await conn.execute(_INDEX_LOCK, (self.index_name(),))
+                    await conn.execute(self._index_sql())
                 self._index_ready = True
             async with conn.transaction(), conn.cursor() as cur:
                 await cur.executemany(_UPSERT, rows)

@@ -119,3 +119,20 @@ def test_vector_search_is_served_by_the_collections_hnsw_index(migrated_url: str
         assert len(store.similarity_search("passage 5", k=4, visible_to="s3")) == 4
     finally:
         store.drop_collection()
+
+
+async def test_concurrent_first_writes_to_a_new_collection(migrated_url: str) -> None:
+    """Pages of one ingest run write at once: the collection's index is created once, not raced (a
+    concurrent `create index if not exists` of one name fails in PostgreSQL)."""
+    import asyncio
+
+    from langchain_core.documents import Document
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    collection = f"race-{uuid.uuid4().hex[:8]}:8"
+    stores = [PgVectorStore(DeterministicFakeEmbedding(size=8), collection=collection, dimensions=8,
+                            conninfo=migrated_url) for _ in range(6)]
+    await asyncio.gather(*(s.aadd_documents([Document(page_content=f"page {i}", id=f"p{i}")])
+                           for i, s in enumerate(stores)))
+    found = await stores[0].asimilarity_search("page 3", k=10)
+    assert sorted(d.id for d in found if d.id) == [f"p{i}" for i in range(6)]
