@@ -12,7 +12,7 @@ import pytest
 
 from server.resources import Resources, open_resources
 from server.settings import Settings
-from server.tracing import HIDDEN, feedback_id
+from server.tracing import HIDDEN, Tracing, feedback_id
 from tests.fake_langsmith import API_KEY, FakeLangSmithServer, project
 from tests.fake_openai import FakeOpenAIServer
 
@@ -72,6 +72,21 @@ async def test_a_streamed_turn_is_one_trace_with_its_metadata_and_usage(
     usage = llm["extra"]["metadata"]["usage_metadata"]
     assert (usage["input_tokens"], usage["output_tokens"]) == (stored.input_tokens, stored.output_tokens)
     assert all(r["api_key_ok"] for r in langsmith.requests)
+
+
+async def test_the_operator_transcript_links_each_answer_to_its_trace(res: Resources) -> None:
+    from persistence.admin import AdminRepository
+
+    session_id, message_id, events = await _turn(res, "Can I return an item?")
+    assert events[-1][0] == "done"
+    rows = await AdminRepository(res.pool).transcript(session_id)
+    answer = next(r for r in rows if r["role"] == "assistant")
+    url = await res.tracing.trace_url(answer["run_id"])
+    proj = project(res.tracing.project)  # the LangSmith project, as the server lists it
+    assert url is not None and url.endswith(
+        f"/o/{proj['tenant_id']}/projects/p/{proj['id']}/r/{message_id}?poll=true")  # langsmith's run URL
+    assert url.startswith("http")
+    assert await Tracing.disabled().trace_url(message_id) is None
 
 
 async def test_a_failed_turn_is_an_errored_run(res: Resources, langsmith: FakeLangSmithServer) -> None:

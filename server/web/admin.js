@@ -39,12 +39,20 @@ const isoDay = (d) => d.toISOString().slice(0, 10);
 
 // -- charts: bars for counts, lines for rates and latencies; one or more series over the days -------
 
+// 1, 2 or 5 times a power of ten, at least v: axis ticks at 0, half and the top read as round numbers
+function niceCeiling(v) {
+  if (!(v > 0)) return 1;
+  const p = 10 ** Math.floor(Math.log10(v));
+  return [1, 2, 5, 10].map((m) => m * p).find((c) => c >= v);
+}
+
 function chart(svg, labels, series, { kind = "bar", max = null, digits = 0 } = {}) {
   svg.innerHTML = "";
   const W = svg.clientWidth || 320, H = svg.clientHeight || 150, pad = { l: 44, r: 8, t: 10, b: 22 };
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   const values = series.flatMap((s) => s.values.filter((v) => v !== null && v !== undefined));
-  const top = max ?? Math.max(1e-9, ...values, 0) * 1.1;
+  const top = max ?? niceCeiling(Math.max(...values, 0));
+  digits = Math.max(digits, top < 2 ? 2 : top < 20 ? 1 : 0);
   const x0 = pad.l, x1 = W - pad.r, y0 = H - pad.b, y1 = pad.t;
   const y = (v) => y0 - (v / top) * (y0 - y1);
   const add = (name, attrs, text) => {
@@ -125,7 +133,7 @@ async function loadStats() {
                                    { name: "p95", values: col("p95_latency_ms"), color: "#f79009" }],
         { kind: "line" });
   chart($("chart-errors"), days, [{ name: "error rate", values: col("error_rate"), color: "#d92d20" }],
-        { kind: "line", max: Math.max(0.05, ...col("error_rate")) * 1.1, digits: 2 });
+        { kind: "line", max: niceCeiling(Math.max(0.05, ...col("error_rate"))), digits: 2 });
   chart($("chart-feedback"), days, [{ name: "feedback", values: col("avg_feedback_score"), color: "#12b76a" }],
         { kind: "line", max: 1, digits: 1 });
   chart($("chart-cost"), days, [{ name: "cost", values: col("cost_usd"), color: "#667085" }], { digits: 4 });
@@ -174,7 +182,7 @@ async function loadTranscript(id) {
                   el("span", `first token ${fmt(m.first_token_ms)} ms`), el("span", `total ${fmt(m.latency_ms)} ms`));
       if (m.error_code) meta.append(el("span", `error ${m.error_code}`, "error"));
       meta.append(el("span", m.feedback_score === null ? "no feedback"
-        : `feedback ${m.feedback_score >= 0.5 ? "👍" : "👎"} ${fmt(m.feedback_score, 2)}${m.feedback_comment ? ` “${m.feedback_comment}”` : ""}`,
+        : `feedback ${m.feedback_score >= 0.5 ? "▲ up" : "▼ down"} ${fmt(m.feedback_score, 2)}${m.feedback_comment ? ` “${m.feedback_comment}”` : ""}`,
         "feedback"));
       if (m.trace_url) {
         const a = el("a", "LangSmith trace");
@@ -186,7 +194,7 @@ async function loadTranscript(id) {
       for (const s of m.sources || []) {
         let url = null;
         try { url = ["http:", "https:"].includes(new URL(s.url).protocol) ? s.url : null; } catch (_) { /* none */ }
-        const a = el(url ? "a" : "span", `📄 ${s.title} (${fmt(s.score, 3)})`);
+        const a = el(url ? "a" : "span", `source: ${s.title} (${fmt(s.score, 3)})`);
         if (url) { a.href = url; a.target = "_blank"; a.rel = "noopener noreferrer"; }
         meta.append(a);
       }

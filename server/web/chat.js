@@ -76,7 +76,7 @@ function showFooter(el, message) {
   const note = document.createElement("span");
   note.className = "muted";
   if (message.status === "complete") {
-    for (const [label, score, name] of [["👍", 1, "helpful"], ["👎", 0, "not helpful"]]) {
+    for (const [label, score, name] of [["▲ 도움됨", 1, "helpful"], ["▼ 아쉬움", 0, "not helpful"]]) {
       const b = document.createElement("button");
       b.type = "button"; b.textContent = label; b.title = name; b.setAttribute("aria-label", name);
       b.dataset.score = String(score);
@@ -222,6 +222,7 @@ async function send(text) {
         textEl.textContent = data.message.content;
         showSources(el, data.message.sources);
         showFooter(el, data.message);
+        loadSessionList();  // its message count changed
       } else if (event === "error") {
         showFooter(el, { message_id: data.message_id || "", status: "error" });
       }

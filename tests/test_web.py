@@ -1,0 +1,142 @@
+"""The shopper page (/) and the operator page (/admin) in headless Chromium (Debian's `chromium`, driven
+by Playwright through `executable_path`; `.ci/run` installs it). Screenshots of both pages are saved to
+docs/screenshots/ by this test, and the README shows them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, fetch_all
+from tests.server_process import ServerProcess
+
+pytestmark = pytest.mark.e2e
+SHOTS = ROOT / "docs" / "screenshots"
+ADMIN_TOKEN = "web-admin-token-1"
+STORE = "web-store"
+QUESTION = "배송비는 얼마인가요?"
+
+
+def chromium_path() -> str:
+    found = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if os.environ.get("CI"):
+        pytest.fail("Chromium is not installed: .ci/run installs Debian's chromium before the tests")
+    pytest.skip("no chromium on this machine (apt-get install chromium fonts-noto-cjk)")
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str) -> Iterator[ServerProcess]:
+    # offline model with a pause between chunks, so the page visibly receives the answer piece by piece
+    with ServerProcess({"DATABASE_URL": database_url, "OPENAI_API_KEY": "", "OFFLINE_CHUNK_DELAY_MS": "25",
+                        "ADMIN_TOKEN": ADMIN_TOKEN, "CAPACITY_SAMPLE_SECONDS": "0"}) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    path = chromium_path()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+# records, in the page, the streaming answer's text at every DOM change (to see tokens arrive)
+WATCH = """() => {
+  window.__seen = [];
+  new MutationObserver(() => {
+    const el = document.querySelector('.msg.assistant.streaming .text');
+    if (el) window.__seen.push([performance.now(), el.textContent.length]);
+  }).observe(document.getElementById('messages'), {subtree: true, childList: true, characterData: true});
+}"""
+
+
+HANGUL_HAS_GLYPHS = """() => {
+  const c = document.createElement('canvas'); c.width = 48; c.height = 48;
+  const g = c.getContext('2d');
+  g.font = '32px ' + getComputedStyle(document.body).fontFamily;
+  const draw = (t) => {
+    g.clearRect(0, 0, 48, 48); g.fillText(t, 4, 38); return g.getImageData(0, 0, 48, 48).data.join();
+  };
+  return draw('배') !== draw(String.fromCodePoint(0x10FFFD));
+}"""
+
+
+def test_chat_then_operator_page(server: ServerProcess, browser: Any, database_url: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1100, "height": 760}, locale="ko-KR")
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{server.base_url}/?store={STORE}")
+    page.wait_for_selector("#sessions option", state="attached")
+    session_id = page.evaluate("localStorage.getItem('sixshop.session.web-store')")
+    assert session_id
+
+    # chat: the answer streams in, token by token
+    page.evaluate(WATCH)
+    page.fill("#input", QUESTION)
+    page.press("#input", "Enter")
+    page.wait_for_selector(".msg.assistant .foot button[data-score='1']", timeout=30_000)
+    seen = page.evaluate("window.__seen")
+    lengths = [n for _, n in seen]
+    assert len(set(lengths)) >= 5, seen  # many partial answers were on screen before the end
+    assert lengths == sorted(lengths) and seen[-1][0] - seen[0][0] > 100  # growing, over time
+    answer = page.inner_text(".msg.assistant .text")
+    stored = fetch_all(database_url, "select content from chat_messages where session_id = %s and role = "
+                                     "'assistant'", (session_id,))
+    assert stored and answer.strip() == stored[0]["content"].strip()  # what streamed is what was stored
+    assert any("\uac00" <= ch <= "\ud7a3" for ch in answer)  # a Korean answer to a Korean question
+    assert page.inner_text(".msg.user .text") == QUESTION
+    links = page.eval_on_selector_all(".msg.assistant .sources a", "els => els.map(a => [a.href, a.textContent])")
+    assert links and all(href.startswith("https://") for href, _ in links)
+    # Korean renders with real glyphs: in the page's fonts a Hangul syllable does not draw like a
+    # character no font has (the "tofu" box it would be without a Korean font)
+    assert page.evaluate("document.characterSet") == "UTF-8"
+    assert page.evaluate(HANGUL_HAS_GLYPHS)
+
+    # feedback: thumbs up is stored
+    page.click(".msg.assistant .foot button[data-score='1']")
+    page.wait_for_selector(".msg.assistant .foot button.chosen")
+    rows = fetch_all(database_url, "select f.score from message_feedback f join chat_messages m using (message_id) "
+                                   "where m.session_id = %s", (session_id,))
+    assert [r["score"] for r in rows] == [1.0]
+    page.screenshot(path=str(SHOTS / "chat.png"))
+
+    # reload: the same session, its history on screen
+    page.reload()
+    page.wait_for_selector(".msg.assistant .text")
+    assert page.evaluate("localStorage.getItem('sixshop.session.web-store')") == session_id
+    assert page.inner_text(".msg.user .text") == QUESTION
+    assert page.inner_text(".msg.assistant .text").strip() == answer.strip()
+
+    # the operator page: the admin token is required, then the turn is in the charts and the transcript
+    admin = browser.new_page(viewport={"width": 1400, "height": 1000})
+    admin.on("pageerror", lambda exc: errors.append(str(exc)))
+    admin.goto(f"{server.base_url}/admin#store={STORE}")
+    admin.wait_for_function("document.getElementById('status').textContent.includes('unauthorized')")
+    admin.fill("#token", ADMIN_TOKEN)
+    admin.dispatch_event("#token", "change")
+    admin.wait_for_selector("#chart-turns rect[data-value='1']")
+    assert admin.input_value("#store") == STORE
+    assert admin.inner_text(".figure[data-figure='turns'] b") == "1"
+    assert admin.inner_text(".figure[data-figure='feedback'] b").startswith("1")
+    assert admin.locator("#chart-latency circle").count() >= 2  # p50 and p95 of the day
+    assert admin.inner_text("#variants tbody").strip()  # the turn's prompt variant row
+    admin.click(f"#sessions tr[data-session-id='{session_id}']")
+    admin.wait_for_selector("#turns .turn.assistant")
+    transcript = admin.inner_text("#turns")
+    assert QUESTION in transcript and "feedback ▲ up" in transcript and "tokens" in transcript
+    assert "tracing off" in transcript  # no LangSmith here; with tracing on the link is a trace URL
+    admin.fill("#q", "배송비")  # search by message text
+    admin.press("#q", "Enter")
+    admin.wait_for_function("document.querySelectorAll('#sessions tbody tr').length === 1")
+    admin.screenshot(path=str(SHOTS / "admin.png"), full_page=True)
+    assert not errors, errors
