@@ -17,10 +17,11 @@ drives HTTP. Prints, per system, medians and p95/p99 over all runs, and ours/Lan
 Checkpoint bytes per turn and statistics latency have their own scripts (bench/checkpoints.py,
 bench/stats.py); the full run calls them at the end.
 
-What differs between the two systems, and is reported rather than hidden: our turn also retrieves
-passages (hybrid search needs an embeddings call; here the full-text backend, no embeddings) and
-writes the business rows (begin_turn/finish_turn) and prunes checkpoints; LangGraph's server runs the
-bare graph with its in-memory runtime (no retriever configured, no PostgreSQL).
+The two systems run the same graph on the same model and retrieve from the same index: `langgraph dev`
+loads `make_graph`, whose default retriever is the service's full-text search on the same database
+(server/studio.py). What differs, and is reported rather than hidden: our turn also writes the business
+rows (begin_turn/finish_turn), authenticates a key and prunes checkpoints; LangGraph's server keeps
+threads and checkpoints in memory, and its retriever opens a connection per query (no pool).
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import psycopg
 
 from persistence.embedded import embedded_conninfo, start_embedded
@@ -110,6 +110,49 @@ async def sse_lines(base_url: str, path: str, body: dict[str, Any], headers: dic
         writer.close()
 
 
+class JsonClient:
+    """Keep-alive HTTP/1.1 JSON POSTs over a few pooled connections, with none of httpx's per-request
+    work (which costs the driver about a millisecond a request: more than the server's own time)."""
+
+    def __init__(self, base_url: str, headers: dict[str, str]) -> None:
+        self.host, port = base_url.removeprefix("http://").split(":")
+        self.port = int(port)
+        self.head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        data = json.dumps(body).encode()
+        request = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+                   f"Content-Length: {len(data)}\r\n{self.head}\r\n").encode() + data
+        while True:  # kept-alive connections the server closed meanwhile are dropped; then a fresh one
+            fresh = not self.idle
+            reader, writer = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
+            try:
+                writer.write(request)
+                status = await reader.readline()
+            except ConnectionError:
+                status = b""
+            if status:
+                break
+            writer.close()
+            if fresh:
+                raise RuntimeError("the server closed the connection without answering")
+        length, close = 0, False
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            close |= name.lower() == "connection" and "close" in value.lower()
+        payload = await reader.readexactly(length)
+        if close:
+            writer.close()
+        else:
+            self.idle.append((reader, writer))
+        if not status.split()[1].startswith(b"2"):
+            raise RuntimeError(status.decode(errors="replace").strip())
+        return dict(json.loads(payload))
+
+
 # -- the two systems, behind one small interface -----------------------------------------------------
 
 class System:
@@ -118,8 +161,7 @@ class System:
     def __init__(self, base_url: str, headers: dict[str, str] | None = None) -> None:
         self.base_url = base_url
         self.headers = headers or {}
-        self.client = httpx.AsyncClient(base_url=base_url, headers=headers or {}, timeout=120,
-                                        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=1000))
+        self.json = JsonClient(base_url, headers or {})
 
     async def new_session(self) -> str:
         raise NotImplementedError
@@ -133,9 +175,7 @@ class Ours(System):
     name = "ours"
 
     async def new_session(self) -> str:
-        r = await self.client.post(f"{API}/sessions", json={"store_id": "bench"})
-        r.raise_for_status()
-        return str(r.json()["session_id"])
+        return str((await self.json.post(f"{API}/sessions", {"store_id": "bench"}))["session_id"])
 
     async def turn(self, session: str, text: str) -> tuple[float, float]:
         t0 = time.perf_counter()
@@ -156,9 +196,7 @@ class LangGraphServer(System):
     name = "langgraph"
 
     async def new_session(self) -> str:
-        r = await self.client.post("/threads", json={})
-        r.raise_for_status()
-        return str(r.json()["thread_id"])
+        return str((await self.json.post("/threads", {}))["thread_id"])
 
     async def turn(self, session: str, text: str) -> tuple[float, float]:
         t0 = time.perf_counter()
@@ -317,7 +355,7 @@ async def drive(args: argparse.Namespace, ours: Ours, lg: LangGraphServer | None
     results: dict[str, Samples] = {}
     throughput: dict[str, list[float]] = {}
     for system, _ in systems:  # warm-up: imports, pools, JIT-free but cache-warm
-        await sequential_turns(system, 3, {})
+        await sequential_turns(system, 2, {})
         await session_creation(system, 20, {})
     for run in range(args.runs):
         for system, _ in systems:
@@ -326,7 +364,8 @@ async def drive(args: argparse.Namespace, ours: Ours, lg: LangGraphServer | None
         print(f"# run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
 
     print(f"\n## model: first token {FIRST_TOKEN_MS} ms, then {TOKEN_MS} ms/token, {TOKENS} tokens "
-          f"({STREAM_MS} ms of streaming per turn); {args.runs} runs; our server: {args.workers} worker(s)")
+          f"({STREAM_MS} ms of streaming per turn); {args.runs} runs; our server: {args.server}, "
+          f"{args.workers} worker(s)")
     print(f"\n{'metric':<34} {'system':<10} {'p50':>9} {'p95':>9} {'p99':>9}")
     for metric in ("session_ms", "first_token_overhead_ms", "turn_overhead_ms"):
         for system, _ in systems:
@@ -354,8 +393,8 @@ async def drive(args: argparse.Namespace, ours: Ours, lg: LangGraphServer | None
             for reason, count in r["reasons"].items():
                 print(f"{'':<18} {'':<10} error x{count}: {reason}")
 
-    cost = await db_cost(ours, conninfo, 20)
-    print(f"\ndatabase per turn (ours, 20 sequential turns): {cost['statements']:.1f} SQL statements, "
+    cost = await db_cost(ours, conninfo, args.cost_turns)
+    print(f"\ndatabase per turn (ours, {args.cost_turns} sequential turns): {cost['statements']:.1f} SQL statements, "
           f"{cost['wal']:,.0f} WAL bytes, {cost['xacts']:.1f} transactions, {cost['rows']:.1f} rows written")
     for calls, query in cost["by_statement"]:
         print(f"  {calls:5.2f} x  {query[:110]}")
@@ -366,12 +405,15 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer requests and concurrency up to 100")
     parser.add_argument("--no-langgraph", action="store_true", help="measure only our service")
     parser.add_argument("--workers", type=int, default=2, help="our server's worker processes (WEB_CONCURRENCY)")
+    parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn",
+                        help="our server's HTTP server (uvicorn with uvloop and httptools, as `serve` runs it)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=None,
                         help="the concurrent-turn levels (default 10 100, and 500 without --quick)")
     args = parser.parse_args()
     args.runs = 1 if args.quick else 3
     args.sessions = 100 if args.quick else 300
-    args.turns = 20 if args.quick else 60
+    args.cost_turns = 10 if args.quick else 20
+    args.turns = 15 if args.quick else 60
     args.concurrency = args.concurrency or ([10, 100] if args.quick else [10, 100, 500])
 
     pg = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
@@ -383,14 +425,20 @@ def main() -> int:
         assert model.stdout is not None
         model_url = model.stdout.readline().strip()
         common = {"OPENAI_API_KEY": "sk-local-bench", "OPENAI_BASE_URL": model_url, "OPENAI_MAX_RETRIES": "0",
-                  "LANGSMITH_TRACING": "false", "LANGGRAPH_CLI_NO_ANALYTICS": "1"}
+                  "LANGSMITH_TRACING": "false", "LANGGRAPH_CLI_NO_ANALYTICS": "1", "DATABASE_URL": conninfo,
+                  "VECTOR_STORE": "none"}  # both retrieve with the same full-text search
         key = subprocess.run([sys.executable, "-m", "server.cli", "keys", "create", "--admin",
                               "--turns-per-minute", "0"], cwd=ROOT, capture_output=True, text=True, check=True,
                              env={**os.environ, "DATABASE_URL": conninfo}).stdout.strip()
         port = free_port()
-        ours_proc = ChildProcess([sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
-                         {**common, "DATABASE_URL": conninfo, "APP_ENV": "production", "LOG_LEVEL": "WARNING",
-                          "VECTOR_STORE": "none", "CAPACITY_SAMPLE_SECONDS": "0", "DB_POOL_MAX": "20",
+        server_cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
+        if args.server == "granian":  # the same app factory under granian (pip install granian)
+            server_cmd = [str(Path(sys.executable).parent / "granian"), "--interface", "asgi", "--factory",
+                          "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers),
+                          "--loop", "uvloop", "--http", "1", "--log-level", "warning", "server.app:create_app"]
+        ours_proc = ChildProcess(server_cmd,
+                         {**common, "APP_ENV": "production", "LOG_LEVEL": "WARNING",
+                          "CAPACITY_SAMPLE_SECONDS": "0", "DB_POOL_MAX": "20",
                           "WEB_CONCURRENCY": str(args.workers)},
                                  f"http://127.0.0.1:{port}/health")
         procs.append(ours_proc)
