@@ -425,6 +425,8 @@ class AgentProtocolController(Controller):
             return []  # a turn never leaves its thread interrupted or in error: the next turn may run
         metadata = dict(body.metadata)
         store_id, user_id = metadata.pop("store_id", None), metadata.pop("user_id", None)
+        store_id = None if store_id is None else _checked(store_id, StoreId, "metadata.store_id")
+        user_id = None if user_id is None else _checked(user_id, UserId, "metadata.user_id")
         metadata.pop("graph_id", None)
         metadata.pop("assistant_id", None)
         if principal.store_id is not None:

@@ -145,6 +145,9 @@ async def test_refusals_are_clear_and_lose_nothing(server: ServerProcess, databa
              422, "unsupported"),
             ("/runs/stream", {"input": {"messages": [["user", "x"]]}}, 422, "unsupported"),  # stateless
             ("/threads/search", {"limit": 0}, 400, "validation_error"),
+            ("/threads/search", {"metadata": {"store_id": 5}}, 400, "validation_error"),
+            ("/threads/search", {"metadata": {"user_id": ["x"]}}, 400, "validation_error"),
+            ("/threads", {"metadata": {"store_id": "store-ap", "user_id": 7}}, 400, "validation_error"),
         ]
         for path, body, status, code in cases:
             r = await http.post(path, json=body)
