@@ -42,7 +42,15 @@ from graph.graph import build_graph
 from server import metrics
 from server.auth import Principal
 from server.chat import Turn
-from server.errors import AppError, Forbidden, NotFound, RateLimited, SessionNotFound, ValidationFailed
+from server.errors import (
+    AssistantNotFound,
+    Forbidden,
+    RateLimited,
+    SessionNotFound,
+    ThreadExists,
+    Unsupported,
+    ValidationFailed,
+)
 from server.resources import Resources
 from server.schemas import Session, StoreId, UserId
 
@@ -51,18 +59,6 @@ GRAPH_NAME = build_graph().name
 STREAM_MODES = frozenset({"messages-tuple", "values", "updates"})
 STARTED = datetime.now(UTC)
 Caller = NamedDependency[Principal]  # the `principal` dependency, as in server/app.py
-
-
-class Unsupported(AppError):
-    status_code, code, default_message = 422, "unsupported", "This Agent Protocol feature is not supported"
-
-
-class ThreadExists(AppError):
-    status_code, code, default_message = 409, "thread_exists", "A thread with this id already exists"
-
-
-class AssistantNotFound(NotFound):
-    code, default_message = "assistant_not_found", "No such assistant"
 
 
 # -- request bodies: what the SDK and the Agent Protocol send; unknown keys are allowed (the SDK sends

@@ -78,3 +78,17 @@ class ModelError(AppError):
 
 class DatabaseUnavailable(AppError):
     status_code, code, default_message = 503, "database_unavailable", "The database is unavailable"
+
+
+# the Agent Protocol front door (server/agent_protocol.py)
+
+class Unsupported(AppError):
+    status_code, code, default_message = 422, "unsupported", "This Agent Protocol feature is not supported"
+
+
+class ThreadExists(AppError):
+    status_code, code, default_message = 409, "thread_exists", "A thread with this id already exists"
+
+
+class AssistantNotFound(NotFound):
+    code, default_message = "assistant_not_found", "No such assistant"
