@@ -145,9 +145,12 @@ def _parse_thread_id(value: str) -> UUID:
 
 async def _owned(res: Resources, principal: Principal, thread_id: str | UUID) -> Session:
     sid = thread_id if isinstance(thread_id, UUID) else _parse_thread_id(thread_id)
-    session = await res.sessions.get(sid)
-    principal.require_store(session.store_id, SessionNotFound(detail={"session_id": str(sid)}))
-    return session
+    return await res.sessions.get_visible(sid, principal)
+
+
+async def _snapshot(res: Resources, thread_id: UUID | str) -> Any:
+    """The thread's latest state, from the service's checkpointer."""
+    return await res.chat.graph.aget_state({"configurable": {"thread_id": str(thread_id)}})
 
 
 # -- shapes --------------------------------------------------------------------------------------
@@ -333,7 +336,7 @@ async def run_events(res: Resources, turn: Turn, modes: set[str],
                          "response_metadata": {"finish_reason": "stop", "model_name": message.model}}
                 yield sse("updates", {"generate": {"messages": [final]}})
             if "values" in modes:
-                snapshot = await res.chat.graph.aget_state({"configurable": {"thread_id": thread_id}})
+                snapshot = await _snapshot(res, thread_id)
                 yield sse("values", _values(snapshot))
         elif event == "error":
             yield sse("error", {"error": data.get("code", "internal_error"), "message": data.get("message", ""),
@@ -397,7 +400,7 @@ class AgentProtocolController(Controller):
     async def get_thread(self, thread_id: FromPath[str], state: State, principal: Caller) -> dict[str, Any]:
         res: Resources = state.resources
         session = await _owned(res, principal, thread_id)
-        snapshot = await res.chat.graph.aget_state({"configurable": {"thread_id": str(session.session_id)}})
+        snapshot = await _snapshot(res, session.session_id)
         return thread_json(session, _values(snapshot))
 
     @delete("/threads/{thread_id:str}", status_code=204)
@@ -435,7 +438,7 @@ class AgentProtocolController(Controller):
         sessions = page.items[body.offset:]
         if body.select is not None and "values" in body.select:
             snapshots = await asyncio.gather(*(
-                res.chat.graph.aget_state({"configurable": {"thread_id": str(s.session_id)}}) for s in sessions))
+                _snapshot(res, s.session_id) for s in sessions))
             return [thread_json(s, _values(snap)) for s, snap in zip(sessions, snapshots, strict=True)]
         return [thread_json(s) for s in sessions]
 
@@ -443,7 +446,7 @@ class AgentProtocolController(Controller):
     async def get_state(self, thread_id: FromPath[str], state: State, principal: Caller) -> dict[str, Any]:
         res: Resources = state.resources
         session = await _owned(res, principal, thread_id)
-        snapshot = await res.chat.graph.aget_state({"configurable": {"thread_id": str(session.session_id)}})
+        snapshot = await _snapshot(res, session.session_id)
         return state_json(session.session_id, snapshot)
 
     @get("/threads/{thread_id:str}/history")
@@ -475,7 +478,7 @@ class AgentProtocolController(Controller):
 
 async def _history(res: Resources, principal: Principal, thread_id: str) -> list[dict[str, Any]]:
     session = await _owned(res, principal, thread_id)
-    snapshot = await res.chat.graph.aget_state({"configurable": {"thread_id": str(session.session_id)}})
+    snapshot = await _snapshot(res, session.session_id)
     return [state_json(session.session_id, snapshot)] if snapshot.created_at else []
 
 
@@ -509,7 +512,7 @@ async def start_run(res: Resources, principal: Principal, thread_id: UUID, body:
         raise
     before = None
     if "values" in modes:  # the state as the run starts: the conversation so far plus the new question
-        snapshot = await res.chat.graph.aget_state({"configurable": {"thread_id": str(thread_id)}})
+        snapshot = await _snapshot(res, thread_id)
         before = _values(snapshot)
     metadata = {k: v for k, v in (body.metadata or {}).items() if k != "store_id"}
     turn = await res.chat.start_turn(thread_id, text, metadata)

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -104,16 +105,38 @@ def sse_frame(event_id: int, event: str, data: Any) -> bytes:
 Caller = NamedDependency[Principal]  # the `principal` dependency: who is calling (server/auth.py)
 
 
+@dataclass(frozen=True)
+class StatsQuery:
+    """A store's statistics request: the same query string for shoppers' keys and operators."""
+
+    store_id: str
+    start: datetime | None
+    end: datetime | None
+    tz: str | None
+
+    async def run(self, res: Resources) -> StoreStats:
+        return await res.analytics.store_stats(self.store_id, _utc(self.start), _utc(self.end), self.tz)
+
+
+async def stats_query(
+    store_id: Annotated[StoreId, QueryParameter(name="store_id")],
+    start: Annotated[datetime | None, QueryParameter(name="from")] = None,
+    end: Annotated[datetime | None, QueryParameter(name="to")] = None,
+    tz: Annotated[str | None, QueryParameter(name="tz", max_length=64)] = None,
+) -> StatsQuery:
+    return StatsQuery(store_id, start, end, tz)
+
+
+StatsRequest = NamedDependency[StatsQuery]  # the `stats_request` dependency (stats_query)
+
+
 async def provide_principal(request: Request[Any, Any, Any], state: State) -> Principal:
     return await _res(state).auth.principal(request.headers.get("authorization"))
 
 
 async def _owned_session(res: Resources, principal: Principal, session_id: str) -> Session:
     """The session, if it exists and this caller's store may see it; otherwise 404, the same way."""
-    sid = parse_id(session_id, "session_id")
-    session = await res.sessions.get(sid)
-    principal.require_store(session.store_id, SessionNotFound(detail={"session_id": str(sid)}))
-    return session
+    return await res.sessions.get_visible(parse_id(session_id, "session_id"), principal)
 
 
 async def _turn_session(res: Resources, principal: Principal, session_id: str) -> UUID:
@@ -238,20 +261,11 @@ class SessionController(Controller):
         session = await _owned_session(_res(state), principal, session_id)
         return await _res(state).analytics.session_stats(session.session_id)
 
-    @get("/stats")
-    async def store_stats(
-        self,
-        state: State,
-        store_id: Annotated[StoreId, QueryParameter(name="store_id")],
-        start: Annotated[datetime | None, QueryParameter(name="from")] = None,
-        end: Annotated[datetime | None, QueryParameter(name="to")] = None,
-        tz: Annotated[str | None, QueryParameter(name="tz", max_length=64)] = None,
-        *,
-        principal: Caller,
-    ) -> StoreStats:
-        if not principal.may_see(store_id):
-            raise NotFound("No such store for this API key", {"store_id": store_id})
-        return await _res(state).analytics.store_stats(store_id, _utc(start), _utc(end), tz)
+    @get("/stats", dependencies={"stats_request": Provide(stats_query)})
+    async def store_stats(self, state: State, stats_request: StatsRequest, principal: Caller) -> StoreStats:
+        if not principal.may_see(stats_request.store_id):
+            raise NotFound("No such store for this API key", {"store_id": stats_request.store_id})
+        return await stats_request.run(_res(state))
 
 
 @get("/health", tags=["operations"])
@@ -344,17 +358,10 @@ class AdminController(Controller):
         """Every store with sessions: id, session count, last activity (the operator page's picker)."""
         return {"items": await AdminRepository(_res(state).pool).stores()}
 
-    @get("/stats")
-    async def stats(
-        self,
-        state: State,
-        store_id: Annotated[StoreId, QueryParameter(name="store_id")],
-        start: Annotated[datetime | None, QueryParameter(name="from")] = None,
-        end: Annotated[datetime | None, QueryParameter(name="to")] = None,
-        tz: Annotated[str | None, QueryParameter(name="tz", max_length=64)] = None,
-    ) -> StoreStats:
+    @get("/stats", dependencies={"stats_request": Provide(stats_query)})
+    async def stats(self, state: State, stats_request: StatsRequest) -> StoreStats:
         """GET /api/session-chat/stats for operators (ADMIN_TOKEN or an admin key)."""
-        return await _res(state).analytics.store_stats(store_id, _utc(start), _utc(end), tz)
+        return await stats_request.run(_res(state))
 
     @get("/sessions")
     async def search_sessions(

@@ -9,6 +9,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from persistence.sessions import SessionRepository
+from server.auth import Principal
 from server.errors import SessionNotFound, ValidationFailed
 from server.schemas import Session, SessionPage, check_metadata_size, session_out
 
@@ -46,6 +47,12 @@ class SessionService:
         if row is None:
             raise SessionNotFound(detail={"session_id": str(session_id)})
         return session_out(row, self.expire_after)
+
+    async def get_visible(self, session_id: UUID, principal: Principal) -> Session:
+        """The session, if this caller's store may see it; otherwise 404, the same way as a missing id."""
+        session = await self.get(session_id)
+        principal.require_store(session.store_id, SessionNotFound(detail={"session_id": str(session_id)}))
+        return session
 
     async def delete(self, session_id: UUID) -> None:
         if not await self.repo.soft_delete(session_id):
