@@ -131,6 +131,14 @@ async def test_refusals_are_clear_and_lose_nothing(server: ServerProcess, databa
         await client.threads.create(thread_id=tid, metadata={"store_id": "store-ap"})
     same = await client.threads.create(thread_id=tid, metadata={"store_id": "store-ap"}, if_exists="do_nothing")
     assert same["thread_id"] == tid
+    assert (await client.assistants.get("agent"))["graph_id"] == "agent"
+    assert [a["assistant_id"] for a in await client.assistants.search(graph_id="agent")] == ["agent"]
+    with pytest.raises(NotFoundError):
+        await client.assistants.get("someone-else")
+    doomed = await client.threads.create(metadata={"store_id": "store-ap"})
+    await client.threads.delete(doomed["thread_id"])  # a soft delete, like DELETE /sessions/{id}
+    with pytest.raises(NotFoundError):
+        await client.threads.get(doomed["thread_id"])
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
         cases = [
             ("/threads", {"metadata": {}}, 400, "validation_error"),  # no store
@@ -154,6 +162,8 @@ async def test_refusals_are_clear_and_lose_nothing(server: ServerProcess, databa
             assert (r.status_code, r.json()["code"]) == (status, code), (path, body, r.text)
             jsonschema.validate(r.json(), {"$ref": "#/components/schemas/ErrorResponse",
                                            "components": SPEC["components"]})
+        info = (await http.get("/info")).json()
+        assert info["flags"]["assistants"] is True and info["flags"]["langsmith"] is False
         # the Agent Protocol's own form of a run: POST /runs/stream with thread_id in the body
         body = {"thread_id": tid, "input": {"messages": [{"role": "user", "content": "Opening hours?"}]},
                 "stream_mode": ["values"]}
