@@ -80,13 +80,11 @@ def build_graph(
 ) -> CompiledStateGraph[Any, Any, Any, Any]:
     """The graph; `default_retriever` serves runs whose context brings none (Studio's)."""
     builder = StateGraph(ChatState, context_schema=ChatContext)
-    if default_retriever is None:
-        builder.add_node("retrieve", retrieve)
-    else:
-        async def retrieve_with_default(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
-            return await retrieve(state, runtime, default_retriever)
 
-        builder.add_node("retrieve", retrieve_with_default)
+    async def retrieve_node(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
+        return await retrieve(state, runtime, default_retriever)
+
+    builder.add_node("retrieve", retrieve_node)
     builder.add_node("generate", generate)
     builder.add_edge(START, "retrieve")
     builder.add_edge("retrieve", "generate")

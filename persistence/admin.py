@@ -58,9 +58,10 @@ class AdminRepository:
             return await cur.fetchall()
 
     async def search_sessions(self, store_id: str | None, q: str | None, limit: int) -> list[Row]:
-        q = q.strip() if q else None
-        params = {"store_id": store_id, "q": q or None, "like": _like(q) if q else None,
-                  "prefix": (_like(q)[1:] if q else None), "limit": limit}
+        q = (q.strip() or None) if q else None
+        like = _like(q) if q else None  # '%text%'; a session id prefix is the same without its leading '%'
+        params = {"store_id": store_id, "q": q, "like": like, "prefix": like[1:] if like else None,
+                  "limit": limit}
         async with self.pool.connection() as conn:
             cur = await conn.execute(SEARCH_SQL, params)
             return await cur.fetchall()

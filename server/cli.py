@@ -45,17 +45,12 @@ async def _prepare(settings: Settings) -> int:
     """What `serve` does to the database at start: migrations, then the sample knowledge base if the index
     is empty (INGEST_SAMPLE_IF_EMPTY). Studio's graph runs it before its first retrieval."""
     from persistence.migrations import migrate
-    from server.knowledge import build_knowledge
-    from server.resources import index_sample, open_database
+    from server.resources import open_database, prepare_knowledge
 
     async with open_database(settings) as (pool, _):
         await migrate(pool)
-        knowledge = await build_knowledge(settings, pool)
-        try:
-            if settings.ingest_sample_if_empty:
-                await index_sample(settings, pool, knowledge)
-        finally:
-            await knowledge.aclose()
+        knowledge = await prepare_knowledge(settings, pool)
+        await knowledge.aclose()
     print(knowledge.backend)
     return 0
 

@@ -95,6 +95,15 @@ async def index_sample(settings: Settings, pool: Pool, knowledge: KnowledgeStack
         log.info("sample knowledge base indexed for %s: %s", knowledge.backend, report.summary())
 
 
+async def prepare_knowledge(settings: Settings, pool: Pool) -> KnowledgeStack:
+    """The knowledge stack, with the sample help centre indexed first when the index is empty
+    (INGEST_SAMPLE_IF_EMPTY): what `serve` and `sixshop-agent prepare` do at start."""
+    knowledge = await build_knowledge(settings, pool)
+    if settings.ingest_sample_if_empty:
+        await index_sample(settings, pool, knowledge)
+    return knowledge
+
+
 def make_capacity(settings: Settings, pool: Pool) -> CapacityService:
     return CapacityService(CapacityRepository(pool), pool, Limits(
         connections=settings.capacity_connections_limit,
@@ -119,9 +128,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             await migrate(pool)
         # a process killed mid-turn left rows 'streaming' and sessions claimed: close what is past the timeout
         await LifecycleJob(pool, settings).recover()
-        knowledge = await build_knowledge(settings, pool)
-        if settings.ingest_sample_if_empty:
-            await index_sample(settings, pool, knowledge)
+        knowledge = await prepare_knowledge(settings, pool)
         model = make_chat_model(
             openai_api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
             openai_base_url=settings.openai_base_url,
