@@ -52,7 +52,7 @@ from server.errors import (
     ValidationFailed,
 )
 from server.resources import Resources
-from server.schemas import Session, StoreId, UserId
+from server.schemas import Session, StoreId, UserId, decode_body, sse_frame
 
 ASSISTANT_ID = "agent"  # the graph's id in langgraph.json, and LangGraph's default assistant id
 GRAPH_NAME = build_graph().name
@@ -117,13 +117,6 @@ class RunStream(msgspec.Struct):
     webhook: str | None = None
     stream_subgraphs: bool = False
     stream_resumable: bool = False
-
-
-def decode(raw: bytes, kind: type[Any]) -> Any:
-    try:
-        return msgspec.json.decode(raw or b"{}", type=kind)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise ValidationFailed(str(exc)) from None
 
 
 # -- who is calling: the SDK sends its key as x-api-key; Authorization: Bearer works too
@@ -298,7 +291,7 @@ def refuse_unsupported(body: RunStream) -> None:
 
 
 def sse(event: str, data: Any) -> bytes:
-    return b"event: " + event.encode() + b"\ndata: " + msgspec.json.encode(data) + b"\n\n"
+    return sse_frame(None, event, data)  # LangGraph's server sends no ids unless a stream is resumable
 
 
 def _chunk(message_id: str, content: str, **extra: Any) -> dict[str, Any]:
@@ -363,7 +356,7 @@ class AgentProtocolController(Controller):
 
     @post("/assistants/search", status_code=200)
     async def search_assistants(self, request: Request[Any, Any, Any], principal: Caller) -> list[dict[str, Any]]:
-        body: AssistantSearch = decode(await request.body(), AssistantSearch)
+        body: AssistantSearch = decode_body(await request.body(), AssistantSearch)
         if body.graph_id not in (None, ASSISTANT_ID) or body.offset > 0:
             return []
         return [assistant_json()]
@@ -372,7 +365,7 @@ class AgentProtocolController(Controller):
     async def create_thread(self, request: Request[Any, Any, Any], state: State,
                             principal: Caller) -> dict[str, Any]:
         res: Resources = state.resources
-        body: ThreadCreate = decode(await request.body(), ThreadCreate)
+        body: ThreadCreate = decode_body(await request.body(), ThreadCreate)
         if body.supersteps:
             raise Unsupported("'supersteps' is not supported by this service", {"field": "supersteps"})
         metadata = dict(body.metadata)
@@ -413,7 +406,7 @@ class AgentProtocolController(Controller):
     async def search_threads(self, request: Request[Any, Any, Any], state: State,
                              principal: Caller) -> list[dict[str, Any]]:
         res: Resources = state.resources
-        body: ThreadSearch = decode(await request.body(), ThreadSearch)
+        body: ThreadSearch = decode_body(await request.body(), ThreadSearch)
         if not 1 <= body.limit <= 1000 or not 0 <= body.offset <= 10_000:
             raise ValidationFailed("limit must be 1..1000 and offset 0..10000", {"field": "limit"})
         if body.values:
@@ -457,7 +450,7 @@ class AgentProtocolController(Controller):
     @post("/threads/{thread_id:str}/history", status_code=200)
     async def post_history(self, thread_id: FromPath[str], request: Request[Any, Any, Any], state: State,
                            principal: Caller) -> list[dict[str, Any]]:
-        body: HistoryRequest = decode(await request.body(), HistoryRequest)
+        body: HistoryRequest = decode_body(await request.body(), HistoryRequest)
         if body.before or body.checkpoint:
             return []  # nothing older than the latest state is kept
         return (await _history(state.resources, principal, thread_id))[:max(1, body.limit)]
@@ -465,12 +458,12 @@ class AgentProtocolController(Controller):
     @post("/threads/{thread_id:str}/runs/stream", status_code=200, media_type="text/event-stream")
     async def stream_run(self, thread_id: FromPath[str], request: Request[Any, Any, Any], state: State,
                          principal: Caller) -> Stream:
-        body: RunStream = decode(await request.body(), RunStream)
+        body: RunStream = decode_body(await request.body(), RunStream)
         return await start_run(state.resources, principal, _parse_thread_id(thread_id), body)
 
     @post("/runs/stream", status_code=200, media_type="text/event-stream")
     async def stream_run_ap(self, request: Request[Any, Any, Any], state: State, principal: Caller) -> Stream:
-        body: RunStream = decode(await request.body(), RunStream)
+        body: RunStream = decode_body(await request.body(), RunStream)
         if body.thread_id is None:
             raise Unsupported("stateless runs are not supported: pass thread_id (a session)", {"field": "thread_id"})
         return await start_run(state.resources, principal, body.thread_id, body)

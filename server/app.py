@@ -10,10 +10,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-import msgspec
 import psycopg
 from litestar import Controller, Litestar, Request, Response, delete, get, post
 from litestar.connection import ASGIConnection
@@ -61,12 +60,13 @@ from server.schemas import (
     SessionStats,
     StoreId,
     StoreStats,
+    decode_body,
     message_out,
+    sse_frame,
 )
 from server.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 VERSION = "0.1.0"
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -84,22 +84,10 @@ def parse_id(value: str, field: str) -> UUID:
         raise ValidationFailed(f"{field} must be a UUID", {"field": field, "value": value[:64]}) from None
 
 
-def strict_body(raw: bytes, kind: type[T]) -> T:
-    try:
-        return msgspec.json.decode(raw, type=kind)
-    except msgspec.ValidationError as exc:
-        raise ValidationFailed(str(exc)) from None
-
-
 def _utc(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
-
-
-def sse_frame(event_id: int, event: str, data: Any) -> bytes:
-    return b"event: " + event.encode() + b"\nid: " + str(event_id).encode() + b"\ndata: " + \
-        msgspec.json.encode(data) + b"\n\n"
 
 
 Caller = NamedDependency[Principal]  # the `principal` dependency: who is calling (server/auth.py)
@@ -245,7 +233,7 @@ class SessionController(Controller):
         request: Request[Any, Any, Any], principal: Caller,
     ) -> FeedbackResponse:
         # Litestar converts bodies leniently ("1" -> 1.0); a score must be a JSON number
-        data = strict_body(await request.body(), FeedbackRequest)
+        data = decode_body(await request.body(), FeedbackRequest)
         mid = parse_id(message_id, "message_id")
         res = _res(state)
         row = await res.messages.upsert_feedback(mid, data.score, data.comment, scope=principal.store_id)

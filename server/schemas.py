@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
 import msgspec
 from msgspec import Meta
 
-from server.errors import PayloadTooLarge
+from server.errors import PayloadTooLarge, ValidationFailed
+
+T = TypeVar("T")
 
 StoreId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@\-]*$")]
 UserId = Annotated[str, Meta(min_length=1, max_length=256)]
@@ -201,3 +203,18 @@ def message_out(row: dict[str, Any]) -> Message:
         prompt_variant=row["prompt_variant"],
         error_code=row["error_code"],
     )
+
+
+def decode_body(raw: bytes, kind: type[T]) -> T:
+    """A JSON body decoded strictly into `kind` (no lenient conversions: "1" is not a number); an empty
+    body is `{}`; malformed JSON or a wrong shape is a 400 with msgspec's reason."""
+    try:
+        return msgspec.json.decode(raw or b"{}", type=kind)
+    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError too
+        raise ValidationFailed(str(exc)) from None
+
+
+def sse_frame(event_id: int | None, event: str, data: Any) -> bytes:
+    """One Server-Sent Event: `event:`, `id:` when given, and one `data:` line of JSON."""
+    head = b"event: " + event.encode() + (b"\nid: " + str(event_id).encode() if event_id is not None else b"")
+    return head + b"\ndata: " + msgspec.json.encode(data) + b"\n\n"
