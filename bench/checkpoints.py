@@ -29,8 +29,8 @@ import time
 from datetime import timedelta
 
 from persistence.embedded import embedded_conninfo, start_embedded
-from server.chat import IntegratedChatService
 from server.resources import Resources, open_resources
+from server.services.chat import IntegratedChatService
 from server.settings import Settings
 
 # logical: the bytes the saver wrote (before PostgreSQL's TOAST compression); stored: as kept on disk

@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 from persistence.db import PoolConfig, open_pool  # noqa: E402
 from persistence.embedded import embedded_conninfo, start_embedded  # noqa: E402
 from persistence.migrations import migrate  # noqa: E402
-from server.evaluation import HitReport, hit_at_k, load_pairs  # noqa: E402
-from server.ingest import ingest_path  # noqa: E402
-from server.knowledge import build_knowledge  # noqa: E402
+from server.integrations.evaluation import HitReport, hit_at_k, load_pairs  # noqa: E402
+from server.integrations.ingest import ingest_path  # noqa: E402
+from server.integrations.knowledge import build_knowledge  # noqa: E402
 from server.settings import Settings  # noqa: E402
 
 PAIRS = ROOT / "tests" / "retrieval_pairs.json"

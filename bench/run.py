@@ -6,8 +6,8 @@
 Starts everything itself on 127.0.0.1, each in its own process: an embedded PostgreSQL, a local
 OpenAI-compatible model with a fixed pace (first token after FIRST_TOKEN_MS, then one token every
 TOKEN_MS; `tests/fake_openai.py`), our server (`sixshop-agent serve`, APP_ENV=production with an admin
-key), and `langgraph dev` serving `graph/graph.py:make_graph` with the same model. This process only
-drives HTTP. Prints, per system, medians and p95/p99 over all runs, and ours/LangGraph ratios:
+key), and `langgraph dev` serving `server/integrations/studio.py:make_graph` with the same model. This
+process only drives HTTP. Prints, per system, medians and p95/p99 over all runs, and ours/LangGraph ratios:
 
 1. session creation: latency (sequential) and throughput (10 concurrent clients);
 2. turn overhead: time to the first SSE token minus the model's first-token delay, and whole-turn time
@@ -19,7 +19,7 @@ bench/stats.py); the full run calls them at the end.
 
 The two systems run the same graph on the same model and retrieve from the same index: `langgraph dev`
 loads `make_graph`, whose default retriever is the service's full-text search on the same database
-(server/studio.py). What differs, and is reported rather than hidden: our turn also writes the business
+(server/integrations/studio.py). What differs, and is reported rather than hidden: our turn also writes the business
 rows (begin_turn/finish_turn), authenticates a key and prunes checkpoints; LangGraph's server keeps
 threads and checkpoints in memory, and its retriever opens a connection per query (no pool).
 """
@@ -435,7 +435,7 @@ def main() -> int:
         if args.server == "granian":  # the same app factory under granian (pip install granian)
             server_cmd = [str(Path(sys.executable).parent / "granian"), "--interface", "asgi", "--factory",
                           "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers),
-                          "--loop", "uvloop", "--http", "1", "--log-level", "warning", "server.app:create_app"]
+                          "--loop", "uvloop", "--http", "1", "--log-level", "warning", "server.http.app:create_app"]
         ours_proc = ChildProcess(server_cmd,
                          {**common, "APP_ENV": "production", "LOG_LEVEL": "WARNING",
                           "CAPACITY_SAMPLE_SECONDS": "0", "DB_POOL_MAX": "20",

@@ -33,7 +33,7 @@ from persistence.embedded import embedded_conninfo, start_embedded  # noqa: E402
 from persistence.migrations import migrate  # noqa: E402
 from persistence.sessions import SessionRepository  # noqa: E402
 from persistence.stats import StatsRepository  # noqa: E402
-from server.analytics import ChatAnalyticsService  # noqa: E402
+from server.services.analytics import ChatAnalyticsService  # noqa: E402
 from server.settings import DEFAULT_PRICES  # noqa: E402
 from tests.stats_data import default_start, generate  # noqa: E402
 

@@ -1,8 +1,9 @@
 """The chat turn as a LangGraph state graph: retrieve, then generate.
 
-The server compiles it with AsyncPostgresSaver (thread_id = session_id) and passes a ChatContext
-holding the model and retriever; `langgraph dev` / Studio loads `make_graph` with its own
-checkpointer and the offline defaults.
+The server compiles it with its PostgreSQL checkpointer (thread_id = session_id) and passes a
+ChatContext holding the model and retriever. `langgraph dev` / Studio load it through
+server/integrations/studio.py:make_graph, which hands it the service's retriever as
+`default_retriever`; this package imports nothing from server/ or persistence/.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AnyMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.retrievers import BaseRetriever
-from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -90,12 +90,3 @@ def build_graph(
     builder.add_edge("retrieve", "generate")
     builder.add_edge("generate", END)
     return builder.compile(checkpointer=checkpointer, name="sixshop-support-agent")
-
-
-def make_graph(config: RunnableConfig | None = None) -> CompiledStateGraph[Any, Any, Any, Any]:
-    """Entry point for langgraph.json (`langgraph dev`, Studio): the platform supplies the checkpointer;
-    retrieval is the service's own (server/studio.py: same settings, same database and index, the
-    sample knowledge base indexed when empty), so a run here retrieves and answers as a turn does."""
-    from server.studio import studio_retriever  # the server layer, loaded only by this entry point
-
-    return build_graph(default_retriever=studio_retriever())

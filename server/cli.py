@@ -23,9 +23,9 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
     if workers > 1:
         # each worker is a full process (its own pool, background jobs under advisory locks), like
         # several containers on one database; settings come from the environment in each
-        uvicorn.run("server.app:create_app", factory=True, workers=workers, **common)  # type: ignore[arg-type]
+        uvicorn.run("server.http.app:create_app", factory=True, workers=workers, **common)  # type: ignore[arg-type]
         return 0
-    from server.app import create_app
+    from server.http.app import create_app
 
     uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
     return 0
@@ -57,8 +57,8 @@ async def _prepare(settings: Settings) -> int:
 
 async def _ingest(settings: Settings, path: Path, store_id: str | None, source: str | None, prune: bool) -> int:
     from persistence.migrations import migrate
-    from server.ingest import ingest_path
-    from server.knowledge import build_knowledge
+    from server.integrations.ingest import ingest_path
+    from server.integrations.knowledge import build_knowledge
     from server.resources import open_database
 
     async with open_database(settings) as (pool, _):
@@ -74,8 +74,8 @@ async def _ingest(settings: Settings, path: Path, store_id: str | None, source: 
 
 async def _ingest_notion(settings: Settings, database_id: str | None) -> int:
     from persistence.migrations import migrate
-    from server.knowledge import build_knowledge
-    from server.notion import NotionReader, default_progress, ingest_notion, make_client
+    from server.integrations.knowledge import build_knowledge
+    from server.integrations.notion import NotionReader, default_progress, ingest_notion, make_client
     from server.resources import open_database
 
     database_id = database_id or settings.notion_database_id
@@ -135,8 +135,8 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _purge(settings: Settings, dry_run: bool) -> int:
     from persistence.migrations import migrate
-    from server.lifecycle import run_purge
     from server.resources import open_database
+    from server.services.lifecycle import run_purge
 
     async with open_database(settings) as (pool, _):
         await migrate(pool)
@@ -149,8 +149,8 @@ async def _capacity(settings: Settings, as_json: bool) -> int:
     import json
 
     from persistence.migrations import migrate
-    from server.capacity import render
     from server.resources import make_capacity, open_database
+    from server.services.capacity import render
 
     async with open_database(settings) as (pool, _):
         await migrate(pool)

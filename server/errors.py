@@ -80,7 +80,7 @@ class DatabaseUnavailable(AppError):
     status_code, code, default_message = 503, "database_unavailable", "The database is unavailable"
 
 
-# the Agent Protocol front door (server/agent_protocol.py)
+# the Agent Protocol front door (server/http/agent_protocol.py)
 
 class Unsupported(AppError):
     status_code, code, default_message = 422, "unsupported", "This Agent Protocol feature is not supported"

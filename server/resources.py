@@ -22,15 +22,15 @@ from persistence.migrations import advisory_lock, migrate
 from persistence.sessions import SessionRepository
 from persistence.stats import StatsRepository
 from server import metrics
-from server.analytics import ChatAnalyticsService
-from server.auth import Authenticator
-from server.capacity import CapacityService, Limits
-from server.chat import IntegratedChatService
-from server.knowledge import KnowledgeStack, build_knowledge
-from server.lifecycle import LifecycleJob
-from server.sessions import SessionService
+from server.integrations.knowledge import KnowledgeStack, build_knowledge
+from server.integrations.tracing import Tracing
+from server.services.analytics import ChatAnalyticsService
+from server.services.auth import Authenticator
+from server.services.capacity import CapacityService, Limits
+from server.services.chat import IntegratedChatService
+from server.services.lifecycle import LifecycleJob
+from server.services.sessions import SessionService
 from server.settings import Settings
-from server.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ async def open_database(settings: Settings) -> AsyncIterator[tuple[Pool, Any]]:
 async def index_sample(settings: Settings, pool: Pool, knowledge: KnowledgeStack) -> None:
     """Index the sample help centre while the knowledge base holds nothing else (incremental: a no-op when
     current). Under the migration lock, so several workers starting together do it once."""
-    from server.ingest import ingest_path
+    from server.integrations.ingest import ingest_path
 
     async with pool.connection() as conn, advisory_lock(conn):
         if await knowledge.indexer.repo.documents_outside("sample") > 0:

@@ -79,7 +79,7 @@ class Settings(BaseSettings):
                                                                   "prompt_variant"))
 
     # retrieval: full-text always; a vector index when an embedding model is configured (see
-    # server/knowledge.py): VECTOR_STORE=auto picks pinecone with PINECONE_API_KEY, else pgvector with
+    # server/integrations/knowledge.py): VECTOR_STORE=auto picks pinecone with PINECONE_API_KEY, else pgvector with
     # OPENAI_API_KEY, else none; RETRIEVAL_MODE=hybrid fuses vector and full-text rankings (RRF)
     retrieval_k: int = 4
     retrieval_candidates: int = 10
@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     knowledge_dir: Path = PROJECT_ROOT / "knowledge" / "sample"
     ingest_sample_if_empty: bool = True
 
-    # LangSmith: tracing on with a key or LANGSMITH_TRACING=true (server/tracing.py)
+    # LangSmith: tracing on with a key or LANGSMITH_TRACING=true (server/integrations/tracing.py)
     langsmith_api_key: SecretStr | None = None
     langsmith_project: str = Field(
         "sixshop-ai-agent", validation_alias=AliasChoices("LANGSMITH_PROJECT", "LANGSMITH_PROJECT_NAME")
@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     langsmith_flush_timeout_seconds: float = 5
     trace_hide_content: bool = False  # privacy: no message text in traces (metadata and usage still go)
 
-    # API keys (server/auth.py): required in production; in development once the first key exists
+    # API keys (server/services/auth.py): required in production; in development once the first key exists
     rate_limit_turns_per_minute: int = 30  # per key; a key's own turns_per_minute overrides it; 0: no limit
     keys_cache_seconds: float = 5
 

@@ -140,7 +140,7 @@ def test_keys_cli_needs_a_scope(database_url: str) -> None:
 async def test_production_requires_a_key(database_url: str) -> None:
     from litestar.testing import AsyncTestClient
 
-    from server.app import create_app
+    from server.http.app import create_app
     from server.settings import Settings
 
     app = create_app(Settings(app_env="production", database_url=database_url,  # type: ignore[arg-type]

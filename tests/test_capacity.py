@@ -14,7 +14,7 @@ import pytest
 
 from persistence.capacity import CapacityRepository
 from persistence.db import Pool
-from server.capacity import CapacityService, Limits, status_of
+from server.services.capacity import CapacityService, Limits, status_of
 from tests.conftest import ROOT, execute, fetch_all
 from tests.server_process import ServerProcess
 from tests.stats_data import generate
@@ -105,7 +105,7 @@ def test_cli_capacity(database_url: str, history: int) -> None:
 async def test_admin_needs_credentials_in_production(database_url: str) -> None:
     from litestar.testing import AsyncTestClient
 
-    from server.app import create_app
+    from server.http.app import create_app
     from server.settings import Settings
 
     app = create_app(Settings(app_env="production", database_url=database_url,  # type: ignore[arg-type]

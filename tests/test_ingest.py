@@ -12,7 +12,7 @@ from langchain_core.documents import Document
 
 from persistence.db import Pool
 from persistence.knowledge import FullTextRetriever, KnowledgeIndexer, KnowledgeRepository
-from server.ingest import ingest_path
+from server.integrations.ingest import ingest_path
 from tests.conftest import ROOT, fetch_all
 
 

@@ -16,8 +16,8 @@ from graph.retrieval import HybridRetriever, VectorRetriever
 from persistence.db import Pool
 from persistence.knowledge import FullTextRetriever
 from persistence.vectorstore import PgVectorStore
-from server.ingest import ingest_path
-from server.knowledge import build_knowledge, collection_name, make_embeddings
+from server.integrations.ingest import ingest_path
+from server.integrations.knowledge import build_knowledge, collection_name, make_embeddings
 from server.settings import Settings
 from tests.conftest import ROOT
 from tests.fake_openai import FakeOpenAIServer

@@ -18,8 +18,8 @@ import pytest
 
 from persistence.lifecycle import LOCK_KEY
 from server.errors import SessionExpired
-from server.lifecycle import LifecycleJob
 from server.resources import Resources, open_resources
+from server.services.lifecycle import LifecycleJob
 from server.settings import Settings
 from tests.conftest import ROOT, execute, fetch_all
 

@@ -13,8 +13,8 @@ from notion_client.errors import HTTPResponseError
 
 from persistence.db import Pool
 from persistence.knowledge import IngestReport
-from server.knowledge import KnowledgeStack, build_knowledge
-from server.notion import NotionReader, blocks_to_markdown, ingest_notion, make_client
+from server.integrations.knowledge import KnowledgeStack, build_knowledge
+from server.integrations.notion import NotionReader, blocks_to_markdown, ingest_notion, make_client
 from server.settings import Settings
 from tests.conftest import ROOT, fetch_all
 from tests.fake_notion import TOKEN, FakeNotionServer, NotionWorkspace, block

@@ -14,8 +14,8 @@ import msgspec
 import pytest
 
 from persistence.db import Pool
-from server.ingest import ingest_path
-from server.knowledge import KnowledgeStack, build_knowledge
+from server.integrations.ingest import ingest_path
+from server.integrations.knowledge import KnowledgeStack, build_knowledge
 from server.resources import open_resources
 from server.settings import Settings
 from tests.fake_openai import FakeOpenAIServer

@@ -12,9 +12,9 @@ import sys
 import pytest
 
 from persistence.db import Pool
-from server.evaluation import hit_at_k, load_pairs
-from server.ingest import ingest_path
-from server.knowledge import build_knowledge
+from server.integrations.evaluation import hit_at_k, load_pairs
+from server.integrations.ingest import ingest_path
+from server.integrations.knowledge import build_knowledge
 from server.settings import Settings
 from tests.conftest import ROOT
 from tests.fake_openai import FakeOpenAIServer

@@ -14,8 +14,8 @@ import pytest
 from persistence.db import Pool
 from persistence.sessions import SessionRepository
 from persistence.stats import STORE_STATS_SQL, StatsRepository
-from server.analytics import ChatAnalyticsService
 from server.errors import ValidationFailed
+from server.services.analytics import ChatAnalyticsService
 from tests.conftest import fetch_all
 from tests.stats_data import Generated, default_start, generate
 

@@ -10,9 +10,9 @@ from uuid import UUID
 
 import pytest
 
+from server.integrations.tracing import HIDDEN, Tracing, feedback_id
 from server.resources import Resources, open_resources
 from server.settings import Settings
-from server.tracing import HIDDEN, Tracing, feedback_id
 from tests.fake_langsmith import API_KEY, FakeLangSmithServer, project
 from tests.fake_openai import FakeOpenAIServer
 
@@ -103,7 +103,7 @@ async def test_feedback_reaches_the_run_and_updates(res: Resources, langsmith: F
                                                     database_url: str, fake_openai: FakeOpenAIServer) -> None:
     from litestar.testing import AsyncTestClient
 
-    from server.app import create_app
+    from server.http.app import create_app
 
     _, message_id, _ = await _turn(res, "Do you ship to Japan?")
     await _flush(res)  # the run (and with it the project) exists before anyone rates the answer

@@ -140,7 +140,7 @@ class _BrokenRetriever(BaseRetriever):
 
 
 async def test_server_side_failure_is_stored_as_internal_error(res: Resources) -> None:
-    from server.chat import IntegratedChatService
+    from server.services.chat import IntegratedChatService
 
     chat = IntegratedChatService(
         graph=res.chat.graph, messages=res.messages, model=res.chat.model, retriever=_BrokenRetriever(),
@@ -159,7 +159,7 @@ async def test_server_side_failure_is_stored_as_internal_error(res: Resources) -
 
 
 async def test_prompt_variants_split_sessions_and_stick(res: Resources, fake_openai: FakeOpenAIServer) -> None:
-    from server.chat import IntegratedChatService
+    from server.services.chat import IntegratedChatService
 
     chat = IntegratedChatService(
         graph=res.chat.graph, messages=res.messages, model=res.chat.model, retriever=res.chat.retriever,
@@ -221,7 +221,7 @@ async def test_a_model_that_hangs_mid_stream_times_out(res: Resources, fake_open
     from datetime import timedelta
 
     from graph.models import make_chat_model
-    from server.chat import IntegratedChatService
+    from server.services.chat import IntegratedChatService
 
     def chat_with(model: Any, turn_timeout_s: float) -> IntegratedChatService:
         return IntegratedChatService(

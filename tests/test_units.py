@@ -13,10 +13,10 @@ from graph.models import OFFLINE_MODEL_NAME, ExtractiveChatModel, make_chat_mode
 from graph.prompts import system_prompt
 from graph.retrieval import Passage
 from graph.text import hangul_bigrams, is_korean, search_text, terms
-from server.app import sse_frame
 from server.errors import ValidationFailed
-from server.ingest import _front_matter, chunk_markdown
-from server.sessions import decode_cursor, encode_cursor
+from server.integrations.ingest import _front_matter, chunk_markdown
+from server.schemas import sse_frame
+from server.services.sessions import decode_cursor, encode_cursor
 from server.settings import Settings
 
 

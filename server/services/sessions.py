@@ -9,9 +9,9 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from persistence.sessions import SessionRepository
-from server.auth import Principal
 from server.errors import SessionNotFound, ValidationFailed
 from server.schemas import Session, SessionPage, check_metadata_size, session_out
+from server.services.auth import Principal
 
 
 def encode_cursor(created_at: datetime, session_id: UUID) -> str:

@@ -1,11 +1,12 @@
-"""What `langgraph dev` / LangGraph Studio needs from the service to run the graph like a turn does.
+"""Studio's entry point: `langgraph.json` points `langgraph dev` / LangGraph Studio at `make_graph` here.
 
-Studio's server brings its own checkpointer and calls `graph/graph.py:make_graph` with no context, so
-the graph falls back to this retriever: built from the same settings as `serve` (env/.env.* and the
-environment), on the same database (DATABASE_URL, else the same embedded PostgreSQL data directory),
-prepared as `serve` prepares it (`sixshop-agent prepare`: migrations, the sample knowledge base when
-the index is empty). The retriever opens short connections of its own, so it works from whichever
-event loop the Agent Server runs the graph on.
+The graph (graph/graph.py) knows nothing of the service; this module is where the service's wiring
+meets it. Studio's server brings its own checkpointer and runs the graph with no context, so the graph
+falls back to the retriever given here as `default_retriever`: built from the same settings as
+`serve` (env/.env.* and the environment), on the same database (DATABASE_URL, else the same
+embedded PostgreSQL data directory), prepared as `serve` prepares it (`sixshop-agent prepare`:
+migrations, the sample knowledge base when the index is empty). The retriever opens short
+connections of its own, so it works from whichever event loop the Agent Server runs the graph on.
 
 `langgraph dev` fails a run that makes a blocking call on a thread with a running event loop, so the
 set-up runs on a thread without one: the embedded server's start and a `prepare` subprocess are
@@ -25,13 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import RunnableConfig
+from langgraph.graph.state import CompiledStateGraph
 
-from server.knowledge import build_knowledge
+from graph.graph import build_graph
+from server.integrations.knowledge import build_knowledge
 from server.resources import resolve_conninfo
 from server.settings import load_settings
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 _EMBEDDED: list[Any] = []  # the embedded server's handle: this process stays one of its users
 
 
@@ -54,3 +58,9 @@ def studio_retriever() -> BaseRetriever:
     """Set up once per process, on a thread of its own (see the module's docstring)."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sixshop-studio-setup") as pool:
         return pool.submit(_setup).result()
+
+
+def make_graph(config: RunnableConfig | None = None) -> CompiledStateGraph[Any, Any, Any, Any]:
+    """Entry point for langgraph.json (graph id `agent`): the platform supplies the checkpointer; retrieval
+    is the service's own, so a run in Studio retrieves and answers as a turn does."""
+    return build_graph(default_retriever=studio_retriever())

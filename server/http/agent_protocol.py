@@ -34,14 +34,12 @@ import psycopg
 from langchain_core.messages import BaseMessage
 from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import State
-from litestar.di import NamedDependency, Provide
+from litestar.di import Provide
 from litestar.params import FromPath
 from litestar.response import Stream
 
 from graph.graph import build_graph
 from server import metrics
-from server.auth import Principal
-from server.chat import Turn
 from server.errors import (
     AssistantNotFound,
     Forbidden,
@@ -51,14 +49,16 @@ from server.errors import (
     Unsupported,
     ValidationFailed,
 )
+from server.http.deps import Caller, parse_id
 from server.resources import Resources
 from server.schemas import Session, StoreId, UserId, decode_body, sse_frame
+from server.services.auth import Principal
+from server.services.chat import Turn
 
 ASSISTANT_ID = "agent"  # the graph's id in langgraph.json, and LangGraph's default assistant id
 GRAPH_NAME = build_graph().name
 STREAM_MODES = frozenset({"messages-tuple", "values", "updates"})
 STARTED = datetime.now(UTC)
-Caller = NamedDependency[Principal]  # the `principal` dependency, as in server/app.py
 
 
 # -- request bodies: what the SDK and the Agent Protocol send; unknown keys are allowed (the SDK sends
@@ -129,15 +129,8 @@ async def provide_principal(request: Request[Any, Any, Any], state: State) -> Pr
     return await resources.auth.principal(authorization)
 
 
-def _parse_thread_id(value: str) -> UUID:
-    try:
-        return UUID(value)
-    except ValueError:
-        raise ValidationFailed("thread_id must be a UUID", {"field": "thread_id", "value": value[:64]}) from None
-
-
 async def _owned(res: Resources, principal: Principal, thread_id: str | UUID) -> Session:
-    sid = thread_id if isinstance(thread_id, UUID) else _parse_thread_id(thread_id)
+    sid = thread_id if isinstance(thread_id, UUID) else parse_id(thread_id, "thread_id")
     return await res.sessions.get_visible(sid, principal)
 
 
@@ -459,7 +452,7 @@ class AgentProtocolController(Controller):
     async def stream_run(self, thread_id: FromPath[str], request: Request[Any, Any, Any], state: State,
                          principal: Caller) -> Stream:
         body: RunStream = decode_body(await request.body(), RunStream)
-        return await start_run(state.resources, principal, _parse_thread_id(thread_id), body)
+        return await start_run(state.resources, principal, parse_id(thread_id, "thread_id"), body)
 
     @post("/runs/stream", status_code=200, media_type="text/event-stream")
     async def stream_run_ap(self, request: Request[Any, Any, Any], state: State, principal: Caller) -> Stream:

@@ -28,7 +28,7 @@ from notion_client.client import ClientOptions, RetryOptions
 from notion_client.errors import HTTPResponseError
 
 from persistence.knowledge import IngestReport, KnowledgeDocument, KnowledgeIndexer
-from server.ingest import chunk_markdown
+from server.integrations.ingest import chunk_markdown
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ from server.errors import (
     SessionNotFound,
     ValidationFailed,
 )
+from server.integrations.tracing import Tracing
 from server.schemas import Message, check_metadata_size, message_out
-from server.tracing import Tracing
 
 log = logging.getLogger(__name__)
 

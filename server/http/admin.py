@@ -1,0 +1,80 @@
+"""/api/admin: operators' capacity, stores, statistics, session search and transcripts."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from litestar import Controller, get
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.handlers import BaseRouteHandler
+from litestar.params import FromPath, QueryParameter
+
+from persistence.admin import AdminRepository
+from server.errors import Forbidden, Unauthorized
+from server.http.deps import StatsRequest, parse_id, resources_of, stats_query
+from server.resources import Resources
+from server.schemas import StoreId, StoreStats
+from server.settings import Settings
+
+
+async def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """/api/admin/*: Bearer ADMIN_TOKEN or an admin API key; open only in development before any key exists."""
+    settings: Settings = connection.app.state.settings
+    res: Resources = connection.app.state.resources
+    header = connection.headers.get("authorization", "")
+    if settings.admin_token is not None and hmac.compare_digest(
+        header.encode(), f"Bearer {settings.admin_token.get_secret_value()}".encode()
+    ):
+        return
+    principal = await res.auth.principal(header or None)  # 401 without a valid key where keys are required
+    if principal.anonymous and settings.admin_token is not None:
+        raise Unauthorized("A valid admin token is required (Authorization: Bearer ...)")
+    if not principal.anonymous and not principal.admin:
+        raise Forbidden("This API key is for one store; the admin API needs an admin key")
+
+
+class AdminController(Controller):
+    path = "/api/admin"
+    tags = ["admin"]
+    guards = [admin_guard]
+
+    @get("/capacity")
+    async def capacity(self, state: State) -> dict[str, Any]:
+        """Against the seed's thresholds for Aurora or Redis: connections, sessions a month, latency, sizes."""
+        return await resources_of(state).capacity.report()
+
+    @get("/stores")
+    async def stores(self, state: State) -> dict[str, Any]:
+        """Every store with sessions: id, session count, last activity (the operator page's picker)."""
+        return {"items": await AdminRepository(resources_of(state).pool).stores()}
+
+    @get("/stats", dependencies={"stats_request": Provide(stats_query)})
+    async def stats(self, state: State, stats_request: StatsRequest) -> StoreStats:
+        """GET /api/session-chat/stats for operators (ADMIN_TOKEN or an admin key)."""
+        return await stats_request.run(resources_of(state))
+
+    @get("/sessions")
+    async def search_sessions(
+        self,
+        state: State,
+        store_id: Annotated[StoreId | None, QueryParameter(name="store_id")] = None,
+        q: Annotated[str | None, QueryParameter(name="q", max_length=200)] = None,
+        limit: Annotated[int, QueryParameter(name="limit", ge=1, le=200)] = 50,
+    ) -> dict[str, Any]:
+        """Sessions, newest activity first; `q` matches a session id prefix, the user id or message text."""
+        return {"items": await AdminRepository(resources_of(state).pool).search_sessions(store_id, q, limit)}
+
+    @get("/sessions/{session_id:str}/transcript")
+    async def transcript(self, session_id: FromPath[str], state: State) -> dict[str, Any]:
+        """A session and every message with its usage, timings, sources, feedback and LangSmith link."""
+        res = resources_of(state)
+        session = await res.sessions.get(parse_id(session_id, "session_id"))
+        rows = await AdminRepository(res.pool).transcript(session.session_id)
+        messages = []
+        for row in rows:
+            row["trace_url"] = await res.tracing.trace_url(row["run_id"]) if row["role"] == "assistant" else None
+            messages.append(row)
+        return {"session": session, "messages": messages, "tracing": res.tracing.enabled}

@@ -1,0 +1,75 @@
+"""What the route modules share: the process's resources, id parsing, the caller, the statistics query."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from litestar import Request
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import QueryParameter
+
+from server.errors import ValidationFailed
+from server.resources import Resources
+from server.schemas import Session, StoreId, StoreStats
+from server.services.auth import Principal
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def resources_of(state: State) -> Resources:
+    return state.resources
+
+
+def parse_id(value: str, field: str) -> UUID:
+    """Ids are UUIDs: a malformed one is the client's mistake (400), never a lookup or a 500."""
+    try:
+        return UUID(value)
+    except ValueError:
+        raise ValidationFailed(f"{field} must be a UUID", {"field": field, "value": value[:64]}) from None
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+Caller = NamedDependency[Principal]  # the `principal` dependency: who is calling (server/services/auth.py)
+
+
+@dataclass(frozen=True)
+class StatsQuery:
+    """A store's statistics request: the same query string for shoppers' keys and operators."""
+
+    store_id: str
+    start: datetime | None
+    end: datetime | None
+    tz: str | None
+
+    async def run(self, res: Resources) -> StoreStats:
+        return await res.analytics.store_stats(self.store_id, as_utc(self.start), as_utc(self.end), self.tz)
+
+
+async def stats_query(
+    store_id: Annotated[StoreId, QueryParameter(name="store_id")],
+    start: Annotated[datetime | None, QueryParameter(name="from")] = None,
+    end: Annotated[datetime | None, QueryParameter(name="to")] = None,
+    tz: Annotated[str | None, QueryParameter(name="tz", max_length=64)] = None,
+) -> StatsQuery:
+    return StatsQuery(store_id, start, end, tz)
+
+
+StatsRequest = NamedDependency[StatsQuery]  # the `stats_request` dependency (stats_query)
+
+
+async def provide_principal(request: Request[Any, Any, Any], state: State) -> Principal:
+    return await resources_of(state).auth.principal(request.headers.get("authorization"))
+
+
+async def owned_session(res: Resources, principal: Principal, session_id: str) -> Session:
+    """The session, if it exists and this caller's store may see it; otherwise 404, the same way."""
+    return await res.sessions.get_visible(parse_id(session_id, "session_id"), principal)

@@ -1,0 +1,173 @@
+"""/api/session-chat: sessions, messages, turns (JSON and SSE), feedback and statistics (API.md)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from litestar import Controller, Request, delete, get, post
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.response import Stream
+
+from server import metrics
+from server.errors import Forbidden, MessageNotFound, NotFound, RateLimited, SessionNotFound
+from server.http.deps import (
+    SSE_HEADERS,
+    Caller,
+    StatsRequest,
+    owned_session,
+    parse_id,
+    provide_principal,
+    resources_of,
+    stats_query,
+)
+from server.resources import Resources
+from server.schemas import (
+    ChatRequest,
+    ChatResponse,
+    CreateSessionRequest,
+    FeedbackRequest,
+    FeedbackResponse,
+    MessagePage,
+    Session,
+    SessionPage,
+    SessionStats,
+    StoreId,
+    StoreStats,
+    decode_body,
+    message_out,
+    sse_frame,
+)
+from server.services.auth import Principal
+
+
+async def _turn_session(res: Resources, principal: Principal, session_id: str) -> UUID:
+    """The session a turn may run on, and the turn counted against the key's rate limit.
+
+    Only a store key needs the session looked up first; otherwise begin_turn itself answers 404.
+    """
+    try:
+        sid = parse_id(session_id, "session_id")
+        if principal.store_id is not None:
+            await owned_session(res, principal, session_id)
+        await res.auth.take_turn(principal)
+    except (SessionNotFound, RateLimited) as exc:
+        metrics.record_refusal("not_found" if isinstance(exc, SessionNotFound) else "rate_limited")
+        raise
+    return sid
+
+
+class SessionController(Controller):
+    path = "/api/session-chat"
+    tags = ["sessions"]
+    dependencies = {"principal": Provide(provide_principal)}
+
+    @post("/sessions", status_code=201)
+    async def create_session(self, data: JSONBody[CreateSessionRequest], state: State,
+                             principal: Caller) -> Session:
+        if not principal.may_see(data.store_id):
+            raise Forbidden("This API key belongs to another store", {"store_id": data.store_id})
+        return await resources_of(state).sessions.create(data.store_id, data.user_id, data.metadata)
+
+    @get("/sessions")
+    async def list_sessions(
+        self,
+        state: State,
+        store_id: Annotated[StoreId | None, QueryParameter(name="store_id")] = None,
+        user_id: Annotated[str | None, QueryParameter(name="user_id", max_length=256)] = None,
+        status: Annotated[Literal["active", "expired"] | None, QueryParameter(name="status")] = None,
+        limit: Annotated[int, QueryParameter(name="limit", ge=1, le=100)] = 20,
+        cursor: Annotated[str | None, QueryParameter(name="cursor", max_length=512)] = None,
+        *,
+        principal: Caller,
+    ) -> SessionPage:
+        if principal.store_id is not None:
+            if store_id is not None and store_id != principal.store_id:
+                raise NotFound("No such store for this API key", {"store_id": store_id})
+            store_id = principal.store_id
+        return await resources_of(state).sessions.list(
+            store_id=store_id, user_id=user_id, status=status, limit=limit, cursor=cursor
+        )
+
+    @get("/sessions/{session_id:str}")
+    async def get_session(self, session_id: FromPath[str], state: State, principal: Caller) -> Session:
+        return await owned_session(resources_of(state), principal, session_id)
+
+    @delete("/sessions/{session_id:str}", status_code=204)
+    async def delete_session(self, session_id: FromPath[str], state: State, principal: Caller) -> None:
+        session = await owned_session(resources_of(state), principal, session_id)
+        await resources_of(state).sessions.delete(session.session_id)
+
+    @get("/sessions/{session_id:str}/messages")
+    async def list_messages(
+        self,
+        session_id: FromPath[str],
+        state: State,
+        limit: Annotated[int, QueryParameter(name="limit", ge=1, le=500)] = 100,
+        before: Annotated[UUID | None, QueryParameter(name="before")] = None,
+        *,
+        principal: Caller,
+    ) -> MessagePage:
+        res = resources_of(state)
+        session = await owned_session(res, principal, session_id)
+        rows = await res.messages.list(session.session_id, limit=limit, before=before)
+        return MessagePage(items=[message_out(r) for r in rows])
+
+    @post("/sessions/{session_id:str}/chat", status_code=200)
+    async def chat(self, session_id: FromPath[str], data: JSONBody[ChatRequest], state: State,
+                   principal: Caller) -> ChatResponse:
+        res = resources_of(state)
+        sid = await _turn_session(res, principal, session_id)
+        message, user_message = await res.chat.run_to_end(sid, data.message, data.metadata)
+        return ChatResponse(message=message, user_message=user_message)
+
+    @post(
+        "/sessions/{session_id:str}/chat/stream",
+        status_code=200,
+        media_type="text/event-stream",
+        description="Server-Sent Events: metadata, sources, token..., then done or error (API.md).",
+    )
+    async def chat_stream(self, session_id: FromPath[str], data: JSONBody[ChatRequest], state: State,
+                          principal: Caller) -> Stream:
+        res = resources_of(state)
+        sid = await _turn_session(res, principal, session_id)
+        turn = await res.chat.start_turn(sid, data.message, data.metadata)
+
+        async def frames() -> AsyncIterator[bytes]:
+            n = 0
+            async for event, payload in turn.stream():
+                n += 1
+                yield sse_frame(n, event, payload)
+
+        return Stream(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    @post("/messages/{message_id:str}/feedback", status_code=201)
+    async def feedback(
+        self, message_id: FromPath[str], data: JSONBody[FeedbackRequest], state: State,
+        request: Request[Any, Any, Any], principal: Caller,
+    ) -> FeedbackResponse:
+        # Litestar converts bodies leniently ("1" -> 1.0); a score must be a JSON number
+        data = decode_body(await request.body(), FeedbackRequest)
+        mid = parse_id(message_id, "message_id")
+        res = resources_of(state)
+        row = await res.messages.upsert_feedback(mid, data.score, data.comment, scope=principal.store_id)
+        if row is None:
+            raise MessageNotFound(detail={"message_id": message_id})
+        if row["run_id"] is not None:  # assistant messages are runs; feedback on them goes to LangSmith too
+            res.tracing.send_feedback(mid, row["run_id"], float(row["score"]), row["comment"],
+                                      created=bool(row["created"]))
+        return FeedbackResponse(message_id=row["message_id"], score=row["score"], comment=row["comment"])
+
+    @get("/sessions/{session_id:str}/stats")
+    async def session_stats(self, session_id: FromPath[str], state: State, principal: Caller) -> SessionStats:
+        session = await owned_session(resources_of(state), principal, session_id)
+        return await resources_of(state).analytics.session_stats(session.session_id)
+
+    @get("/stats", dependencies={"stats_request": Provide(stats_query)})
+    async def store_stats(self, state: State, stats_request: StatsRequest, principal: Caller) -> StoreStats:
+        if not principal.may_see(stats_request.store_id):
+            raise NotFound("No such store for this API key", {"store_id": stats_request.store_id})
+        return await stats_request.run(resources_of(state))
