@@ -1,0 +1,75 @@
+"""The direction of dependencies (ARCHITECTURE.md "Layout"), checked on the source and on a live import.
+
+graph/ is the LangGraph layer that Studio loads alone: it imports nothing from server/ or persistence/.
+persistence/ imports nothing from server/. Inside server/, routes (http/) call services, never the
+reverse: services/ and integrations/ import nothing from server.http.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside a function (absolute names)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def violations(package: str, forbidden: tuple[str, ...]) -> list[str]:
+    out = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for module in sorted(imported_modules(path)):
+            if any(module == f or module.startswith(f + ".") for f in forbidden):
+                out.append(f"{path.relative_to(ROOT)} imports {module}")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [
+        ("graph", ("server", "persistence")),
+        ("persistence", ("server",)),
+        ("server/services", ("server.http",)),
+        ("server/integrations", ("server.http",)),
+    ],
+)
+def test_layers_import_only_downwards(package: str, forbidden: tuple[str, ...]) -> None:
+    assert violations(package, forbidden) == []
+
+
+def test_the_check_sees_an_import_inside_a_function(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text("import os\n\ndef f():\n    from server.integrations.studio import make_graph\n")
+    assert "server.integrations.studio" in imported_modules(sample)
+
+
+def test_loading_the_graph_package_loads_nothing_of_the_service() -> None:
+    modules = sorted(p.stem for p in (ROOT / "graph").glob("*.py") if p.stem != "__init__")
+    code = (f"import sys\nfor m in {modules!r}: __import__('graph.' + m)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('server', 'persistence')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_langgraph_json_points_at_the_studio_entry_point_in_the_server_layer() -> None:
+    config = json.loads((ROOT / "langgraph.json").read_text())
+    target = config["graphs"]["agent"]
+    path, _, name = target.partition(":")
+    assert (ROOT / path).is_file() and path.startswith("./server/"), target
+    assert f"def {name}(" in (ROOT / path).read_text()
