@@ -18,7 +18,8 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
         "host": host, "port": port,
         "log_config": None,  # ours (configure_logging) stays in charge
         "access_log": settings.app_env != "production",
-        "timeout_graceful_shutdown": 10,
+        # SIGTERM: running turns get this long to finish (server/shutdown.py drains first)
+        "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
     }
     if workers > 1:
         # each worker is a full process (its own pool, background jobs under advisory locks), like

@@ -80,6 +80,16 @@ class DatabaseUnavailable(AppError):
     status_code, code, default_message = 503, "database_unavailable", "The database is unavailable"
 
 
+class ShuttingDown(AppError):
+    """This replica is draining (SIGTERM): nothing was stored, so the request is safe to send again."""
+
+    status_code, code, default_message = 503, "shutting_down", "This server is shutting down; try again"
+
+    def __init__(self, message: str | None = None, detail: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, detail, {"Retry-After": "1", "Connection": "close", **(headers or {})})
+
+
 # the Agent Protocol front door (server/http/agent_protocol.py)
 
 class Unsupported(AppError):

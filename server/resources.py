@@ -49,6 +49,18 @@ class Resources:
     auth: Authenticator
     embedded: Any = None
 
+    @property
+    def draining(self) -> bool:
+        return self.chat.draining
+
+    def drain(self) -> bool:
+        """Stop taking turns (503 shutting_down) and answer not-ready; running turns go on. True the first time."""
+        if self.chat.draining:
+            return False
+        log.info("draining: not ready, no new turns; %d turns running", self.chat.running_turns)
+        self.chat.draining = True
+        return True
+
 
 def resolve_conninfo(settings: Settings) -> tuple[str, Any]:
     """The configured server, or an embedded one started (or joined) in EMBEDDED_PG_DIR."""
@@ -75,6 +87,10 @@ async def open_database(settings: Settings) -> AsyncIterator[tuple[Pool, Any]]:
         yield pool, embedded
     finally:
         await pool.close()
+        if embedded is not None:
+            # here, not only at exit: uvicorn ends a SIGTERMed process by re-raising the signal, and atexit
+            # handlers do not run then. The server stops when its last user (process) lets go.
+            embedded.cleanup()
 
 
 async def index_sample(settings: Settings, pool: Pool, knowledge: KnowledgeStack) -> None:

@@ -155,6 +155,15 @@ class Health(msgspec.Struct):
     version: str
 
 
+class Liveness(msgspec.Struct):
+    status: Literal["alive"]
+
+
+class Readiness(msgspec.Struct):
+    status: Literal["ready"]
+    database: DatabaseHealth
+
+
 class ErrorBody(msgspec.Struct):
     code: str
     message: str

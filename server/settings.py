@@ -48,7 +48,17 @@ class Settings(BaseSettings):
     db_idle_timeout: int = Field(30_000, description="ms an idle pooled connection is kept")
     db_connection_timeout: int = Field(5_000, description="ms to wait for a pooled connection")
     embedded_pg_dir: Path = PROJECT_ROOT / ".data" / "postgres"
-    auto_migrate: bool = True
+    # apply migrations at start (development); production runs `sixshop-agent migrate` once per deploy as
+    # the migration role and starts replicas with MIGRATE_ON_START=false: they check the schema instead
+    auto_migrate: bool = Field(True, validation_alias=AliasChoices("MIGRATE_ON_START", "AUTO_MIGRATE",
+                                                                   "auto_migrate"))
+
+    # shutdown (SIGTERM from systemd, Docker, Kubernetes): /health/ready answers 503 at once and new turns
+    # get 503 shutting_down; after SHUTDOWN_DRAIN_SECONDS (time for a load balancer's checks to notice)
+    # the listener closes, running turns get up to SHUTDOWN_GRACE_SECONDS to finish, the rest are
+    # cancelled and stored, then the pool closes
+    shutdown_grace_seconds: float = Field(30, ge=0)
+    shutdown_drain_seconds: float = Field(0, ge=0)
 
     # sessions and turns
     session_expire_hours: float = 24

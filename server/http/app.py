@@ -27,11 +27,12 @@ from server.errors import (
 )
 from server.http.admin import AdminController
 from server.http.agent_protocol import AgentProtocolController
-from server.http.operations import VERSION, MetricsController, health
+from server.http.operations import VERSION, MetricsController, health, live, ready
 from server.http.pages import operator_page, shopper_page, static_files
 from server.http.sessions import SessionController
 from server.resources import open_resources
 from server.settings import Settings, load_settings
+from server.shutdown import drain_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +79,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with open_resources(settings) as resources:
             app.state.resources = resources
-            yield
+            with drain_on_signals(resources.drain, settings.shutdown_drain_seconds):
+                yield
 
     prometheus = PrometheusConfig(app_name="sixshop-ai-agent", prefix="sixshop", group_path=True,
                                   exclude=["/metrics"])
     return Litestar(
-        route_handlers=[SessionController, AdminController, AgentProtocolController, health, MetricsController,
-                        shopper_page, operator_page, static_files],
+        route_handlers=[SessionController, AdminController, AgentProtocolController, health, live, ready,
+                        MetricsController, shopper_page, operator_page, static_files],
         middleware=[prometheus.middleware],
         lifespan=[lifespan],
         state=State({"settings": settings}),

@@ -39,6 +39,7 @@ from server.errors import (
     SessionBusy,
     SessionExpired,
     SessionNotFound,
+    ShuttingDown,
     ValidationFailed,
 )
 from server.integrations.tracing import Tracing
@@ -136,6 +137,7 @@ class IntegratedChatService:
         self.durability: Durability = durability
         self.prune_checkpoints = prune_checkpoints
         self._running: set[asyncio.Task[None]] = set()
+        self.draining = False  # set on SIGTERM: running turns go on, new ones are refused (503 shutting_down)
 
     # -- starting a turn: everything that can be refused is refused before a response starts
 
@@ -153,6 +155,9 @@ class IntegratedChatService:
         return text
 
     async def start_turn(self, session_id: UUID, text: str, metadata: dict[str, Any]) -> Turn:
+        if self.draining:
+            metrics.record_refusal("shutting_down")
+            raise ShuttingDown()
         text = self._check_input(text, metadata)
         user_message_id, message_id = uuid4(), uuid4()
         started = time.perf_counter()
@@ -375,8 +380,13 @@ class IntegratedChatService:
         except Exception as exc:  # storage catches up at the next turn; never fail a turn for it
             log.warning("checkpoint prune failed: %s", type(exc).__name__, extra={"run_id": str(turn.message_id)})
 
+    @property
+    def running_turns(self) -> int:
+        return len(self._running)
+
     async def shutdown(self, grace_s: float = 5.0) -> None:
         """Cancel running turns and let each store its final state."""
+        self.draining = True
         tasks = list(self._running)
         for task in tasks:
             task.cancel()
