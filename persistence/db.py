@@ -26,17 +26,48 @@ class PoolConfig:
     max_idle_s: float = 30.0
     timeout_s: float = 5.0
     application_name: str = APPLICATION_NAME
+    prepare: bool = True  # server-side prepared statements; off behind a transaction-mode pooler
 
 
-def pool_kwargs(application_name: str = APPLICATION_NAME) -> dict[str, object]:
-    # AsyncPostgresSaver needs autocommit, no server-side prepared statements (safe behind
-    # pgbouncer/RDS proxy) and dict rows; our repositories are written for the same.
+def pool_kwargs(application_name: str = APPLICATION_NAME, prepare: bool = True) -> dict[str, object]:
+    # AsyncPostgresSaver needs autocommit and dict rows; our repositories are written for the same.
+    # prepare_threshold=0 prepares every statement on first use (what LangGraph's docs show); None turns
+    # prepared statements off, which a transaction-mode pooler needs: PgBouncer 1.18 hands the next
+    # transaction to any server connection, where the statement was never prepared.
     return {
         "autocommit": True,
-        "prepare_threshold": 0,
+        "prepare_threshold": 0 if prepare else None,
         "row_factory": dict_row,
         "application_name": application_name,
     }
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """What one probe connection learns about the server behind a conninfo."""
+
+    pooled: bool  # a pooler (PgBouncer, RDS Proxy) sits between us and PostgreSQL
+    server_version: int  # server_version_num, e.g. 150020
+    user: str
+    superuser: bool
+
+
+PROBE_SQL = """
+select pg_backend_pid() as pid, current_setting('server_version_num')::int as version, current_user as usr,
+       coalesce((select rolsuper from pg_roles where rolname = current_user), false) as superuser
+"""
+
+
+async def probe(conninfo: str, timeout_s: float = 5.0) -> ServerFacts:
+    """Connect once and look. A pooler gives the client a backend key of its own making, so the pid in it
+    differs from the pid of the server process that runs our query; on a direct connection they match."""
+    async with await AsyncConnection.connect(conninfo, autocommit=True, prepare_threshold=None,
+                                             row_factory=dict_row, connect_timeout=max(1, round(timeout_s)),
+                                             application_name=APPLICATION_NAME) as conn:
+        row = await (await conn.execute(PROBE_SQL)).fetchone()
+        assert row is not None
+        return ServerFacts(pooled=int(row["pid"]) != conn.info.backend_pid, server_version=int(row["version"]),
+                           user=str(row["usr"]), superuser=bool(row["superuser"]))
 
 
 class LatencyWindow:
@@ -72,8 +103,9 @@ class TimedPool(AsyncConnectionPool[AsyncConnection[dict[str, Any]]]):
     database latency as the service sees it; the capacity report reads its p95.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, behind_pooler: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.behind_pooler = behind_pooler  # its connections go through a transaction-mode pooler
         self.hold_times = LatencyWindow()
         self.observers: list[Callable[[float, float], None]] = []  # (wait_s, hold_s)
 
@@ -96,11 +128,12 @@ class TimedPool(AsyncConnectionPool[AsyncConnection[dict[str, Any]]]):
 async def open_pool(cfg: PoolConfig) -> TimedPool:
     pool = TimedPool(
         cfg.conninfo,
+        behind_pooler=not cfg.prepare,
         min_size=cfg.min_size,
         max_size=cfg.max_size,
         max_idle=cfg.max_idle_s,
         timeout=cfg.timeout_s,
-        kwargs=pool_kwargs(cfg.application_name),
+        kwargs=pool_kwargs(cfg.application_name, cfg.prepare),
         open=False,
         name=cfg.application_name,
     )

@@ -1,7 +1,7 @@
 """The lifecycle job's SQL: expire idle sessions, purge old ones with their messages and checkpoints.
 
-Everything runs in batches (one short transaction each) on one connection that holds a session-level
-advisory lock, so only one process runs the job at a time and no statement holds locks for long.
+Everything runs in batches (one short transaction each), so no statement holds locks for long; one
+process runs the job at a time because it runs only under a claim in background_jobs (persistence/jobs.py).
 """
 
 from __future__ import annotations
@@ -11,10 +11,6 @@ from datetime import timedelta
 from typing import Any
 
 from psycopg import AsyncConnection
-
-LOCK_KEY = 0x5158_0001  # "sixshop lifecycle", one bigint shared by every process
-TRY_LOCK_SQL = "select pg_try_advisory_lock(%s) as got"
-UNLOCK_SQL = "select pg_advisory_unlock(%s)"
 
 EXPIRE_SQL = """
 with due as (
@@ -77,7 +73,7 @@ PURGE_SESSIONS_SQL = "delete from chat_sessions where session_id = any(%(ids)s::
 
 @dataclass
 class LifecycleReport:
-    ran: bool = True  # False: another process held the lock
+    ran: bool = True  # False: another process is running the job (background_jobs)
     dry_run: bool = False
     expired: int = 0
     purged_sessions: int = 0
@@ -103,41 +99,35 @@ async def recover_abandoned_turns(conn: AsyncConnection[dict[str, Any]], older_t
 
 async def run_lifecycle(conn: AsyncConnection[dict[str, Any]], *, idle: timedelta, keep: timedelta,
                         batch: int = 500, dry_run: bool = False) -> LifecycleReport:
-    """Run the job on `conn` (autocommit) if this process wins the advisory lock."""
-    got = await (await conn.execute(TRY_LOCK_SQL, (LOCK_KEY,))).fetchone()
-    if not got or not got["got"]:
-        return LifecycleReport(ran=False, dry_run=dry_run)
+    """Run the job on `conn` (autocommit); the caller makes sure one process runs it at a time."""
     report = LifecycleReport(dry_run=dry_run)
-    try:
-        if dry_run:
-            row = await (await conn.execute(COUNT_EXPIRE_SQL, {"idle": idle})).fetchone()
-            report.expired = int(row["n"]) if row else 0
-            counts = await (await conn.execute(COUNT_PURGE_SQL, {"keep": keep})).fetchone()
-            if counts:
-                report.purged_sessions = int(counts["sessions"])
-                report.purged_messages = int(counts["messages"])
-                report.purged_checkpoints = int(counts["checkpoints"])
-            return report
-        while True:
-            async with conn.transaction():
-                rows = await (await conn.execute(EXPIRE_SQL, {"idle": idle, "batch": batch})).fetchall()
-            report.expired += len(rows)
-            if len(rows) < batch:
-                break
-        while True:
-            ids = [r["session_id"] for r in
-                   await (await conn.execute(PURGE_CANDIDATES_SQL, {"keep": keep, "batch": batch})).fetchall()]
-            if not ids:
-                break
-            async with conn.transaction():
-                params = {"ids": [str(i) for i in ids]}
-                for sql in PURGE_BATCH_SQL:
-                    cur = await conn.execute(sql, params)
-                    if sql.startswith("delete from checkpoints "):
-                        report.purged_checkpoints += cur.rowcount
-                report.purged_messages += (await conn.execute(PURGE_MESSAGES_SQL, {"ids": ids})).rowcount
-                report.purged_sessions += (await conn.execute(PURGE_SESSIONS_SQL, {"ids": ids})).rowcount
-            report.batches += 1
+    if dry_run:
+        row = await (await conn.execute(COUNT_EXPIRE_SQL, {"idle": idle})).fetchone()
+        report.expired = int(row["n"]) if row else 0
+        counts = await (await conn.execute(COUNT_PURGE_SQL, {"keep": keep})).fetchone()
+        if counts:
+            report.purged_sessions = int(counts["sessions"])
+            report.purged_messages = int(counts["messages"])
+            report.purged_checkpoints = int(counts["checkpoints"])
         return report
-    finally:
-        await conn.execute(UNLOCK_SQL, (LOCK_KEY,))
+    while True:
+        async with conn.transaction():
+            rows = await (await conn.execute(EXPIRE_SQL, {"idle": idle, "batch": batch})).fetchall()
+        report.expired += len(rows)
+        if len(rows) < batch:
+            break
+    while True:
+        ids = [r["session_id"] for r in
+               await (await conn.execute(PURGE_CANDIDATES_SQL, {"keep": keep, "batch": batch})).fetchall()]
+        if not ids:
+            break
+        async with conn.transaction():
+            params = {"ids": [str(i) for i in ids]}
+            for sql in PURGE_BATCH_SQL:
+                cur = await conn.execute(sql, params)
+                if sql.startswith("delete from checkpoints "):
+                    report.purged_checkpoints += cur.rowcount
+            report.purged_messages += (await conn.execute(PURGE_MESSAGES_SQL, {"ids": ids})).rowcount
+            report.purged_sessions += (await conn.execute(PURGE_SESSIONS_SQL, {"ids": ids})).rowcount
+        report.batches += 1
+    return report

@@ -37,6 +37,7 @@ create table if not exists schema_migrations (
 )
 """
 TRY_LOCK_SQL = "select pg_try_advisory_lock(%s) as locked"
+TRY_XACT_LOCK_SQL = "select pg_try_advisory_xact_lock(%s) as locked"
 UNLOCK_SQL = "select pg_advisory_unlock(%s)"
 APPLIED_SQL = "select version, checksum from schema_migrations"
 RECORD_SQL = "insert into schema_migrations (version, name, checksum) values (%s, %s, %s)"
@@ -68,6 +69,23 @@ async def advisory_lock(conn: AsyncConnection[dict[str, Any]], timeout_s: float 
         yield
     finally:
         await conn.execute(UNLOCK_SQL, (MIGRATION_LOCK_KEY,))
+
+
+@asynccontextmanager
+async def xact_advisory_lock(conn: AsyncConnection[dict[str, Any]], timeout_s: float = 300.0) -> AsyncIterator[None]:
+    """The migration lock held by a transaction open on `conn` for the block: works through a transaction-mode
+    pooler, where a session lock would stay on whichever server connection took it. Waiters poll in short
+    transactions of their own (see advisory_lock). The block's own statements may go to other connections."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        async with conn.transaction():
+            row = await (await conn.execute(TRY_XACT_LOCK_SQL, (MIGRATION_LOCK_KEY,))).fetchone()
+            if row and row["locked"]:
+                yield
+                return
+        if time.monotonic() > deadline:
+            raise MigrationError(f"could not take the migration lock in {timeout_s:.0f} s")
+        await asyncio.sleep(0.05)
 
 
 @dataclass(frozen=True)

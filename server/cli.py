@@ -32,11 +32,18 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
     return 0
 
 
+async def _check_database(settings: Settings) -> None:
+    from server.resources import ensure_schema, open_database
+
+    async with open_database(settings) as (pool, _):
+        await ensure_schema(settings, pool)
+
+
 async def _migrate(settings: Settings) -> int:
     from persistence.migrations import migrate
     from server.resources import open_database
 
-    async with open_database(settings) as (pool, _):
+    async with open_database(settings, direct=True) as (pool, _):
         applied = await migrate(pool)
     print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
     return 0
@@ -45,11 +52,10 @@ async def _migrate(settings: Settings) -> int:
 async def _prepare(settings: Settings) -> int:
     """What `serve` does to the database at start: migrations, then the sample knowledge base if the index
     is empty (INGEST_SAMPLE_IF_EMPTY). Studio's graph runs it before its first retrieval."""
-    from persistence.migrations import migrate
-    from server.resources import open_database, prepare_knowledge
+    from server.resources import ensure_schema, open_database, prepare_knowledge
 
     async with open_database(settings) as (pool, _):
-        await migrate(pool)
+        await ensure_schema(settings, pool)
         knowledge = await prepare_knowledge(settings, pool)
         await knowledge.aclose()
     print(knowledge.backend)
@@ -57,13 +63,12 @@ async def _prepare(settings: Settings) -> int:
 
 
 async def _ingest(settings: Settings, path: Path, store_id: str | None, source: str | None, prune: bool) -> int:
-    from persistence.migrations import migrate
     from server.integrations.ingest import ingest_path
     from server.integrations.knowledge import build_knowledge
-    from server.resources import open_database
+    from server.resources import ensure_schema, open_database
 
     async with open_database(settings) as (pool, _):
-        await migrate(pool)
+        await ensure_schema(settings, pool)
         knowledge = await build_knowledge(settings, pool)
         try:
             report = await ingest_path(knowledge.indexer, path, source=source, store_id=store_id, prune=prune)
@@ -74,10 +79,9 @@ async def _ingest(settings: Settings, path: Path, store_id: str | None, source: 
 
 
 async def _ingest_notion(settings: Settings, database_id: str | None) -> int:
-    from persistence.migrations import migrate
     from server.integrations.knowledge import build_knowledge
     from server.integrations.notion import NotionReader, default_progress, ingest_notion, make_client
-    from server.resources import open_database
+    from server.resources import ensure_schema, open_database
 
     database_id = database_id or settings.notion_database_id
     if settings.notion_integration_token is None or not database_id:
@@ -86,7 +90,7 @@ async def _ingest_notion(settings: Settings, database_id: str | None) -> int:
     client = make_client(settings.notion_integration_token.get_secret_value(), base_url=settings.notion_base_url)
     reader = NotionReader(client, database_id, store_property=settings.notion_store_property)
     async with open_database(settings) as (pool, _), client:
-        await migrate(pool)
+        await ensure_schema(settings, pool)
         knowledge = await build_knowledge(settings, pool)
         try:
             report = await ingest_notion(knowledge.indexer, reader, progress=default_progress(),
@@ -101,11 +105,10 @@ async def _ingest_notion(settings: Settings, database_id: str | None) -> int:
 
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
     from persistence.keys import KeyRepository
-    from persistence.migrations import migrate
-    from server.resources import open_database
+    from server.resources import ensure_schema, open_database
 
     async with open_database(settings) as (pool, _):
-        await migrate(pool)
+        await ensure_schema(settings, pool)
         repo = KeyRepository(pool)
         if args.keys_command == "create":
             if (args.store_id is None) == (not args.admin):
@@ -135,12 +138,11 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _purge(settings: Settings, dry_run: bool) -> int:
-    from persistence.migrations import migrate
-    from server.resources import open_database
+    from server.resources import ensure_schema, open_database
     from server.services.lifecycle import run_purge
 
     async with open_database(settings) as (pool, _):
-        await migrate(pool)
+        await ensure_schema(settings, pool)
         report = await run_purge(pool, settings, dry_run)
     print(report.summary())
     return 0
@@ -149,12 +151,11 @@ async def _purge(settings: Settings, dry_run: bool) -> int:
 async def _capacity(settings: Settings, as_json: bool) -> int:
     import json
 
-    from persistence.migrations import migrate
-    from server.resources import make_capacity, open_database
+    from server.resources import ensure_schema, make_capacity, open_database
     from server.services.capacity import render
 
     async with open_database(settings) as (pool, _):
-        await migrate(pool)
+        await ensure_schema(settings, pool)
         capacity = make_capacity(settings, pool)
         await capacity.sample()  # now counts too, with this process's own connection
         report = await capacity.report()
@@ -202,10 +203,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from server.preflight import StartupError
+
     args = build_parser().parse_args(argv)
     settings = load_settings()
     configure_logging(settings.log_level, json_lines=settings.app_env == "production")
+    try:
+        return _run(args, settings)
+    except StartupError as exc:  # one line that names the setting; no stack trace
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
+        if not settings.uses_embedded_db:  # fail here, in one line, rather than inside the ASGI lifespan
+            asyncio.run(_check_database(settings))
         return _serve(settings, args.host or settings.host, args.port or settings.port,
                       args.workers or settings.web_concurrency)
     if args.command == "migrate":

@@ -18,12 +18,13 @@ from persistence.db import Pool, PoolConfig, TimedPool, open_pool
 from persistence.embedded import embedded_conninfo, start_embedded
 from persistence.keys import KeyRepository
 from persistence.messages import MessageRepository
-from persistence.migrations import advisory_lock, migrate
+from persistence.migrations import migrate, xact_advisory_lock
 from persistence.sessions import SessionRepository
 from persistence.stats import StatsRepository
 from server import metrics
 from server.integrations.knowledge import KnowledgeStack, build_knowledge
 from server.integrations.tracing import Tracing
+from server.preflight import StartupError, check_can_migrate, check_schema, probe_database, uses_pooler
 from server.services.analytics import ChatAnalyticsService
 from server.services.auth import Authenticator
 from server.services.capacity import CapacityService, Limits
@@ -72,17 +73,37 @@ def resolve_conninfo(settings: Settings) -> tuple[str, Any]:
 
 
 @asynccontextmanager
-async def open_database(settings: Settings) -> AsyncIterator[tuple[Pool, Any]]:
+async def open_database(settings: Settings, *, direct: bool = False) -> AsyncIterator[tuple[TimedPool, Any]]:
+    """The pool (and the embedded server, if one was started). `direct`: on DATABASE_DIRECT_URL when set, and
+    refused if it still goes through a transaction pooler (for what needs a session: migrations).
+
+    One probe connection first: a connection failure becomes one line naming the setting (StartupError), and
+    a pooler in between is detected, so the pool uses no prepared statements."""
     conninfo, embedded = resolve_conninfo(settings)
-    pool = await open_pool(
-        PoolConfig(
-            conninfo=conninfo,
-            min_size=min(settings.db_pool_min, settings.db_pool_max),
-            max_size=max(settings.db_pool_max, 2),  # migrate() holds one connection while setup() takes another
-            max_idle_s=settings.db_idle_timeout / 1000,
-            timeout_s=settings.db_connection_timeout / 1000,
+    if direct and settings.database_direct_url is not None:
+        conninfo = settings.direct_conninfo() or conninfo
+    try:
+        facts = await probe_database(settings, conninfo, direct=direct)
+        pooled = uses_pooler(settings, facts)
+        if direct and pooled:
+            raise StartupError("migrations need a session on PostgreSQL itself, and this connection goes through "
+                               "a transaction pooler: set DATABASE_DIRECT_URL")
+        pool = await open_pool(
+            PoolConfig(
+                conninfo=conninfo,
+                min_size=min(settings.db_pool_min, settings.db_pool_max),
+                max_size=max(settings.db_pool_max, 2),  # migrate() holds one connection while setup() takes another
+                max_idle_s=settings.db_idle_timeout / 1000,
+                timeout_s=settings.db_connection_timeout / 1000,
+                prepare=not pooled,
+            )
         )
-    )
+    except BaseException:
+        if embedded is not None:
+            embedded.cleanup()
+        raise
+    if pooled:
+        log.info("database connections go through a transaction pooler: no prepared statements")
     try:
         yield pool, embedded
     finally:
@@ -93,12 +114,27 @@ async def open_database(settings: Settings) -> AsyncIterator[tuple[Pool, Any]]:
             embedded.cleanup()
 
 
+async def ensure_schema(settings: Settings, pool: TimedPool) -> None:
+    """MIGRATE_ON_START=true: migrate (on DATABASE_DIRECT_URL behind a transaction pooler: the migration lock
+    needs a session). false, as replicas run in production after `sixshop-agent migrate` ran once as the
+    migration role: check the schema and the role's privileges, change nothing."""
+    if not settings.auto_migrate:
+        await check_schema(pool)
+        return
+    check_can_migrate(settings, pool.behind_pooler)
+    if not pool.behind_pooler:
+        await migrate(pool)
+        return
+    async with open_database(settings, direct=True) as (direct_pool, _):
+        await migrate(direct_pool)
+
+
 async def index_sample(settings: Settings, pool: Pool, knowledge: KnowledgeStack) -> None:
     """Index the sample help centre while the knowledge base holds nothing else (incremental: a no-op when
     current). Under the migration lock, so several workers starting together do it once."""
     from server.integrations.ingest import ingest_path
 
-    async with pool.connection() as conn, advisory_lock(conn):
+    async with pool.connection() as conn, xact_advisory_lock(conn):
         if await knowledge.indexer.repo.documents_outside("sample") > 0:
             return
         try:
@@ -140,8 +176,7 @@ def _observe_db(wait_s: float, hold_s: float) -> None:
 @asynccontextmanager
 async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     async with open_database(settings) as (pool, embedded):
-        if settings.auto_migrate:
-            await migrate(pool)
+        await ensure_schema(settings, pool)
         # a process killed mid-turn left rows 'streaming' and sessions claimed: close what is past the timeout
         await LifecycleJob(pool, settings).recover()
         knowledge = await prepare_knowledge(settings, pool)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
+from psycopg.conninfo import make_conninfo
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -42,7 +43,18 @@ class Settings(BaseSettings):
     db_name: str = "postgres"
     db_user: str = "postgres"
     db_password: SecretStr | None = None
-    db_sslmode: str | None = None
+    # TLS to the database (RDS: DB_SSLMODE=verify-full, DB_SSLROOTCERT=the RDS CA bundle); applied to
+    # DATABASE_URL and DATABASE_DIRECT_URL too, overriding what the URL says
+    db_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = Field(
+        None, validation_alias=AliasChoices("DB_SSLMODE", "DATABASE_SSLMODE", "db_sslmode"))
+    db_sslrootcert: str | None = Field(None, validation_alias=AliasChoices("DB_SSLROOTCERT", "DATABASE_SSLROOTCERT",
+                                                                         "db_sslrootcert"))
+    # behind a transaction-mode pooler (PgBouncer pool_mode=transaction, RDS Proxy): DATABASE_URL points at
+    # the pooler, DATABASE_DIRECT_URL at PostgreSQL itself for what needs a session (the migration lock).
+    # DATABASE_POOLER=auto finds a pooler at start (its backend key is not the server's); then no
+    # prepared statements are used
+    database_direct_url: SecretStr | None = None
+    database_pooler: Literal["auto", "none", "transaction"] = "auto"
     db_pool_min: int = 2
     db_pool_max: int = 20
     db_idle_timeout: int = Field(30_000, description="ms an idle pooled connection is kept")
@@ -133,7 +145,8 @@ class Settings(BaseSettings):
     pinecone_host: str | None = None  # the index host; found from the index name when unset
     pinecone_namespace: str = ""
 
-    @field_validator("database_url", "db_password", "openai_api_key", "langsmith_api_key",
+    @field_validator("database_url", "database_direct_url", "db_sslmode", "db_sslrootcert", "db_password",
+                     "openai_api_key", "langsmith_api_key",
                      "notion_integration_token", "pinecone_api_key", "db_host", "openai_base_url",
                      "pinecone_host", "notion_base_url", "admin_token", mode="before")
     @classmethod
@@ -160,16 +173,25 @@ class Settings(BaseSettings):
     def uses_embedded_db(self) -> bool:
         return self.database_url is None and not self.db_host
 
+    def _with_tls(self, conninfo: str) -> str:
+        tls = {k: v for k, v in (("sslmode", self.db_sslmode), ("sslrootcert", self.db_sslrootcert)) if v}
+        return make_conninfo(conninfo, **tls) if tls else conninfo
+
     def conninfo(self) -> str | None:
         """A libpq connection string for the configured server, or None for the embedded one."""
         if self.database_url is not None:
-            return self.database_url.get_secret_value()
+            return self._with_tls(self.database_url.get_secret_value())
         if not self.db_host:
             return None
         password = self.db_password.get_secret_value() if self.db_password else ""
         auth = quote(self.db_user, safe="") + (":" + quote(password, safe="") if password else "")
-        url = f"postgresql://{auth}@{self.db_host}:{self.db_port}/{quote(self.db_name, safe='')}"
-        return url + (f"?sslmode={self.db_sslmode}" if self.db_sslmode else "")
+        return self._with_tls(f"postgresql://{auth}@{self.db_host}:{self.db_port}/{quote(self.db_name, safe='')}")
+
+    def direct_conninfo(self) -> str | None:
+        """PostgreSQL itself, not a pooler: DATABASE_DIRECT_URL, else the main connection string."""
+        if self.database_direct_url is not None:
+            return self._with_tls(self.database_direct_url.get_secret_value())
+        return self.conninfo()
 
     @property
     def tracing_enabled(self) -> bool:

@@ -16,7 +16,6 @@ from uuid import UUID
 import psycopg
 import pytest
 
-from persistence.lifecycle import LOCK_KEY
 from server.errors import SessionExpired
 from server.resources import Resources, open_resources
 from server.services.lifecycle import LifecycleJob
@@ -110,15 +109,15 @@ async def test_purge_goes_in_batches(res: Resources, database_url: str) -> None:
 
 async def test_only_one_process_runs_the_job(res: Resources, database_url: str) -> None:
     env = {**os.environ, "DATABASE_URL": database_url}
-    holder = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
-    try:
-        await holder.execute("select pg_advisory_lock(%s)", (LOCK_KEY,))  # another process is mid-job
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "server.cli", "purge", cwd=ROOT, env=env,
-                                                    stdout=asyncio.subprocess.PIPE)
-        out = (await proc.communicate())[0].decode()
-        assert proc.returncode == 0 and "skipped: another process" in out
-    finally:
-        await holder.close()
+    # another process is mid-job: its claim is in background_jobs, started and not finished
+    execute(database_url, "insert into background_jobs (name, started_at, owner) values ('lifecycle', now(), 'x:1') "
+                          "on conflict (name) do update set started_at = now(), finished_at = null, owner = 'x:1'")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "server.cli", "purge", cwd=ROOT, env=env,
+                                                stdout=asyncio.subprocess.PIPE)
+    out = (await proc.communicate())[0].decode()
+    assert proc.returncode == 0 and "skipped: another process" in out
+    # that process died mid-job: once its lease has run out, the job is taken over
+    execute(database_url, "update background_jobs set started_at = now() - interval '1 hour' where name = 'lifecycle'")
 
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("""insert into chat_sessions (session_id, store_id, status, expired_at)

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from persistence.capacity import CapacityRepository
 from persistence.db import Pool, TimedPool
+from persistence.jobs import JobRepository, poll_seconds, process_name
 
 log = logging.getLogger(__name__)
+SAMPLE_JOB = "capacity-sample"
+SAMPLE_LEASE = timedelta(minutes=1)
 
 NEAR = 0.8  # a threshold is "near" from 80 % of its limit
 
@@ -40,10 +41,6 @@ def status_of(value: float | None, limit: float) -> str:
     if value >= NEAR * limit:
         return "near"
     return "ok"
-
-
-def process_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class CapacityService:
@@ -126,13 +123,17 @@ class CapacityService:
         }
 
     async def run_sampler(self, every_s: float) -> None:
-        """Sample forever (a background task of each server process)."""
+        """Sample forever, once every `every_s` across all replicas (a background task of each server process:
+        whichever claims the interval in background_jobs takes the sample)."""
+        jobs, every = JobRepository(self.pool), timedelta(seconds=every_s)
         while True:
             try:
-                await self.sample()
+                async with jobs.run(SAMPLE_JOB, owner=process_name(), every=every, lease=SAMPLE_LEASE) as mine:
+                    if mine:
+                        await self.sample()
             except Exception as exc:  # the database may be away for a moment; the next sample will say so
                 log.warning("capacity sample failed: %s", type(exc).__name__)
-            await asyncio.sleep(every_s)
+            await asyncio.sleep(poll_seconds(every_s))
 
 
 def render(report: dict[str, Any]) -> str:
