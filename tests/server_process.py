@@ -95,10 +95,10 @@ class ChildProcess:
 class ServerProcess(ChildProcess):
     """`sixshop-agent serve` on a free port, APP_ENV=test unless the env says otherwise."""
 
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], port: int | None = None, ready_path: str = "/health") -> None:
+        self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         super().__init__(
             [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            {"APP_ENV": "test", "LANGSMITH_TRACING": "false", **env}, f"{self.base_url}/health",
+            {"APP_ENV": "test", "LANGSMITH_TRACING": "false", **env}, f"{self.base_url}{ready_path}",
         )
