@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 APPLICATION_NAME = "sixshop-ai-agent"
+T = TypeVar("T")
+UNAVAILABLE_FAST_FAIL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -108,21 +111,75 @@ class TimedPool(AsyncConnectionPool[AsyncConnection[dict[str, Any]]]):
         self.behind_pooler = behind_pooler  # its connections go through a transaction-mode pooler
         self.hold_times = LatencyWindow()
         self.observers: list[Callable[[float, float], None]] = []  # (wait_s, hold_s)
+        self._checking: asyncio.Task[None] | None = None
+        # when a connection attempt last failed, or a request waited in vain for a connection
+        self._unavailable_at: float | None = None
 
     @asynccontextmanager  # same signature as AsyncConnectionPool.connection
     async def connection(self, timeout: float | None = None) -> AsyncIterator[AsyncConnection[dict[str, Any]]]:  # noqa: ASYNC109
         asked = time.perf_counter()
+        request_default = timeout is None and POOL_WAIT_S.get() is None
         if timeout is None:
             timeout = POOL_WAIT_S.get()
-        async with super().connection(timeout=timeout) as conn:
-            got = time.perf_counter()
-            try:
-                yield conn
-            finally:
-                held = time.perf_counter() - got
-                self.hold_times.record(held)
-                for observe in self.observers:
-                    observe(got - asked, held)
+        if request_default and self._unavailable_at is not None and \
+                asked - self._unavailable_at < UNAVAILABLE_FAST_FAIL_S:
+            # the database was away a moment ago (a connection attempt failed, or a request waited its whole
+            # timeout): answer 503 now rather than make every request (and a load balancer retrying on other
+            # replicas) wait as long. Accepted turns (which set POOL_WAIT_S) still wait.
+            raise PoolTimeout("the database was unavailable a moment ago")
+        try:
+            async with super().connection(timeout=timeout) as conn:
+                got = time.perf_counter()
+                self._unavailable_at = None
+                try:
+                    yield conn
+                except psycopg.OperationalError:
+                    self._check_soon()
+                    raise
+                finally:
+                    held = time.perf_counter() - got
+                    self.hold_times.record(held)
+                    for observe in self.observers:
+                        observe(got - asked, held)
+        except PoolTimeout:
+            if request_default:
+                self._unavailable_at = time.perf_counter()
+            raise
+
+    async def _connect(self, timeout: float | None = None) -> AsyncConnection[dict[str, Any]]:  # noqa: ASYNC109
+        # psycopg_pool's hook for each new connection: a failed attempt is the surest sign the database (or the
+        # pooler in front of it) is away right now
+        try:
+            return await super()._connect(timeout)
+        except psycopg.OperationalError:
+            self._unavailable_at = time.perf_counter()
+            raise
+
+    def _check_soon(self) -> None:
+        """One connection broke (the server or the pooler restarted): the idle ones most likely did too. Check them
+        all now, so the next requests get working connections instead of each finding a dead one."""
+        if self._checking is None or self._checking.done():
+            self._checking = asyncio.get_running_loop().create_task(self._check_quietly())
+
+    async def _check_quietly(self) -> None:
+        try:
+            await self.check()
+        except Exception:  # the server may still be away; the pool's own reconnect loop goes on
+            return
+
+
+async def retry_unavailable(call: Callable[[], Awaitable[T]], *, deadline_s: float) -> T:
+    """`call()` again while the database is unavailable (connection lost, pool timeout), for up to `deadline_s`:
+    for the writes that must not be lost to a short outage, such as the end of a turn that already streamed."""
+    until, pause = time.monotonic() + deadline_s, 0.1
+    while True:
+        try:
+            return await call()
+        except (psycopg.OperationalError, PoolTimeout):
+            if time.monotonic() + pause > until:
+                raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
 
 
 async def open_pool(cfg: PoolConfig) -> TimedPool:

@@ -40,11 +40,11 @@ async def _check_database(settings: Settings) -> None:
 
 
 async def _migrate(settings: Settings) -> int:
-    from persistence.migrations import migrate
+    from server.preflight import migrate_schema
     from server.resources import open_database
 
     async with open_database(settings, direct=True) as (pool, _):
-        applied = await migrate(pool)
+        applied = await migrate_schema(pool)
     print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
     return 0
 

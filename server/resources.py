@@ -18,13 +18,20 @@ from persistence.db import Pool, PoolConfig, TimedPool, open_pool
 from persistence.embedded import embedded_conninfo, start_embedded
 from persistence.keys import KeyRepository
 from persistence.messages import MessageRepository
-from persistence.migrations import migrate, xact_advisory_lock
+from persistence.migrations import xact_advisory_lock
 from persistence.sessions import SessionRepository
 from persistence.stats import StatsRepository
 from server import metrics
 from server.integrations.knowledge import KnowledgeStack, build_knowledge
 from server.integrations.tracing import Tracing
-from server.preflight import StartupError, check_can_migrate, check_schema, probe_database, uses_pooler
+from server.preflight import (
+    StartupError,
+    check_can_migrate,
+    check_schema,
+    migrate_schema,
+    probe_database,
+    uses_pooler,
+)
 from server.services.analytics import ChatAnalyticsService
 from server.services.auth import Authenticator
 from server.services.capacity import CapacityService, Limits
@@ -123,10 +130,10 @@ async def ensure_schema(settings: Settings, pool: TimedPool) -> None:
         return
     check_can_migrate(settings, pool.behind_pooler)
     if not pool.behind_pooler:
-        await migrate(pool)
+        await migrate_schema(pool)
         return
     async with open_database(settings, direct=True) as (direct_pool, _):
-        await migrate(direct_pool)
+        await migrate_schema(direct_pool)
 
 
 async def index_sample(settings: Settings, pool: Pool, knowledge: KnowledgeStack) -> None:

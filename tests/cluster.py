@@ -236,8 +236,9 @@ class HAProxy:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        servers = "\n".join(f"    server replica{i + 1} 127.0.0.1:{port} check"
-                            for i, port in enumerate(self.replica_ports))
+        ports = list(enumerate(self.replica_ports, start=1))
+        servers = "\n".join([*(f"    server replica{i} 127.0.0.1:{port} check" for i, port in ports),
+                             *(f"    server replica{i}-unchecked 127.0.0.1:{port} backup" for i, port in ports)])
         cfg = _render("haproxy.cfg", self.root / "haproxy.cfg", port=self.port, servers=servers)
         log = (self.root / "haproxy.out").open("ab")
         self.proc = subprocess.Popen(["haproxy", "-f", str(cfg), "-db"], stdout=log, stderr=subprocess.STDOUT)
@@ -335,7 +336,8 @@ class Cluster:
         while time.monotonic() < deadline:
             try:
                 csv = httpx.get(f"{self.haproxy.base_url}/haproxy-stats;csv", timeout=2).text
-                rows = [line.split(",") for line in csv.splitlines() if line.startswith("replicas,replica")]
+                rows = [r for r in (line.split(",") for line in csv.splitlines() if line.startswith("replicas,replica"))
+                        if not r[1].endswith("-unchecked")]
                 if rows and all(r[17] == "UP" for r in rows):
                     return
             except httpx.HTTPError:

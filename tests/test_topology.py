@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.cluster import Cluster, TurnLoad, stored_turns
+from tests.cluster import PASSWORDS, Cluster, TurnLoad, stored_turns
+from tests.server_process import free_port
 
 pytestmark = [
     pytest.mark.e2e,
@@ -24,12 +25,14 @@ pytestmark = [
                        reason="needs Debian's pgbouncer and haproxy (apt-get install pgbouncer haproxy)"),
 ]
 API = "/api/session-chat"
-TURN_TIMEOUT_S = 6  # a dead replica's claim on a session is taken over after this (turns here last ~1 s)
+OUTAGE_S = 5.0  # how long PgBouncer, then PostgreSQL, stay down under load
+TURN_TIMEOUT_S = 10  # a dead replica's claim on a session is taken over after this (turns here last ~1 s)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    env = {"OFFLINE_CHUNK_DELAY_MS": "15", "TURN_TIMEOUT_SECONDS": str(TURN_TIMEOUT_S)}
+    # a request waits at most 2 s for a database connection, then answers 503 database_unavailable
+    env = {"OFFLINE_CHUNK_DELAY_MS": "15", "TURN_TIMEOUT_SECONDS": str(TURN_TIMEOUT_S), "DB_CONNECTION_TIMEOUT": "2000"}
     c = Cluster(tmp_path_factory.mktemp("cluster"), replicas=3, env=env)
     try:
         c.start()
@@ -152,9 +155,9 @@ def _assert_stored_exactly_once(cluster: Cluster, load: TurnLoad) -> None:
 
 
 async def test_a_killed_replica_affects_only_its_own_turns(cluster: Cluster, store_key: str) -> None:
-    """SIGKILL mid-load: the turns that replica was streaming are cut; their sessions answer 409 until the
-    turn timeout (TURN_TIMEOUT_SECONDS, 6 s here), when the next turn takes the claim over and closes the dead
-    turn as error/abandoned; every other shopper sees nothing. Each acknowledged message is stored once."""
+    """SIGKILL mid-load: the turns that replica was streaming are cut; their sessions answer 409 until the turn
+    timeout (TURN_TIMEOUT_SECONDS), when the next turn takes the claim over and closes the dead turn as
+    error/abandoned; every other shopper sees nothing. Each acknowledged message is stored once."""
     load = TurnLoad(cluster.haproxy.base_url, store_key, clients=12)
     stop = asyncio.Event()
     running = asyncio.create_task(load.run(stop))
@@ -188,3 +191,112 @@ async def test_a_killed_replica_affects_only_its_own_turns(cluster: Cluster, sto
         if row["role"] == "user":
             by_text[row["content"]] = rows[i + 1]
     assert {by_text[t]["status"] for t in cut_texts} == {"error"}  # closed by the takeover, not left streaming
+
+
+
+async def test_pgbouncer_and_postgresql_restarting_under_load(cluster: Cluster, store_key: str) -> None:
+    """PgBouncer restarted, then PostgreSQL restarted, under 12 streaming shoppers: while each is down, requests
+    are answered 503 database_unavailable (never hang, never 500); afterwards everything works again, and no
+    acknowledged message is lost or stored twice."""
+    load = TurnLoad(cluster.haproxy.base_url, store_key, clients=12)
+    stop = asyncio.Event()
+    t0 = time.monotonic()
+    running = asyncio.create_task(load.run(stop))
+    await asyncio.sleep(2)
+    outages, probes = [], []
+    async with httpx.AsyncClient(base_url=cluster.haproxy.base_url, headers=_h(store_key), timeout=30) as probe:
+        for down, up in ((cluster.bouncer.stop, cluster.bouncer.start),
+                         (lambda: cluster.pg.stop("fast"), cluster.pg.start)):
+            began = time.monotonic()
+            await asyncio.to_thread(down)
+            await asyncio.sleep(1)
+            asked = time.monotonic()
+            r = await probe.post(f"{API}/sessions", json={"store_id": "cluster-store"})
+            probes.append((r.status_code, r.json().get("code"), time.monotonic() - asked))
+            # down for OUTAGE_S in all: shorter than the turn timeout, so the turns it caught mid-stream keep
+            # their session claimed only until their final write goes through after it
+            await asyncio.sleep(max(0.0, began + OUTAGE_S - time.monotonic()))
+            await asyncio.to_thread(up)
+            outages.append((began, time.monotonic()))
+            await asyncio.sleep(4)
+    stop.set()
+    await asyncio.wait_for(running, 120)
+
+    def during_outage(r: Any) -> bool:  # a turn that overlapped an outage (or started just after it)
+        return any(r.started <= end + 1.5 and r.ended >= began for began, end in outages)
+
+    # during each outage a request is answered 503 database_unavailable, not left hanging: a replica waits
+    # DB_CONNECTION_TIMEOUT (2 s) for a connection once, then answers at once for a second; HAProxy may try
+    # another replica (retry-on 503 is there for draining replicas; nothing was stored, so it is safe)
+    assert [(status, code) for status, code, _ in probes] == [(503, "database_unavailable")] * 2, probes
+    assert all(waited < OUTAGE_S - 1 for _, _, waited in probes), probes
+    unexpected = [r for r in load.failed if not during_outage(r)]
+    assert unexpected == [], ([(r.error, round(r.started - t0, 1), round(r.ended - t0, 1)) for r in unexpected],
+                              [(round(b - t0, 1), round(e - t0, 1)) for b, e in outages])
+    errors = Counter(r.error for r in load.failed)
+    # a turn not yet begun is refused; one already streaming ends with an error event, and is stored so
+    assert {r.error for r in load.failed if not r.acknowledged} <= {"database_unavailable"}, errors
+    assert {r.error for r in load.failed if r.acknowledged} <= {"database_unavailable"}, errors
+    for client in range(load.clients):  # recovered: each shopper's last turn was answered
+        last = [r for r in load.results if r.client == client and r.ended][-1]
+        assert last.done, (client, last.error, errors)
+    rows = stored_turns(cluster.pg, load.sessions)
+    users = Counter((r["session_id"], r["content"]) for r in rows if r["role"] == "user")
+    assert max(users.values()) == 1
+    assert set(users) == {(load.sessions[r.client], r.text) for r in load.results if r.acknowledged}
+    statuses = Counter(r["status"] for r in rows if r["role"] == "assistant")
+    assert set(statuses) <= {"complete", "error"} and statuses["complete"] >= len(load.results) - len(load.failed)
+
+
+# -- start-up errors: one line naming the setting, exit 2, no stack trace -------------------------------
+
+def _fails_to_start(cluster: Cluster, command: str = "serve", **env: str) -> str:
+    out = cluster.cli(command, *(["--port", "1"] if command == "serve" else []), **env)
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert PASSWORDS["app"] not in out.stderr and "wrong-password" not in out.stderr  # no secret in the line
+    return lines[0]
+
+
+def test_start_up_errors_name_the_setting(cluster: Cluster) -> None:
+    pg, bouncer = cluster.pg, cluster.bouncer.port
+    line = _fails_to_start(cluster, DATABASE_URL=pg.url("app", port=bouncer, sslmode="require",
+                                                        password="wrong-password"))
+    assert "password" in line and "DATABASE_URL" in line
+    line = _fails_to_start(cluster, DATABASE_URL=pg.url("app", port=bouncer, sslmode="disable"))
+    assert "requires TLS" in line and "DB_SSLMODE" in line
+    if pg.tls:  # PostgreSQL itself refuses a connection without TLS (hostssl only)
+        line = _fails_to_start(cluster, DATABASE_URL=pg.url("app", sslmode="disable"))
+        assert "requires TLS" in line and "DB_SSLMODE" in line
+        line = _fails_to_start(cluster, DATABASE_URL=pg.url("app"), DB_SSLROOTCERT="/etc/ssl/certs/ca-certificates.crt")
+        assert "DB_SSLROOTCERT" in line
+    line = _fails_to_start(cluster, DATABASE_URL=f"postgresql://app:x@127.0.0.1:{free_port()}/sixshop")
+    assert "cannot reach" in line and "DATABASE_URL" in line
+    # the Stage 1 names work, and are named
+    line = _fails_to_start(cluster, DATABASE_URL="", DB_HOST="127.0.0.1", DB_PORT=str(bouncer), DB_USER="app",
+                           DB_PASSWORD="wrong-password", DB_NAME="sixshop", DB_SSLMODE="require")
+    assert "DB_HOST/DB_PORT/DB_USER/DB_PASSWORD" in line
+
+
+def test_roles_and_migrations_as_a_deploy_step(cluster: Cluster) -> None:
+    pg = cluster.pg
+    # the app role cannot migrate, and says so
+    line = _fails_to_start(cluster, "migrate", DATABASE_URL=pg.url("app"))
+    assert "may not change the schema" in line and "migration role" in line
+    # a replica told to migrate through the pooler, with no direct URL for the migration lock
+    line = _fails_to_start(cluster, MIGRATE_ON_START="true")
+    assert "DATABASE_DIRECT_URL" in line and "MIGRATE_ON_START" in line
+    # ... and with one, it migrates there (nothing to do: already at this release's version)
+    assert cluster.cli("migrate", DATABASE_URL=pg.url("app", port=cluster.bouncer.port, sslmode="require"),
+                       DATABASE_DIRECT_URL=pg.url("migrator")).returncode == 0
+    # a replica on a database nobody migrated, or as a role without privileges: told what to run or grant
+    pg.admin("create database unmigrated owner migrator", dbname="postgres")
+    line = _fails_to_start(cluster, DATABASE_URL=pg.url("app").replace("/sixshop?", "/unmigrated?"))
+    assert "sixshop-agent migrate" in line and "000" in line
+    pg.admin("drop role if exists nobody_in_particular", dbname="postgres")
+    pg.admin("create role nobody_in_particular login password 'nobody-secret-1'", dbname="postgres")
+    pg.admin("grant usage on schema public to nobody_in_particular")
+    line = _fails_to_start(cluster, DATABASE_URL=pg.url("app", password="nobody-secret-1").replace(
+        "app:", "nobody_in_particular:"))
+    assert "nobody_in_particular" in line and "grant" in line

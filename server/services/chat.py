@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
+import psycopg
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
@@ -23,13 +24,14 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Durability, StreamMode
+from psycopg_pool import PoolTimeout
 
 from graph.graph import ModelCallError
 from graph.models import content_text, model_label
 from graph.prompts import VariantPicker
 from graph.retrieval import Passage
 from graph.state import ChatContext
-from persistence.db import POOL_WAIT_S
+from persistence.db import POOL_WAIT_S, retry_unavailable
 from persistence.messages import MessageRepository
 from server import metrics
 from server.errors import (
@@ -240,6 +242,10 @@ class IntegratedChatService:
             status, error_code, error_text = "error", "model_error", "The language model failed to answer"
             log.warning("model failed mid-turn: %s", exc,
                         extra={"session_id": str(turn.session_id), "run_id": str(turn.message_id)})
+        except (psycopg.OperationalError, PoolTimeout) as exc:  # the database went away mid-turn
+            status, error_code, error_text = "error", "database_unavailable", "The database became unavailable"
+            log.warning("turn failed: database unavailable (%s)", type(exc).__name__,
+                        extra={"session_id": str(turn.session_id), "run_id": str(turn.message_id)})
         except Exception:
             status, error_code, error_text = "error", "internal_error", "The turn failed on the server"
             log.exception("turn failed", extra={"session_id": str(turn.session_id), "run_id": str(turn.message_id)})
@@ -328,19 +334,22 @@ class IntegratedChatService:
         usage = progress.usage
         if progress.final is not None and progress.final.usage_metadata:
             usage = progress.final.usage_metadata  # the provider's own total for the call
+        latency_ms = int((time.perf_counter() - turn.started) * 1000)
         try:
-            row = await self.messages.finish_turn(
+            # the answer is in memory and the session stays claimed until this is stored: a database that is
+            # away for a moment (a restart, a pooler's failover) is waited for, up to the turn's deadline
+            row = await retry_unavailable(lambda: self.messages.finish_turn(
                 message_id=turn.message_id,
                 status=status,
                 content="".join(progress.parts),
                 model=progress.model,
                 input_tokens=int(usage["input_tokens"]) if usage else 0,
                 output_tokens=int(usage["output_tokens"]) if usage else 0,
-                latency_ms=int((time.perf_counter() - turn.started) * 1000),
+                latency_ms=latency_ms,
                 first_token_ms=progress.first_token_ms,
                 sources=progress.sources,
                 error_code=error_code,
-            )
+            ), deadline_s=self.turn_timeout.total_seconds())
             metrics.record_turn(
                 error_code or status, progress.model, int(row["input_tokens"]), int(row["output_tokens"]),
                 progress.first_token_ms / 1000 if progress.first_token_ms is not None else None,
@@ -352,10 +361,12 @@ class IntegratedChatService:
                 public = "model_error" if error_code == "timeout" else error_code  # stored detail vs API code
                 turn.events.put_nowait(("error", {"code": public, "message": error_text or status,
                                                   "message_id": str(turn.message_id)}))
-        except Exception:
+        except Exception as exc:
             # the claim goes stale after turn_timeout and the next turn marks this row 'error'
             log.exception("could not store the end of a turn", extra={"run_id": str(turn.message_id)})
-            turn.events.put_nowait(("error", {"code": "internal_error", "message": "The turn could not be stored"}))
+            away = isinstance(exc, psycopg.OperationalError | PoolTimeout)
+            turn.events.put_nowait(("error", {"code": "database_unavailable" if away else "internal_error",
+                                              "message": "The turn could not be stored"}))
         finally:
             turn.finished.set()
             turn.events.put_nowait(_END)
