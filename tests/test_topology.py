@@ -25,6 +25,7 @@ pytestmark = [
                        reason="needs Debian's pgbouncer and haproxy (apt-get install pgbouncer haproxy)"),
 ]
 API = "/api/session-chat"
+LIFECYCLE_EVERY_S, SAMPLE_EVERY_S = 3.0, 2.0
 OUTAGE_S = 5.0  # how long PgBouncer, then PostgreSQL, stay down under load
 TURN_TIMEOUT_S = 10  # a dead replica's claim on a session is taken over after this (turns here last ~1 s)
 
@@ -32,7 +33,11 @@ TURN_TIMEOUT_S = 10  # a dead replica's claim on a session is taken over after t
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     # a request waits at most 2 s for a database connection, then answers 503 database_unavailable
-    env = {"OFFLINE_CHUNK_DELAY_MS": "15", "TURN_TIMEOUT_SECONDS": str(TURN_TIMEOUT_S), "DB_CONNECTION_TIMEOUT": "2000"}
+    env = {"OFFLINE_CHUNK_DELAY_MS": "15", "TURN_TIMEOUT_SECONDS": str(TURN_TIMEOUT_S),
+           "DB_CONNECTION_TIMEOUT": "2000",
+           # background jobs every few seconds, so that "once per interval across replicas" shows in a test
+           "SESSION_CLEANUP_INTERVAL_MINUTES": str(LIFECYCLE_EVERY_S / 60),
+           "CAPACITY_SAMPLE_SECONDS": str(SAMPLE_EVERY_S)}
     c = Cluster(tmp_path_factory.mktemp("cluster"), replicas=3, env=env)
     try:
         c.start()
@@ -247,6 +252,27 @@ async def test_pgbouncer_and_postgresql_restarting_under_load(cluster: Cluster, 
     statuses = Counter(r["status"] for r in rows if r["role"] == "assistant")
     assert set(statuses) <= {"complete", "error"} and statuses["complete"] >= len(load.results) - len(load.failed)
 
+
+
+def test_background_jobs_run_once_per_interval_across_the_replicas(cluster: Cluster) -> None:
+    """The lifecycle job and the capacity sample, through PgBouncer: three replicas, one run per interval (a
+    replica polls every second and runs a job when it claims the interval), not one per replica."""
+    def counts() -> tuple[dict[str, int], int]:
+        runs = {r["name"]: int(r["runs"]) for r in cluster.pg.admin("select name, runs from background_jobs")}
+        samples = cluster.pg.admin("select count(*) as n from capacity_samples")[0]["n"]
+        return runs, int(samples)
+
+    before, samples_before, started = *counts(), time.monotonic()
+    time.sleep(12)
+    after, samples_after = counts()
+    elapsed = time.monotonic() - started
+    for name, every, done in (("lifecycle", LIFECYCLE_EVERY_S, after["lifecycle"] - before.get("lifecycle", 0)),
+                              ("capacity-sample", SAMPLE_EVERY_S,
+                               after["capacity-sample"] - before.get("capacity-sample", 0))):
+        # between one run per (interval + poll) and one per interval, give or take one at the edges; three
+        # replicas each running it would be three times that
+        assert elapsed / (every + 1) - 1 <= done <= elapsed / every + 1, (name, done, elapsed)
+    assert samples_after - samples_before == after["capacity-sample"] - before.get("capacity-sample", 0)
 
 # -- start-up errors: one line naming the setting, exit 2, no stack trace -------------------------------
 
