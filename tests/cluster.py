@@ -95,8 +95,11 @@ class TlsPostgres:
             ensure_prefix_permissions(self.root)
 
     def _pg(self, tool: str, *args: str, timeout: float = 60) -> str:
-        done = subprocess.run([str(self.bin / tool), *args], check=True, capture_output=True, text=True,
-                              timeout=timeout, **self.user_kw)
+        done = subprocess.run([str(self.bin / tool), *args], capture_output=True, text=True, timeout=timeout,
+                              **self.user_kw)
+        if done.returncode != 0:
+            raise subprocess.CalledProcessError(done.returncode, [tool, *args], done.stdout,
+                                                f"{done.stderr[-2000:]}")
         return done.stdout
 
     def make_certificate(self) -> None:

@@ -31,11 +31,22 @@ os.environ["APP_ENV"] = "test"
 
 
 @pytest.fixture(scope="session")
-def pg_server_conninfo() -> Iterator[str]:
-    """DATABASE_URL if the environment gives one, else a throwaway embedded PostgreSQL."""
+def pg_server_conninfo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """TEST_DATABASE_URL if the environment gives one; a throwaway server from the binaries in TEST_PG_BIN (the
+    PostgreSQL 15 leg: Debian's /usr/lib/postgresql/15/bin); else a throwaway embedded PostgreSQL."""
     given = os.environ.get("TEST_DATABASE_URL")
     if given:
         yield given
+        return
+    if os.environ.get("TEST_PG_BIN"):
+        from tests.cluster import TlsPostgres
+
+        server = TlsPostgres(tmp_path_factory.mktemp("pg"), Path(os.environ["TEST_PG_BIN"]))
+        server.start()
+        try:
+            yield server.admin_conninfo("postgres")
+        finally:
+            server.stop("immediate")
         return
     from persistence.embedded import embedded_conninfo, start_embedded
 
@@ -45,6 +56,26 @@ def pg_server_conninfo() -> Iterator[str]:
         yield embedded_conninfo(server)
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def server_version(pg_server_conninfo: str) -> str:
+    with psycopg.connect(pg_server_conninfo, autocommit=True) as conn:
+        row = conn.execute("show server_version").fetchone()
+    return str(row[0]) if row else "?"
+
+
+@pytest.fixture(scope="session")
+def has_pgvector(pg_server_conninfo: str) -> bool:
+    with psycopg.connect(pg_server_conninfo, autocommit=True) as conn:
+        return conn.execute("select 1 from pg_available_extensions where name = 'vector'").fetchone() is not None
+
+
+@pytest.fixture(scope="session")
+def pgvector(has_pgvector: bool, server_version: str) -> None:
+    """Skips the test where the server has no pgvector (Debian packages none for PostgreSQL 15)."""
+    if not has_pgvector:
+        pytest.skip(f"no pgvector on this PostgreSQL ({server_version}): vector tests skipped")
 
 
 def _with_dbname(conninfo: str, dbname: str) -> str:

@@ -25,7 +25,7 @@ from tests.fake_openai import FakeOpenAIServer
 
 class TestPgVectorStore(VectorStoreIntegrationTests):
     @pytest.fixture
-    def vectorstore(self, migrated_url: str) -> Iterator[VectorStore]:  # type: ignore[override]
+    def vectorstore(self, migrated_url: str, pgvector: None) -> Iterator[VectorStore]:  # type: ignore[override]
         collection = f"standard-{uuid.uuid4().hex[:8]}:6"
         store = PgVectorStore(self.get_embeddings(), collection=collection, dimensions=6, conninfo=migrated_url)
         try:
@@ -47,7 +47,7 @@ class Indexed:
 
 
 @pytest.fixture(scope="module")
-async def indexed(pool: Pool, migrated_url: str, fake_openai: FakeOpenAIServer) -> Indexed:
+async def indexed(pool: Pool, migrated_url: str, fake_openai: FakeOpenAIServer, pgvector: None) -> Indexed:
     settings = Settings(openai_api_key="sk-local-test", openai_base_url=fake_openai.base_url,  # type: ignore[arg-type]
                         embedding_dimensions=256, vector_store="pgvector")
     stack = await build_knowledge(settings, pool)
@@ -98,7 +98,7 @@ class TestHybridRetriever(_OnSampleKnowledge):
                                FullTextRetriever(conninfo=self.ctx.conninfo)]}
 
 
-def test_vector_search_is_served_by_the_collections_hnsw_index(migrated_url: str) -> None:
+def test_vector_search_is_served_by_the_collections_hnsw_index(migrated_url: str, pgvector: None) -> None:
     import psycopg
     from langchain_core.documents import Document
     from langchain_core.embeddings import DeterministicFakeEmbedding
@@ -121,7 +121,7 @@ def test_vector_search_is_served_by_the_collections_hnsw_index(migrated_url: str
         store.drop_collection()
 
 
-async def test_concurrent_first_writes_to_a_new_collection(migrated_url: str) -> None:
+async def test_concurrent_first_writes_to_a_new_collection(migrated_url: str, pgvector: None) -> None:
     """Pages of one ingest run write at once: the collection's index is created once, not raced (a
     concurrent `create index if not exists` of one name fails in PostgreSQL)."""
     import asyncio

@@ -19,10 +19,11 @@ from tests.fake_openai import MODEL_REPORTED, FakeOpenAIServer
 
 
 @pytest.fixture(scope="module")
-async def res(database_url: str, fake_openai: FakeOpenAIServer) -> AsyncIterator[Resources]:
+async def res(database_url: str, fake_openai: FakeOpenAIServer, has_pgvector: bool) -> AsyncIterator[Resources]:
     settings = Settings(
         database_url=database_url, openai_api_key="sk-local-test", openai_base_url=fake_openai.base_url,
         openai_max_retries=0, db_pool_max=5,
+        vector_store="auto" if has_pgvector else "none",  # the PostgreSQL 15 leg: full-text retrieval
     )
     async with open_resources(settings) as resources:
         yield resources
