@@ -122,6 +122,25 @@ def test_settings_accept_stage1_names(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "p@ss" not in repr(s)
 
 
+def test_tls_settings_apply_to_every_connection_string(monkeypatch: pytest.MonkeyPatch) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    for var in ("DATABASE_URL", "DATABASE_DIRECT_URL", "DB_HOST", "DB_SSLMODE", "DB_SSLROOTCERT"):
+        monkeypatch.delenv(var, raising=False)
+    s = Settings(database_url="postgresql://app:pw@pooler:6432/shop?sslmode=disable",  # type: ignore[arg-type]
+                 database_direct_url="postgresql://migrator:pw@db:5432/shop",  # type: ignore[arg-type]
+                 db_sslmode="verify-full", db_sslrootcert="/etc/ssl/rds.pem")
+    for conninfo in (s.conninfo(), s.direct_conninfo()):
+        params = conninfo_to_dict(conninfo or "")
+        assert (params["sslmode"], params["sslrootcert"]) == ("verify-full", "/etc/ssl/rds.pem")
+    assert conninfo_to_dict(s.direct_conninfo() or "")["host"] == "db"
+    monkeypatch.setenv("MIGRATE_ON_START", "false")
+    assert Settings().auto_migrate is False  # the name; AUTO_MIGRATE still works
+    monkeypatch.delenv("MIGRATE_ON_START")
+    monkeypatch.setenv("AUTO_MIGRATE", "false")
+    assert Settings().auto_migrate is False
+
+
 def test_settings_read_the_env_file_of_app_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import server.settings as settings_module
 

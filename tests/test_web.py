@@ -1,12 +1,15 @@
 """The shopper page (/) and the operator page (/admin) in headless Chromium (Debian's `chromium`, driven
-by Playwright through `executable_path`; `.ci/run` installs it). Screenshots of both pages are saved to
-docs/screenshots/ by this test, and the README shows them."""
+by Playwright through `executable_path`; `.ci/run` installs it). Screenshots of both pages go to a temporary
+folder, or with UPDATE_SCREENSHOTS=1 to docs/screenshots/, which the README shows (a test run does not
+rewrite tracked files)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +18,8 @@ from tests.conftest import ROOT, fetch_all
 from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.e2e
-SHOTS = ROOT / "docs" / "screenshots"
+SHOTS = ROOT / "docs" / "screenshots" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else \
+    Path(tempfile.mkdtemp(prefix="sixshop-screenshots-"))
 ADMIN_TOKEN = "web-admin-token-1"
 STORE = "web-store"
 QUESTION = "배송비는 얼마인가요?"
