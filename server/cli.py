@@ -22,7 +22,7 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
         "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
     }
     if workers > 1:
-        # each worker is a full process (its own pool, background jobs under advisory locks), like
+        # each worker is a full process (its own pool, background jobs claimed in background_jobs), like
         # several containers on one database; settings come from the environment in each
         uvicorn.run("server.http.app:create_app", factory=True, workers=workers, **common)  # type: ignore[arg-type]
         return 0

@@ -109,8 +109,11 @@ async def open_database(settings: Settings, *, direct: bool = False) -> AsyncIte
         if embedded is not None:
             embedded.cleanup()
         raise
-    if pooled:
-        log.info("database connections go through a transaction pooler: no prepared statements")
+    log.info("database: PostgreSQL %d.%d as %s%s", facts.server_version // 10000, facts.server_version % 100,
+             facts.user, ", through a transaction pooler: no prepared statements" if pooled else "")
+    if facts.superuser and settings.app_env == "production" and not direct:
+        log.warning("the service connects as a superuser (%s): production replicas should use an app role "
+                    "without DDL rights (README, Deploying)", facts.user)
     try:
         yield pool, embedded
     finally:
