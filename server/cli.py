@@ -33,10 +33,12 @@ def _serve(settings: Settings, host: str, port: int, workers: int) -> int:
 
 
 async def _check_database(settings: Settings) -> None:
+    from server.preflight import listen_conninfo
     from server.resources import ensure_schema, open_database
 
     async with open_database(settings) as (pool, _):
         await ensure_schema(settings, pool)
+        await listen_conninfo(settings, pool)
 
 
 async def _migrate(settings: Settings) -> int:

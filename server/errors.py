@@ -56,6 +56,10 @@ class SessionBusy(AppError):
     status_code, code, default_message = 409, "session_busy", "A turn is already running in this session"
 
 
+class TurnEnded(AppError):
+    status_code, code, default_message = 409, "turn_ended", "This turn has already ended"
+
+
 class SessionExpired(AppError):
     status_code, code, default_message = 410, "session_expired", "This session has expired"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from persistence.db import Pool, ServerFacts, probe
+from persistence.db import Pool, ServerFacts, TimedPool, probe
 from persistence.migrations import load_migrations, migrate
 from server.settings import Settings
 
@@ -90,6 +90,22 @@ def check_can_migrate(settings: Settings, pooled: bool) -> None:
         raise StartupError("MIGRATE_ON_START=true needs a session for the migration lock, and DATABASE_URL goes "
                            "through a transaction pooler: set DATABASE_DIRECT_URL to PostgreSQL itself, or run "
                            "`sixshop-agent migrate` once per deploy and set MIGRATE_ON_START=false")
+
+
+async def listen_conninfo(settings: Settings, pool: TimedPool) -> str:
+    """Where this process LISTENs: the pool's own server, or PostgreSQL itself (DATABASE_DIRECT_URL) when the
+    pool goes through a transaction pooler, which carries no LISTEN."""
+    if not pool.behind_pooler:
+        assert isinstance(pool.conninfo, str)  # open_pool is given a string
+        return pool.conninfo
+    conninfo = settings.direct_conninfo() if settings.database_direct_url is not None else None
+    if conninfo is None:
+        raise StartupError("DATABASE_URL goes through a transaction pooler, which carries no LISTEN, and turns are "
+                           "cancelled across replicas through one: set DATABASE_DIRECT_URL to PostgreSQL itself")
+    if uses_pooler(settings, await probe_database(settings, conninfo, direct=True)):
+        raise StartupError("DATABASE_DIRECT_URL goes through a transaction pooler too: point it at PostgreSQL "
+                           "itself (LISTEN needs a session)")
+    return conninfo
 
 
 async def check_schema(pool: Pool) -> None:

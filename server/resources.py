@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from uuid import UUID
 
 from graph.graph import build_graph
 from graph.models import make_chat_model
@@ -19,6 +21,7 @@ from persistence.embedded import embedded_conninfo, start_embedded
 from persistence.keys import KeyRepository
 from persistence.messages import MessageRepository
 from persistence.migrations import xact_advisory_lock
+from persistence.notify import TURN_CONTROL, Listener, publish
 from persistence.sessions import SessionRepository
 from persistence.stats import StatsRepository
 from server import metrics
@@ -28,6 +31,7 @@ from server.preflight import (
     StartupError,
     check_can_migrate,
     check_schema,
+    listen_conninfo,
     migrate_schema,
     probe_database,
     uses_pooler,
@@ -56,6 +60,7 @@ class Resources:
     capacity: CapacityService
     auth: Authenticator
     embedded: Any = None
+    drain_started: float | None = None  # time.monotonic() of SIGTERM
 
     @property
     def draining(self) -> bool:
@@ -67,6 +72,7 @@ class Resources:
             return False
         log.info("draining: not ready, no new turns; %d turns running", self.chat.running_turns)
         self.chat.draining = True
+        self.drain_started = time.monotonic()
         return True
 
 
@@ -81,20 +87,26 @@ def resolve_conninfo(settings: Settings) -> tuple[str, Any]:
 
 @asynccontextmanager
 async def open_database(settings: Settings, *, direct: bool = False) -> AsyncIterator[tuple[TimedPool, Any]]:
-    """The pool (and the embedded server, if one was started). `direct`: on DATABASE_DIRECT_URL when set, and
-    refused if it still goes through a transaction pooler (for what needs a session: migrations).
+    """The pool (and the embedded server, if one was started). `direct`, for what needs a session (migrations):
+    DATABASE_URL when it reaches PostgreSQL itself, else DATABASE_DIRECT_URL, else refused.
 
     One probe connection first: a connection failure becomes one line naming the setting (StartupError), and
     a pooler in between is detected, so the pool uses no prepared statements."""
     conninfo, embedded = resolve_conninfo(settings)
-    if direct and settings.database_direct_url is not None:
-        conninfo = settings.direct_conninfo() or conninfo
     try:
-        facts = await probe_database(settings, conninfo, direct=direct)
+        facts = await probe_database(settings, conninfo)
         pooled = uses_pooler(settings, facts)
         if direct and pooled:
-            raise StartupError("migrations need a session on PostgreSQL itself, and this connection goes through "
-                               "a transaction pooler: set DATABASE_DIRECT_URL")
+            direct_conninfo = settings.direct_conninfo() if settings.database_direct_url is not None else None
+            if direct_conninfo is None:
+                raise StartupError("migrations need a session on PostgreSQL itself, and DATABASE_URL goes through "
+                                   "a transaction pooler: set DATABASE_DIRECT_URL")
+            conninfo = direct_conninfo
+            facts = await probe_database(settings, conninfo, direct=True)
+            pooled = uses_pooler(settings, facts)
+            if pooled:
+                raise StartupError("DATABASE_DIRECT_URL goes through a transaction pooler too: point it at "
+                                   "PostgreSQL itself (migrations need a session)")
         pool = await open_pool(
             PoolConfig(
                 conninfo=conninfo,
@@ -137,6 +149,24 @@ async def ensure_schema(settings: Settings, pool: TimedPool) -> None:
         return
     async with open_database(settings, direct=True) as (direct_pool, _):
         await migrate_schema(direct_pool)
+
+
+async def open_turn_control(settings: Settings, pool: TimedPool, chat: IntegratedChatService) -> Listener:
+    """Cancel requests between replicas: NOTIFY on the pool, LISTEN on a session of this process's own — on
+    PostgreSQL itself (DATABASE_DIRECT_URL) when DATABASE_URL is a transaction pooler, which carries no LISTEN."""
+    conninfo = await listen_conninfo(settings, pool)
+
+    def on_message(message: dict[str, Any]) -> None:
+        if "cancel" in message:
+            chat.cancel_local(UUID(str(message["cancel"])))
+
+    async def remote_cancel(message_id: UUID) -> None:
+        await publish(pool, TURN_CONTROL, {"cancel": str(message_id)})
+
+    listener = Listener(conninfo, TURN_CONTROL, on_message)
+    await listener.start()
+    chat.remote_cancel = remote_cancel
+    return listener
 
 
 async def index_sample(settings: Settings, pool: Pool, knowledge: KnowledgeStack) -> None:
@@ -217,7 +247,9 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             history_messages=settings.history_messages,
             prompt_variant=settings.prompt_variant,
             tracing=tracing,
+            on_disconnect=settings.turn_on_disconnect,
         )
+        listener = await open_turn_control(settings, pool, chat)
         capacity = make_capacity(settings, pool)
         resources = Resources(
             settings=settings,
@@ -252,6 +284,10 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             if background:  # let them hand their connections back before the pool closes
                 await asyncio.wait(background, timeout=5)
             metrics.RUNTIME.resources = None
-            await chat.shutdown()
+            # turns whose clients left are not held by the server's graceful wait: they get what is left of
+            # SHUTDOWN_GRACE_SECONDS since the drain began
+            waited = time.monotonic() - resources.drain_started if resources.drain_started else 0.0
+            await chat.shutdown(max(0.0, settings.shutdown_grace_seconds - waited))
+            await listener.aclose()
             await knowledge.aclose()
             await tracing.aclose()

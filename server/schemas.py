@@ -155,6 +155,13 @@ class Health(msgspec.Struct):
     version: str
 
 
+class CancelAccepted(msgspec.Struct):
+    """202 to a cancel: the turn stops on whichever replica runs it and is stored `cancelled`."""
+
+    message_id: UUID
+    status: Literal["cancelling"] = "cancelling"
+
+
 class Liveness(msgspec.Struct):
     status: Literal["alive"]
 

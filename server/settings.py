@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     session_cleanup_interval_minutes: float = 60
     hard_delete_after_days: float = 90
     turn_timeout_seconds: float = 120
+    # a client that leaves mid-answer: `continue` (the turn runs to the end and is stored; the answer can be
+    # read or rejoined), or `cancel` (stopped, stored `cancelled` with what it had said)
+    turn_on_disconnect: Literal["continue", "cancel"] = "continue"
     max_message_chars: int = 4000
     max_body_bytes: int = 64 * 1024
     max_metadata_bytes: int = 4096

@@ -283,6 +283,7 @@ class Cluster:
         return {
             "APP_ENV": "production", "ADMIN_TOKEN": "cluster-admin-token-1",
             "DATABASE_URL": self.pg.url("app", port=self.bouncer.port, sslmode="require"),
+            "DATABASE_DIRECT_URL": self.pg.url("app"),  # PostgreSQL itself, for LISTEN
             "MIGRATE_ON_START": "false", "DB_POOL_MAX": "10", "SHUTDOWN_DRAIN_SECONDS": "1.5",
             "SHUTDOWN_GRACE_SECONDS": "30", "OPENAI_API_KEY": "", "LANGSMITH_TRACING": "false",
             **self.env,

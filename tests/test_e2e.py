@@ -161,27 +161,69 @@ async def test_second_turn_while_one_runs_is_409(client: httpx.AsyncClient) -> N
     assert (await stream_turn(client, sid, "now?"))[-1][0] == "done"
 
 
-async def test_client_disconnect_mid_stream_leaves_cancelled(
-    client: httpx.AsyncClient, fake_openai: FakeOpenAIServer
-) -> None:
-    session = await new_session(client)
-    sid = session["session_id"]
-    async with aconnect_sse(client, "POST", f"{API}/sessions/{sid}/chat/stream",
-                            json={"message": "[[slow]] then I leave"}) as source:
-        tokens = 0
+async def _leave_after_tokens(client: httpx.AsyncClient, sid: str, text: str, n: int) -> str:
+    """Stream a turn, leave after `n` tokens (closing the connection); the answer's message id."""
+    async with aconnect_sse(client, "POST", f"{API}/sessions/{sid}/chat/stream", json={"message": text}) as source:
+        tokens, message_id = 0, ""
         async for sse in source.aiter_sse():
+            if sse.event == "metadata":
+                message_id = json.loads(sse.data)["message_id"]
             tokens += sse.event == "token"
-            if tokens == 3:
+            if tokens == n:
                 break  # leaving the block closes the connection
-    for _ in range(100):
+    return message_id
+
+
+async def _settled(client: httpx.AsyncClient, sid: str) -> list[dict[str, Any]]:
+    for _ in range(150):
         stored = await messages_of(client, sid)
         if stored[-1]["status"] != "streaming":
-            break
+            return stored
         await asyncio.sleep(0.1)
-    assert [(m["role"], m["status"]) for m in stored] == [("user", "complete"), ("assistant", "cancelled")]
-    assert stored[-1]["content"].startswith("tok0 tok1 tok2") and len(stored[-1]["content"].split()) < 60
+    raise AssertionError("the turn never ended")
+
+
+async def test_client_disconnect_mid_stream_lets_the_turn_finish(
+    client: httpx.AsyncClient, fake_openai: FakeOpenAIServer
+) -> None:
+    """TURN_ON_DISCONNECT=continue (the default): the answer is completed and stored after its client left."""
+    session = await new_session(client)
+    sid = session["session_id"]
+    await _leave_after_tokens(client, sid, "[[slow]] then I leave", 3)
+    stored = await _settled(client, sid)
+    assert [(m["role"], m["status"]) for m in stored] == [("user", "complete"), ("assistant", "complete")]
+    assert stored[-1]["content"].split() == [f"tok{i}" for i in range(60)]  # the whole answer
     assert (await client.get(f"{API}/sessions/{sid}")).json()["turn_running"] is False
     assert (await stream_turn(client, sid, "back again"))[-1][0] == "done"
+
+
+async def test_a_running_turn_is_cancelled_on_request(client: httpx.AsyncClient) -> None:
+    session = await new_session(client)
+    sid = session["session_id"]
+    events = []
+    async with aconnect_sse(client, "POST", f"{API}/sessions/{sid}/chat/stream",
+                            json={"message": "[[slow]] stop me"}) as source:
+        async for sse in source.aiter_sse():
+            events.append((sse.event, json.loads(sse.data)))
+            if sse.event == "token" and [e for e, _ in events].count("token") == 2:
+                mid = events[0][1]["message_id"]
+                r = await client.post(f"{API}/sessions/{sid}/messages/{mid}/cancel")
+                assert (r.status_code, r.json()) == (202, {"message_id": mid, "status": "cancelling"})
+    assert events[-1][0] == "error" and events[-1][1]["code"] == "cancelled"
+    stored = await _settled(client, sid)
+    assert [(m["role"], m["status"]) for m in stored] == [("user", "complete"), ("assistant", "cancelled")]
+    assert stored[-1]["content"].startswith("tok0 tok1") and len(stored[-1]["content"].split()) < 60
+    again = await client.post(f"{API}/sessions/{sid}/messages/{mid}/cancel")
+    assert_error(again, 409, "turn_ended")
+    user_mid = stored[0]["message_id"]  # not an answer
+    assert_error(await client.post(f"{API}/sessions/{sid}/messages/{user_mid}/cancel"), 404, "message_not_found")
+    assert_error(await client.post(f"{API}/sessions/{sid}/messages/{uuid4()}/cancel"), 404,
+                 "message_not_found")
+    assert_error(await client.post(f"{API}/sessions/{sid}/messages/nope/cancel"), 400, "validation_error")
+    other = await new_session(client)  # an answer of another session is not found through this one
+    assert_error(await client.post(f"{API}/sessions/{other['session_id']}/messages/{mid}/cancel"), 404,
+                 "message_not_found")
+    assert (await stream_turn(client, sid, "still here?"))[-1][0] == "done"
 
 
 async def test_failing_model_leaves_error_and_a_usable_session(client: httpx.AsyncClient) -> None:

@@ -143,3 +143,20 @@ def test_sigterm_stops_the_embedded_postgresql_it_started(tmp_path: Path) -> Non
     while info.is_running() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not info.is_running()  # before: uvicorn re-raised SIGTERM and the postmaster outlived the service
+
+
+def test_a_turn_whose_client_left_still_finishes_on_sigterm(database_url: str, slow_model: FakeOpenAIServer) -> None:
+    """TURN_ON_DISCONNECT=continue: a turn nobody is reading any more is not held by the server's wait for open
+    connections, and still gets its SHUTDOWN_GRACE_SECONDS to finish before the process exits."""
+    server = ServerProcess(_env(database_url, slow_model, SHUTDOWN_GRACE_SECONDS="20"))
+    with server:
+        session = _session(server.base_url)
+        turn = StreamedTurn(server.base_url, session)
+        turn.read_until("token")
+        turn.client.close()  # the shopper left
+        time.sleep(0.3)
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(20) in (0, -signal.SIGTERM)
+    rows = _rows(database_url, session)
+    assert [(r["role"], r["status"]) for r in rows] == [("user", "complete"), ("assistant", "complete")]
+    assert rows[1]["content"].split() == [f"tok{i}" for i in range(40)]

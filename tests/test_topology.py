@@ -311,8 +311,13 @@ def test_roles_and_migrations_as_a_deploy_step(cluster: Cluster) -> None:
     line = _fails_to_start(cluster, "migrate", DATABASE_URL=pg.url("app"))
     assert "may not change the schema" in line and "migration role" in line
     # a replica told to migrate through the pooler, with no direct URL for the migration lock
-    line = _fails_to_start(cluster, MIGRATE_ON_START="true")
+    line = _fails_to_start(cluster, MIGRATE_ON_START="true", DATABASE_DIRECT_URL="")
     assert "DATABASE_DIRECT_URL" in line and "MIGRATE_ON_START" in line
+    # ... or with none for LISTEN (turns are cancelled across replicas through it)
+    line = _fails_to_start(cluster, DATABASE_DIRECT_URL="")
+    assert "DATABASE_DIRECT_URL" in line and "LISTEN" in line
+    line = _fails_to_start(cluster, DATABASE_DIRECT_URL=pg.url("app", port=cluster.bouncer.port, sslmode="require"))
+    assert "DATABASE_DIRECT_URL" in line and "pooler too" in line
     # ... and with one, it migrates there (nothing to do: already at this release's version)
     assert cluster.cli("migrate", DATABASE_URL=pg.url("app", port=cluster.bouncer.port, sslmode="require"),
                        DATABASE_DIRECT_URL=pg.url("migrator")).returncode == 0

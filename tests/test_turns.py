@@ -116,7 +116,7 @@ async def test_consumer_leaving_cancels_the_turn_and_keeps_partial_content(
     res: Resources, fake_openai: FakeOpenAIServer
 ) -> None:
     session = await res.sessions.create("store-c", None, {})
-    turn = await res.chat.start_turn(session.session_id, "[[slow]] please", {})
+    turn = await res.chat.start_turn(session.session_id, "[[slow]] please", {}, on_disconnect="cancel")
     seen = 0
     stream = turn.stream()
     async for event, _ in stream:

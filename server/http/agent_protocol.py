@@ -275,9 +275,6 @@ def refuse_unsupported(body: RunStream) -> None:
     for name, value in named.items():
         if value:
             raise Unsupported(f"'{name}' is not supported by this service", {"field": name})
-    if body.on_disconnect != "cancel":
-        raise Unsupported("on_disconnect must be 'cancel': a turn stops when its client leaves",
-                          {"field": "on_disconnect"})
     if body.multitask_strategy != "reject":
         raise Unsupported("multitask_strategy must be 'reject': one turn at a time per thread (409 otherwise)",
                           {"field": "multitask_strategy"})
@@ -501,7 +498,7 @@ async def start_run(res: Resources, principal: Principal, thread_id: UUID, body:
         snapshot = await _snapshot(res, thread_id)
         before = _values(snapshot)
     metadata = {k: v for k, v in (body.metadata or {}).items() if k != "store_id"}
-    turn = await res.chat.start_turn(thread_id, text, metadata)
+    turn = await res.chat.start_turn(thread_id, text, metadata, on_disconnect=body.on_disconnect)
     if before is not None:
         before["messages"] = [*before.get("messages", []),
                               {"type": "human", "id": str(turn.user_message_id), "content": text}]

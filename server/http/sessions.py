@@ -26,6 +26,7 @@ from server.http.deps import (
 )
 from server.resources import Resources
 from server.schemas import (
+    CancelAccepted,
     ChatRequest,
     ChatResponse,
     CreateSessionRequest,
@@ -143,6 +144,16 @@ class SessionController(Controller):
                 yield sse_frame(n, event, payload)
 
         return Stream(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    @post("/sessions/{session_id:str}/messages/{message_id:str}/cancel", status_code=202)
+    async def cancel_turn(self, session_id: FromPath[str], message_id: FromPath[str], state: State,
+                          principal: Caller) -> CancelAccepted:
+        """Stop a running answer (on any replica): stored `cancelled` with what it had said; 409 if it ended."""
+        res = resources_of(state)
+        session = await owned_session(res, principal, session_id)
+        mid = parse_id(message_id, "message_id")
+        await res.chat.cancel(session.session_id, mid)
+        return CancelAccepted(message_id=mid)
 
     @post("/messages/{message_id:str}/feedback", status_code=201)
     async def feedback(

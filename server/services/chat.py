@@ -8,12 +8,13 @@ releases the claim. No connection is held while the model streams.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID, uuid4
 
 import psycopg
@@ -36,12 +37,14 @@ from persistence.messages import MessageRepository
 from server import metrics
 from server.errors import (
     AppError,
+    MessageNotFound,
     ModelError,
     PayloadTooLarge,
     SessionBusy,
     SessionExpired,
     SessionNotFound,
     ShuttingDown,
+    TurnEnded,
     ValidationFailed,
 )
 from server.integrations.tracing import Tracing
@@ -50,6 +53,7 @@ from server.schemas import Message, check_metadata_size, message_out
 log = logging.getLogger(__name__)
 
 Event = tuple[str, dict[str, Any]]
+OnDisconnect = Literal["continue", "cancel"]
 STREAM_MODES: list[StreamMode] = ["messages", "updates"]
 _END = object()
 
@@ -65,6 +69,7 @@ class Turn:
     model: str
     prompt_variant: str
     started: float
+    on_disconnect: OnDisconnect = "continue"  # what happens when the client reading the stream leaves
     events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
@@ -80,7 +85,8 @@ class Turn:
         }
 
     async def stream(self) -> AsyncIterator[Event]:
-        """metadata, sources, token..., then done or error. Leaving early cancels the turn."""
+        """metadata, sources, token..., then done or error. Leaving early cancels the turn only when its
+        `on_disconnect` says so (TURN_ON_DISCONNECT=cancel); by default it runs on and is stored."""
         try:
             yield "metadata", self.metadata_event
             while True:
@@ -89,7 +95,7 @@ class Turn:
                     return
                 yield item
         finally:
-            if not self.finished.is_set() and self.task is not None:
+            if not self.finished.is_set() and self.task is not None and self.on_disconnect == "cancel":
                 self.task.cancel()
 
 
@@ -121,6 +127,7 @@ class IntegratedChatService:
         tracing: Tracing | None = None,
         durability: Durability = "exit",
         prune_checkpoints: bool = True,
+        on_disconnect: OnDisconnect = "continue",
     ) -> None:
         self.graph = graph
         self.messages = messages
@@ -139,6 +146,10 @@ class IntegratedChatService:
         self.durability: Durability = durability
         self.prune_checkpoints = prune_checkpoints
         self._running: set[asyncio.Task[None]] = set()
+        self._turns: dict[UUID, Turn] = {}  # running here, by assistant message id
+        self.on_disconnect: OnDisconnect = on_disconnect
+        # asks the other replicas to cancel a turn (PostgreSQL NOTIFY, wired by server/resources.py)
+        self.remote_cancel: Callable[[UUID], Awaitable[None]] | None = None
         self.draining = False  # set on SIGTERM: running turns go on, new ones are refused (503 shutting_down)
 
     # -- starting a turn: everything that can be refused is refused before a response starts
@@ -156,7 +167,8 @@ class IntegratedChatService:
         check_metadata_size(metadata, self.max_metadata_bytes)
         return text
 
-    async def start_turn(self, session_id: UUID, text: str, metadata: dict[str, Any]) -> Turn:
+    async def start_turn(self, session_id: UUID, text: str, metadata: dict[str, Any],
+                         on_disconnect: OnDisconnect | None = None) -> Turn:
         if self.draining:
             metrics.record_refusal("shutting_down")
             raise ShuttingDown()
@@ -195,12 +207,18 @@ class IntegratedChatService:
             model=self.model_name,
             prompt_variant=variant,
             started=started,
+            on_disconnect=on_disconnect or self.on_disconnect,
         )
         task = asyncio.create_task(self._run(turn), name=f"turn-{message_id}")
         turn.task = task
         self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        self._turns[message_id] = turn
+        task.add_done_callback(functools.partial(self._forget, message_id))
         return turn
+
+    def _forget(self, message_id: UUID, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._turns.pop(message_id, None)
 
     async def run_to_end(self, session_id: UUID, text: str, metadata: dict[str, Any]) -> tuple[Message, Message]:
         """The non-streaming turn: (assistant message, user message); a failed model is a 502."""
@@ -395,11 +413,39 @@ class IntegratedChatService:
     def running_turns(self) -> int:
         return len(self._running)
 
+    # -- cancelling a turn, on this replica or another
+
+    async def cancel(self, session_id: UUID, message_id: UUID) -> None:
+        """Stop a running turn of this session wherever it runs; it is stored `cancelled` with its partial
+        answer. 404 for no such answer in this session, 409 when it already ended."""
+        row = await self.messages.get(message_id)
+        if row is None or row["session_id"] != session_id or row["role"] != "assistant":
+            raise MessageNotFound(detail={"message_id": str(message_id)})
+        if row["status"] != "streaming":
+            raise TurnEnded(detail={"message_id": str(message_id), "status": row["status"]})
+        if self.cancel_local(message_id):
+            return
+        if self.remote_cancel is not None:
+            await self.remote_cancel(message_id)
+
+    def cancel_local(self, message_id: UUID) -> bool:
+        """Cancel the turn if it runs in this process (True), else nothing (False)."""
+        turn = self._turns.get(message_id)
+        if turn is None or turn.task is None or turn.task.done():
+            return False
+        log.info("turn cancelled on request", extra={"run_id": str(message_id)})
+        turn.task.cancel()
+        return True
+
     async def shutdown(self, grace_s: float = 5.0) -> None:
-        """Cancel running turns and let each store its final state."""
+        """Let running turns (their clients may have left) finish for up to `grace_s`, then cancel the rest and
+        let each store its final state."""
         self.draining = True
         tasks = list(self._running)
+        if tasks and grace_s > 0:
+            await asyncio.wait(tasks, timeout=grace_s)
+        tasks = [t for t in tasks if not t.done()]
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=grace_s)
+            await asyncio.wait(tasks, timeout=5.0)
