@@ -25,10 +25,19 @@ select outcome, store_id, user_id from begin_turn(
 FINISH_TURN_SQL = f"""
 select {MESSAGE_COLUMNS} from finish_turn(
     %(message_id)s, %(status)s, %(content)s, %(model)s, %(input_tokens)s, %(output_tokens)s,
-    %(latency_ms)s, %(first_token_ms)s, %(sources)s, %(error_code)s)
+    %(latency_ms)s, %(first_token_ms)s, %(sources)s, %(error_code)s, %(stream_index)s)
 """
 GET_MESSAGE_SQL = f"""
 select {', '.join('m.' + c.strip() for c in MESSAGE_COLUMNS.split(','))}
+  from chat_messages m join chat_sessions s using (session_id)
+ where m.message_id = %s and m.deleted_at is null and s.deleted_at is null
+"""
+# a message with what its stream is rebuilt from (rejoining a finished turn)
+GET_STREAM_SQL = f"""
+select {', '.join('m.' + c.strip() for c in MESSAGE_COLUMNS.split(','))}, m.stream_index,
+       (select u.message_id from chat_messages u
+         where u.session_id = m.session_id and u.role = 'user' and u.seq < m.seq
+         order by u.seq desc limit 1) as user_message_id
   from chat_messages m join chat_sessions s using (session_id)
  where m.message_id = %s and m.deleted_at is null and s.deleted_at is null
 """
@@ -112,6 +121,7 @@ class MessageRepository:
         first_token_ms: int | None,
         sources: list[dict[str, Any]],
         error_code: str | None,
+        stream_index: dict[str, Any] | None = None,
     ) -> Row:
         async with self.pool.connection() as conn:
             cur = await conn.execute(
@@ -127,6 +137,7 @@ class MessageRepository:
                     "first_token_ms": first_token_ms,
                     "sources": Jsonb(sources),
                     "error_code": error_code,
+                    "stream_index": Jsonb(stream_index) if stream_index is not None else None,
                 },
             )
             row = await cur.fetchone()
@@ -136,6 +147,11 @@ class MessageRepository:
     async def get(self, message_id: UUID) -> Row | None:
         async with self.pool.connection() as conn:
             cur = await conn.execute(GET_MESSAGE_SQL, (message_id,))
+            return await cur.fetchone()
+
+    async def get_stream(self, message_id: UUID) -> Row | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(GET_STREAM_SQL, (message_id,))
             return await cur.fetchone()
 
     async def list(self, session_id: UUID, *, limit: int, before: UUID | None) -> list[Row]:

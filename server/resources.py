@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
-from uuid import UUID
 
 from graph.graph import build_graph
 from graph.models import make_chat_model
@@ -21,7 +20,7 @@ from persistence.embedded import embedded_conninfo, start_embedded
 from persistence.keys import KeyRepository
 from persistence.messages import MessageRepository
 from persistence.migrations import xact_advisory_lock
-from persistence.notify import TURN_CONTROL, Listener, publish
+from persistence.notify import TURN_CONTROL, TURN_EVENTS, Listener, publish
 from persistence.sessions import SessionRepository
 from persistence.stats import StatsRepository
 from server import metrics
@@ -156,16 +155,12 @@ async def open_turn_control(settings: Settings, pool: TimedPool, chat: Integrate
     PostgreSQL itself (DATABASE_DIRECT_URL) when DATABASE_URL is a transaction pooler, which carries no LISTEN."""
     conninfo = await listen_conninfo(settings, pool)
 
-    def on_message(message: dict[str, Any]) -> None:
-        if "cancel" in message:
-            chat.cancel_local(UUID(str(message["cancel"])))
+    async def notify(channel: str, message: dict[str, Any] | str) -> None:
+        await publish(pool, channel, message)
 
-    async def remote_cancel(message_id: UUID) -> None:
-        await publish(pool, TURN_CONTROL, {"cancel": str(message_id)})
-
-    listener = Listener(conninfo, TURN_CONTROL, on_message)
+    listener = Listener(conninfo, {TURN_CONTROL: chat.on_control, TURN_EVENTS: chat.on_events})
     await listener.start()
-    chat.remote_cancel = remote_cancel
+    chat.notify = notify
     return listener
 
 

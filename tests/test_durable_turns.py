@@ -1,12 +1,15 @@
 """Turns that do not belong to their connection (API.md, "Durable turns"): cancelled on request from any
-replica — the request reaches the replica running the turn through PostgreSQL NOTIFY."""
+replica, and rejoined with Last-Event-ID on any replica while they run or after they ended — the request
+reaches the replica running the turn through PostgreSQL NOTIFY, and its events come back the same way."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections.abc import Iterator
 from typing import Any
+from uuid import uuid4
 
 import httpx
 import pytest
@@ -64,3 +67,114 @@ async def test_a_turn_is_cancelled_from_another_replica(replicas: tuple[ServerPr
         assert [(r["role"], r["status"]) for r in rows] == [("user", "complete"), ("assistant", "cancelled")]
         assert rows[1]["content"].startswith("tok0 tok1")
         assert (await on_b.post(f"{API}/sessions/{sid}/messages/{mid}/cancel")).json()["code"] == "turn_ended"
+
+
+# -- rejoining a stream with Last-Event-ID -------------------------------------------------------------
+
+async def _read(response: httpx.Response) -> list[tuple[int, str, dict[str, Any]]]:
+    events, name, n = [], "", 0
+    async for line in response.aiter_lines():
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("id: "):
+            n = int(line[4:])
+        elif line.startswith("data: "):
+            events.append((n, name, json.loads(line[6:])))
+    return events
+
+
+async def _start_and_leave(c: httpx.AsyncClient, sid: str, text: str, leave_after: int
+                           ) -> tuple[str, list[tuple[int, str, dict[str, Any]]]]:
+    """Stream a turn and leave once event id `leave_after` has arrived: (message id, events seen)."""
+    seen: list[tuple[int, str, dict[str, Any]]] = []
+    async with c.stream("POST", f"{API}/sessions/{sid}/chat/stream", json={"message": text}) as r:
+        assert r.status_code == 200
+        name, n = "", 0
+        async for line in r.aiter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("id: "):
+                n = int(line[4:])
+            elif line.startswith("data: "):
+                seen.append((n, name, json.loads(line[6:])))
+                if n >= leave_after:
+                    break
+    return seen[0][2]["message_id"], seen
+
+
+async def _rejoin(c: httpx.AsyncClient, sid: str, mid: str, after: int, *, header: bool = True
+                  ) -> list[tuple[int, str, dict[str, Any]]]:
+    kwargs: dict[str, Any] = {"headers": {"Last-Event-ID": str(after)}} if header else {
+        "params": {"last_event_id": str(after)}}
+    async with c.stream("GET", f"{API}/sessions/{sid}/messages/{mid}/stream", **kwargs) as r:
+        assert r.status_code == 200, await r.aread()
+        return await _read(r)
+
+
+def _check_resumed(seen: list[tuple[int, str, dict[str, Any]]], after: int,
+                   rejoined: list[tuple[int, str, dict[str, Any]]], stored: str) -> None:
+    ids = [n for n, _, _ in rejoined]
+    assert ids == sorted(set(ids)) and all(n > after for n in ids), ids  # strictly increasing, all after N
+    assert rejoined[-1][1] == "done"
+    before = "".join(d["delta"] for n, e, d in seen if e == "token" and n <= after)
+    rest = "".join(d["delta"] for _, e, d in rejoined if e == "token")
+    assert before + rest == stored
+
+
+async def test_rejoin_mid_stream_on_the_same_and_on_another_replica(
+        replicas: tuple[ServerProcess, ServerProcess], database_url: str) -> None:
+    a, b = replicas
+    async with httpx.AsyncClient(base_url=a.base_url, timeout=30) as on_a, \
+            httpx.AsyncClient(base_url=b.base_url, timeout=30) as on_b:
+        for target, header in ((on_a, True), (on_b, False)):
+            sid = (await on_a.post(f"{API}/sessions", json={"store_id": "durable"})).json()["session_id"]
+            mid, seen = await _start_and_leave(on_a, sid, "a long answer please", 6)
+            rejoined = await _rejoin(target, sid, mid, 6, header=header)  # the turn is still running on A
+            stored = _rows(database_url, sid)[-1]
+            assert stored["status"] == "complete"
+            _check_resumed(seen, 6, rejoined, stored["content"])
+            assert len([e for _, e, _ in rejoined if e == "token"]) > 1  # it came live, token by token
+
+
+async def test_rejoin_refusals(replicas: tuple[ServerProcess, ServerProcess]) -> None:
+    a, _ = replicas
+    async with httpx.AsyncClient(base_url=a.base_url, timeout=30) as c:
+        sid = (await c.post(f"{API}/sessions", json={"store_id": "durable"})).json()["session_id"]
+        other = (await c.post(f"{API}/sessions", json={"store_id": "durable"})).json()["session_id"]
+        mid, _ = await _start_and_leave(c, sid, "short", 1)
+        for url, code in ((f"{API}/sessions/{other}/messages/{mid}/stream", "message_not_found"),
+                          (f"{API}/sessions/{sid}/messages/{uuid4()}/stream", "message_not_found"),
+                          (f"{API}/sessions/{sid}/messages/{mid}/stream?last_event_id=x", "validation_error")):
+            r = await c.get(url)
+            assert r.json()["code"] == code, (url, r.text)
+
+
+@pytest.fixture(scope="module")
+def quick_model() -> Iterator[FakeOpenAIServer]:
+    with FakeOpenAIServer(Pace(0.0, 0.004, 40)) as srv:  # 40 tokens in 0.16 s
+        yield srv
+
+
+async def test_a_hundred_disconnects_each_rejoined_yield_the_stored_answer(
+        database_url: str, quick_model: FakeOpenAIServer) -> None:
+    """Leave at a random point of each of 100 streamed turns; every turn is stored complete, and rejoining from
+    the point left (on either replica, during or after the turn) gives exactly the rest of the stored answer."""
+    env = {"DATABASE_URL": database_url, "OPENAI_API_KEY": "sk-local-test", "OPENAI_BASE_URL": quick_model.base_url,
+           "OPENAI_MAX_RETRIES": "0", "CAPACITY_SAMPLE_SECONDS": "0"}
+    rnd = random.Random(14)
+    with ServerProcess(env) as a, ServerProcess(env) as b:
+        async with httpx.AsyncClient(base_url=a.base_url, timeout=30) as on_a, \
+                httpx.AsyncClient(base_url=b.base_url, timeout=30) as on_b:
+            sid = (await on_a.post(f"{API}/sessions", json={"store_id": "durable"})).json()["session_id"]
+            for i in range(100):
+                leave_at = rnd.randint(1, 43)  # metadata 1, sources 2, tokens 3..42, done 43
+                mid, seen = await _start_and_leave(on_a, sid, f"question {i}", leave_at)
+                after = seen[-1][0]
+                rejoined = await _rejoin(rnd.choice((on_a, on_b)), sid, mid, after)
+                stored = fetch_all(database_url, "select status, content from chat_messages where message_id = %s",
+                                   (mid,))[0]
+                assert stored["status"] == "complete"
+                if after >= 43:
+                    assert rejoined == []  # it had everything
+                else:
+                    _check_resumed(seen, after, rejoined, stored["content"])

@@ -13,7 +13,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from server import metrics
-from server.errors import Forbidden, MessageNotFound, NotFound, RateLimited, SessionNotFound
+from server.errors import Forbidden, MessageNotFound, NotFound, RateLimited, SessionNotFound, ValidationFailed
 from server.http.deps import (
     SSE_HEADERS,
     Caller,
@@ -43,6 +43,16 @@ from server.schemas import (
     sse_frame,
 )
 from server.services.auth import Principal
+
+
+def parse_event_id(value: str | None) -> int:
+    """Last-Event-ID: the id of the last event the client has (none: 0, from the start)."""
+    if value is None or not value.strip():
+        return 0
+    if not value.strip().isdigit():
+        raise ValidationFailed("Last-Event-ID must be a whole number", {"field": "last_event_id",
+                                                                         "value": value[:20]})
+    return int(value)
 
 
 async def _turn_session(res: Resources, principal: Principal, session_id: str) -> UUID:
@@ -141,6 +151,34 @@ class SessionController(Controller):
             n = 0
             async for event, payload in turn.stream():
                 n += 1
+                yield sse_frame(n, event, payload)
+
+        return Stream(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    @get(
+        "/sessions/{session_id:str}/messages/{message_id:str}/stream",
+        media_type="text/event-stream",
+        description="Rejoin an answer's stream after Last-Event-ID (header, or ?last_event_id=), on any replica, "
+                    "while it runs or after it ended (API.md, Durable turns).",
+    )
+    async def rejoin_stream(
+        self,
+        session_id: FromPath[str],
+        message_id: FromPath[str],
+        state: State,
+        request: Request[Any, Any, Any],
+        last_event_id: Annotated[str | None, QueryParameter(name="last_event_id", max_length=20)] = None,
+        *,
+        principal: Caller,
+    ) -> Stream:
+        res = resources_of(state)
+        session = await owned_session(res, principal, session_id)
+        mid = parse_id(message_id, "message_id")
+        after = parse_event_id(request.headers.get("last-event-id") or last_event_id)
+        events = await res.chat.rejoin(session.session_id, mid, after)
+
+        async def frames() -> AsyncIterator[bytes]:
+            async for n, event, payload in events:
                 yield sse_frame(n, event, payload)
 
         return Stream(frames(), media_type="text/event-stream", headers=SSE_HEADERS)

@@ -11,12 +11,13 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 from uuid import UUID, uuid4
 
+import msgspec
 import psycopg
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
@@ -34,6 +35,7 @@ from graph.retrieval import Passage
 from graph.state import ChatContext
 from persistence.db import POOL_WAIT_S, retry_unavailable
 from persistence.messages import MessageRepository
+from persistence.notify import MAX_PAYLOAD, TURN_CONTROL, TURN_EVENTS
 from server import metrics
 from server.errors import (
     AppError,
@@ -54,8 +56,77 @@ log = logging.getLogger(__name__)
 
 Event = tuple[str, dict[str, Any]]
 OnDisconnect = Literal["continue", "cancel"]
+# what a turn that did not complete tells its client, by the error code stored on its message
+ERROR_TEXTS = {
+    "cancelled": "cancelled",
+    "timeout": "The language model did not finish in time",
+    "model_error": "The language model failed to answer",
+    "database_unavailable": "The database became unavailable",
+    "internal_error": "The turn failed on the server",
+    "abandoned": "The server running this turn stopped before it ended",
+}
+
+
+def ending_event(row: dict[str, Any]) -> Event:
+    """A stored answer's last event: `done` with the message, or `error` with the code of API.md."""
+    if row["status"] == "complete":
+        return "done", {"message": message_out(row)}
+    code = row["error_code"] or "internal_error"
+    return "error", {"code": "model_error" if code == "timeout" else code,  # a timeout is the model's
+                     "message": ERROR_TEXTS.get(code, code), "message_id": str(row["message_id"])}
+
+
+FOLLOW_CHECK_S = 1.0  # a follower that hears nothing this long looks at the row
+
+
+async def _aiter(items: list[tuple[int, str, dict[str, Any]]]) -> AsyncIterator[tuple[int, str, dict[str, Any]]]:
+    for item in items:
+        yield item
+
+
+def _batches(to: str, items: list[list[Any]]) -> Iterator[str]:
+    """NOTIFY payloads for a follower: as many events as fit in each."""
+    batch: list[bytes] = []
+    size = 0
+    for item in items:
+        encoded = msgspec.json.encode(item)
+        if len(encoded) > MAX_PAYLOAD - 100:
+            encoded = msgspec.json.encode([item[0], "ref"])
+        if batch and size + len(encoded) > MAX_PAYLOAD - 100:
+            yield _payload(to, batch)
+            batch, size = [], 0
+        batch.append(encoded)
+        size += len(encoded) + 1
+    if batch:
+        yield _payload(to, batch)
+
+
+def _payload(to: str, batch: list[bytes]) -> str:
+    return msgspec.json.encode({"to": to, "e": [msgspec.Raw(b) for b in batch]}).decode()
+
+
+def stored_events(row: dict[str, Any], after: int) -> list[tuple[int, str, dict[str, Any]]]:
+    """A finished turn's events after id `after`, rebuilt from its row: the same ids the live stream had, the
+    token deltas after `after` joined into one event (their concatenation is the stored content)."""
+    index = row.get("stream_index")
+    metadata = {"session_id": str(row["session_id"]), "user_message_id": str(row["user_message_id"]),
+                "message_id": str(row["message_id"]), "run_id": str(row["message_id"]), "model": row["model"]}
+    out: list[tuple[int, str, dict[str, Any]]] = []
+    if after < 1:
+        out.append((1, "metadata", metadata))
+    if index is None:  # closed without a stream of its own (a dead replica's turn, taken over): how it ended
+        out.append((max(after + 1, 2), *ending_event(row)))
+        return out
+    if index["sources_id"] and after < index["sources_id"]:
+        out.append((index["sources_id"], "sources", {"sources": row["sources"] or []}))
+    ends, first = index["token_ends"], index["first_token_id"]
+    if ends and after < first + len(ends) - 1:
+        start = ends[after - first] if after >= first else 0
+        out.append((first + len(ends) - 1, "token", {"delta": row["content"][start:]}))
+    if after < index["final_id"]:
+        out.append((index["final_id"], *ending_event(row)))
+    return out
 STREAM_MODES: list[StreamMode] = ["messages", "updates"]
-_END = object()
 
 
 @dataclass
@@ -70,9 +141,61 @@ class Turn:
     prompt_variant: str
     started: float
     on_disconnect: OnDisconnect = "continue"  # what happens when the client reading the stream leaves
-    events: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    # every event so far, in order; an event's SSE id is its position + 1. Any number of readers follow it:
+    # the client that started the turn, and clients rejoining with Last-Event-ID
+    log: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    ended: bool = False
     task: asyncio.Task[None] | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    _wake: asyncio.Future[None] | None = None
+
+    def emit(self, event: str, data: dict[str, Any]) -> None:
+        self.log.append((event, data))
+        self._wake_readers()
+
+    def end(self) -> None:
+        self.ended = True
+        self._wake_readers()
+
+    def stream_index(self) -> dict[str, Any]:
+        """The ids this turn's events had and where each token delta ends in the content: stored with the
+        answer, so that a client rejoining after the turn ended gets the same ids (stored_events)."""
+        ends: list[int] = []
+        first_token_id = sources_id = None
+        total = 0
+        for n, (event, data) in enumerate(self.log, start=1):
+            if event == "token":
+                first_token_id = first_token_id or n
+                total += len(data["delta"])
+                ends.append(total)
+            elif event == "sources":
+                sources_id = n
+        return {"sources_id": sources_id, "first_token_id": first_token_id, "token_ends": ends,
+                "final_id": len(self.log) + 1}
+
+    def _wake_readers(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+        self._wake = None
+
+    async def wait_beyond(self, seen: int) -> None:
+        """Until the log has more than `seen` events, or the turn has ended."""
+        while seen >= len(self.log) and not self.ended:
+            if self._wake is None:
+                self._wake = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._wake)
+
+    async def events(self, after: int = 0) -> AsyncIterator[tuple[int, str, dict[str, Any]]]:
+        """(id, event, data) after id `after`, as they come, until the turn's last event."""
+        seen = after
+        while True:
+            while seen < len(self.log):
+                seen += 1
+                event, data = self.log[seen - 1]
+                yield seen, event, data
+            if self.ended:
+                return
+            await self.wait_beyond(seen)
 
     @property
     def metadata_event(self) -> dict[str, Any]:
@@ -88,12 +211,8 @@ class Turn:
         """metadata, sources, token..., then done or error. Leaving early cancels the turn only when its
         `on_disconnect` says so (TURN_ON_DISCONNECT=cancel); by default it runs on and is stored."""
         try:
-            yield "metadata", self.metadata_event
-            while True:
-                item = await self.events.get()
-                if item is _END:
-                    return
-                yield item
+            async for _, event, data in self.events():
+                yield event, data
         finally:
             if not self.finished.is_set() and self.task is not None and self.on_disconnect == "cancel":
                 self.task.cancel()
@@ -148,8 +267,11 @@ class IntegratedChatService:
         self._running: set[asyncio.Task[None]] = set()
         self._turns: dict[UUID, Turn] = {}  # running here, by assistant message id
         self.on_disconnect: OnDisconnect = on_disconnect
-        # asks the other replicas to cancel a turn (PostgreSQL NOTIFY, wired by server/resources.py)
-        self.remote_cancel: Callable[[UUID], Awaitable[None]] | None = None
+        # sends to the other replicas (PostgreSQL NOTIFY on a channel, wired by server/resources.py): a turn's
+        # cancel or follow request (TURN_CONTROL), a followed turn's events (TURN_EVENTS)
+        self.notify: Callable[[str, dict[str, Any] | str], Awaitable[None]] | None = None
+        self._followers: dict[str, asyncio.Queue[list[Any]]] = {}  # remote follows waiting here, by key
+        self._relays: set[asyncio.Task[None]] = set()
         self.draining = False  # set on SIGTERM: running turns go on, new ones are refused (503 shutting_down)
 
     # -- starting a turn: everything that can be refused is refused before a response starts
@@ -209,6 +331,7 @@ class IntegratedChatService:
             started=started,
             on_disconnect=on_disconnect or self.on_disconnect,
         )
+        turn.emit("metadata", turn.metadata_event)
         task = asyncio.create_task(self._run(turn), name=f"turn-{message_id}")
         turn.task = task
         self._running.add(task)
@@ -245,30 +368,30 @@ class IntegratedChatService:
     async def _run(self, turn: Turn) -> None:
         POOL_WAIT_S.set(self.turn_timeout.total_seconds())  # this task's (and its children's) pool waits
         progress = _Progress()
-        status, error_code, error_text = "complete", None, ""
+        status, error_code = "complete", None
         try:
             async with asyncio.timeout(self.turn_timeout.total_seconds()):
                 await self._stream_graph(turn, progress)
         except TimeoutError:
             # the whole turn has a deadline (the claim is taken over after it anyway): a model that
             # hangs mid-stream ends the turn as an error, with what it had said so far
-            status, error_code, error_text = "error", "timeout", "The language model did not finish in time"
+            status, error_code = "error", "timeout"
             log.warning("turn timed out", extra={"session_id": str(turn.session_id), "run_id": str(turn.message_id)})
         except asyncio.CancelledError:
             status, error_code = "cancelled", "cancelled"
         except ModelCallError as exc:
-            status, error_code, error_text = "error", "model_error", "The language model failed to answer"
+            status, error_code = "error", "model_error"
             log.warning("model failed mid-turn: %s", exc,
                         extra={"session_id": str(turn.session_id), "run_id": str(turn.message_id)})
         except (psycopg.OperationalError, PoolTimeout) as exc:  # the database went away mid-turn
-            status, error_code, error_text = "error", "database_unavailable", "The database became unavailable"
+            status, error_code = "error", "database_unavailable"
             log.warning("turn failed: database unavailable (%s)", type(exc).__name__,
                         extra={"session_id": str(turn.session_id), "run_id": str(turn.message_id)})
         except Exception:
-            status, error_code, error_text = "error", "internal_error", "The turn failed on the server"
+            status, error_code = "error", "internal_error"
             log.exception("turn failed", extra={"session_id": str(turn.session_id), "run_id": str(turn.message_id)})
         # the final write must happen even when this task was cancelled (client gone, shutdown)
-        finish = asyncio.ensure_future(self._finish(turn, progress, status, error_code, error_text))
+        finish = asyncio.ensure_future(self._finish(turn, progress, status, error_code))
         try:
             await asyncio.shield(finish)
         except asyncio.CancelledError:
@@ -327,7 +450,7 @@ class IntegratedChatService:
                 if "retrieve" in payload:
                     passages = [Passage(**p) for p in payload["retrieve"].get("passages", [])]
                     progress.sources = [p.as_source() for p in passages]
-                    turn.events.put_nowait(("sources", {"sources": progress.sources}))
+                    turn.emit("sources", {"sources": progress.sources})
                 if "generate" in payload:
                     progress.final = payload["generate"]["messages"][-1]
 
@@ -344,10 +467,10 @@ class IntegratedChatService:
             if progress.first_token_ms is None:
                 progress.first_token_ms = int((time.perf_counter() - turn.started) * 1000)
             progress.parts.append(text)
-            turn.events.put_nowait(("token", {"delta": text}))
+            turn.emit("token", {"delta": text})
 
     async def _finish(
-        self, turn: Turn, progress: _Progress, status: str, error_code: str | None, error_text: str
+        self, turn: Turn, progress: _Progress, status: str, error_code: str | None
     ) -> None:
         usage = progress.usage
         if progress.final is not None and progress.final.usage_metadata:
@@ -367,27 +490,23 @@ class IntegratedChatService:
                 first_token_ms=progress.first_token_ms,
                 sources=progress.sources,
                 error_code=error_code,
+                stream_index=turn.stream_index(),
             ), deadline_s=self.turn_timeout.total_seconds())
             metrics.record_turn(
                 error_code or status, progress.model, int(row["input_tokens"]), int(row["output_tokens"]),
                 progress.first_token_ms / 1000 if progress.first_token_ms is not None else None,
                 time.perf_counter() - turn.started,
             )
-            if status == "complete":
-                turn.events.put_nowait(("done", {"message": message_out(row)}))
-            else:
-                public = "model_error" if error_code == "timeout" else error_code  # stored detail vs API code
-                turn.events.put_nowait(("error", {"code": public, "message": error_text or status,
-                                                  "message_id": str(turn.message_id)}))
+            turn.emit(*ending_event(row))
         except Exception as exc:
             # the claim goes stale after turn_timeout and the next turn marks this row 'error'
             log.exception("could not store the end of a turn", extra={"run_id": str(turn.message_id)})
             away = isinstance(exc, psycopg.OperationalError | PoolTimeout)
-            turn.events.put_nowait(("error", {"code": "database_unavailable" if away else "internal_error",
-                                              "message": "The turn could not be stored"}))
+            turn.emit("error", {"code": "database_unavailable" if away else "internal_error",
+                                "message": "The turn could not be stored"})
         finally:
             turn.finished.set()
-            turn.events.put_nowait(_END)
+            turn.end()
         await self._prune(turn)  # after the answer is out, so it costs the shopper no latency
 
     async def _prune(self, turn: Turn) -> None:
@@ -425,8 +544,8 @@ class IntegratedChatService:
             raise TurnEnded(detail={"message_id": str(message_id), "status": row["status"]})
         if self.cancel_local(message_id):
             return
-        if self.remote_cancel is not None:
-            await self.remote_cancel(message_id)
+        if self.notify is not None:
+            await self.notify(TURN_CONTROL, {"cancel": str(message_id)})
 
     def cancel_local(self, message_id: UUID) -> bool:
         """Cancel the turn if it runs in this process (True), else nothing (False)."""
@@ -436,6 +555,94 @@ class IntegratedChatService:
         log.info("turn cancelled on request", extra={"run_id": str(message_id)})
         turn.task.cancel()
         return True
+
+    # -- rejoining a turn's stream, on this replica or another
+
+    async def rejoin(self, session_id: UUID, message_id: UUID, after: int
+                     ) -> AsyncIterator[tuple[int, str, dict[str, Any]]]:
+        """The events of an answer of this session after id `after`, whether it runs here, runs on another
+        replica, or has ended. 404 (raised here, before any event) for no such answer."""
+        turn = self._turns.get(message_id)
+        if turn is not None and turn.session_id == session_id:
+            return turn.events(after)
+        row = await self.messages.get_stream(message_id)
+        if row is None or row["session_id"] != session_id or row["role"] != "assistant":
+            raise MessageNotFound(detail={"message_id": str(message_id)})
+        if row["status"] != "streaming" or self.notify is None:
+            return _aiter(stored_events(row, after))
+        return self._follow(message_id, after)
+
+    async def _follow(self, message_id: UUID, after: int) -> AsyncIterator[tuple[int, str, dict[str, Any]]]:
+        """A turn running on another replica: ask it (NOTIFY) to relay its events from `after`; when nothing
+        comes for a while, look at the row, and once the turn has ended serve the rest from there (its replica
+        may have died, or ended the turn before it heard us)."""
+        assert self.notify is not None
+        key = uuid4().hex
+        inbox: asyncio.Queue[list[Any]] = asyncio.Queue()
+        self._followers[key] = inbox
+        last, live = after, True
+        try:
+            await self.notify(TURN_CONTROL, {"follow": str(message_id), "after": after, "to": key})
+            while True:
+                batch: list[Any] = []
+                if live:
+                    try:
+                        batch = await asyncio.wait_for(inbox.get(), FOLLOW_CHECK_S)
+                    except TimeoutError:
+                        pass
+                else:
+                    await asyncio.sleep(FOLLOW_CHECK_S)
+                for item in batch:
+                    if len(item) == 2 and item[0] > last:  # an event too big to relay: the rest comes from the row
+                        live = False
+                    if live and len(item) == 3 and item[0] > last:
+                        last = item[0]
+                        yield item[0], item[1], item[2]
+                        if item[1] in ("done", "error"):
+                            return
+                if not batch:  # silence, or no longer live: has the turn ended?
+                    row = await self.messages.get_stream(message_id)
+                    if row is not None and row["status"] != "streaming":
+                        for event in stored_events(row, last):
+                            yield event
+                        return
+        finally:
+            self._followers.pop(key, None)
+
+    def on_control(self, message: dict[str, Any]) -> None:
+        """A notification on TURN_CONTROL: act on it if the turn runs here."""
+        if "cancel" in message:
+            self.cancel_local(UUID(str(message["cancel"])))
+        elif "follow" in message:
+            turn = self._turns.get(UUID(str(message["follow"])))
+            if turn is not None:
+                task = asyncio.create_task(self._relay(turn, int(message.get("after", 0)), str(message["to"])))
+                self._relays.add(task)
+                task.add_done_callback(self._relays.discard)
+
+    def on_events(self, message: dict[str, Any]) -> None:
+        """A notification on TURN_EVENTS: a batch for a follower waiting here."""
+        inbox = self._followers.get(str(message.get("to")))
+        if inbox is not None:
+            inbox.put_nowait(message["e"])
+
+    async def _relay(self, turn: Turn, after: int, to: str) -> None:
+        """Send a followed turn's events from `after` to its follower's replica, as they come, batched to fit a
+        NOTIFY; an event too big for one goes as [id, "ref"] and the follower reads it from the row."""
+        assert self.notify is not None
+        seen = after
+        try:
+            while True:
+                items = [[n, event, data] for n, (event, data) in enumerate(turn.log[seen:], start=seen + 1)]
+                seen += len(items)
+                for payload in _batches(to, items):
+                    await self.notify(TURN_EVENTS, payload)
+                if turn.ended and seen >= len(turn.log):
+                    return
+                await turn.wait_beyond(seen)
+        except Exception as exc:  # the follower falls back on the row; never fail the turn for it
+            log.warning("relay of a followed turn failed: %s", type(exc).__name__,
+                        extra={"run_id": str(turn.message_id)})
 
     async def shutdown(self, grace_s: float = 5.0) -> None:
         """Let running turns (their clients may have left) finish for up to `grace_s`, then cancel the rest and
