@@ -147,7 +147,7 @@ class Turn:
     ended: bool = False
     task: asyncio.Task[None] | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
-    _wake: asyncio.Future[None] | None = None
+    _waiters: list[asyncio.Future[None]] = field(default_factory=list)  # one per reader waiting for more
 
     def emit(self, event: str, data: dict[str, Any]) -> None:
         self.log.append((event, data))
@@ -174,16 +174,17 @@ class Turn:
                 "final_id": len(self.log) + 1}
 
     def _wake_readers(self) -> None:
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
-        self._wake = None
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
 
     async def wait_beyond(self, seen: int) -> None:
         """Until the log has more than `seen` events, or the turn has ended."""
         while seen >= len(self.log) and not self.ended:
-            if self._wake is None:
-                self._wake = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._wake)
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter  # a reader that is cancelled here cancels only its own future
 
     async def events(self, after: int = 0) -> AsyncIterator[tuple[int, str, dict[str, Any]]]:
         """(id, event, data) after id `after`, as they come, until the turn's last event."""
