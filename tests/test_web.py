@@ -144,3 +144,68 @@ def test_chat_then_operator_page(server: ServerProcess, browser: Any, database_u
     admin.wait_for_function("document.querySelectorAll('#sessions tbody tr').length === 1")
     admin.screenshot(path=str(SHOTS / "admin.png"), full_page=True)
     assert not errors, errors
+
+
+@pytest.fixture(scope="module")
+def slow_server(database_url: str) -> Iterator[ServerProcess]:
+    """Answers that stream for several seconds (80 ms between chunks), to leave them midway."""
+    with ServerProcess({"DATABASE_URL": database_url, "OPENAI_API_KEY": "", "OFFLINE_CHUNK_DELAY_MS": "80",
+                        "CAPACITY_SAMPLE_SECONDS": "0"}) as proc:
+        yield proc
+
+
+def _ask_and_wait_for_tokens(page: Any, base_url: str, store: str, text: str) -> str:
+    page.goto(f"{base_url}/?store={store}")
+    page.wait_for_selector("#sessions option", state="attached")
+    session_id = str(page.evaluate(f"localStorage.getItem('sixshop.session.{store}')"))
+    page.fill("#input", text)
+    page.press("#input", "Enter")
+    page.wait_for_function("() => (document.querySelector('.msg.assistant.streaming .text')?.textContent || '')"
+                           ".length > 10", timeout=20_000)
+    return session_id
+
+
+def _stored_answer(database_url: str, session_id: str) -> dict[str, Any]:
+    rows = fetch_all(database_url, "select status, content from chat_messages where session_id = %s and "
+                                   "role = 'assistant' order by seq", (session_id,))
+    assert len(rows) == 1
+    return rows[0]
+
+
+def test_the_answer_survives_a_network_drop(slow_server: ServerProcess, browser: Any, database_url: str) -> None:
+    """Mid-answer the connection dies and the phone is offline for a moment (a tunnel): the page keeps the
+    partial answer, reconnects once online, and the answer completes in place."""
+    from tests.tcp_proxy import DroppingProxy
+
+    context = browser.new_context(locale="ko-KR")
+    page = context.new_page()
+    with DroppingProxy(slow_server.port) as proxy:
+        session_id = _ask_and_wait_for_tokens(page, proxy.base_url, "web-offline", QUESTION)
+        context.set_offline(True)
+        assert proxy.drop() >= 1  # the answer's stream was cut mid-way
+        page.wait_for_function("() => document.getElementById('status').textContent.startsWith('Offline')",
+                               timeout=10_000)
+        partial = page.inner_text(".msg.assistant .text")
+        page.wait_for_timeout(1000)
+        context.set_offline(False)
+        page.wait_for_selector(".msg.assistant .foot button[data-score='1']", timeout=30_000)
+        final = page.inner_text(".msg.assistant .text")
+    stored = _stored_answer(database_url, session_id)
+    assert stored["status"] == "complete"
+    assert final.strip() == stored["content"].strip() and final.startswith(partial)  # completed in place
+    assert page.locator(".msg.assistant").count() == 1
+    context.close()
+
+
+def test_the_answer_goes_on_after_a_reload(slow_server: ServerProcess, browser: Any, database_url: str) -> None:
+    context = browser.new_context(locale="ko-KR")
+    page = context.new_page()
+    session_id = _ask_and_wait_for_tokens(page, slow_server.base_url, "web-reload", QUESTION)
+    page.reload()
+    page.wait_for_selector(".msg.assistant.streaming", timeout=10_000)  # picked up where it was, still running
+    page.wait_for_selector(".msg.assistant .foot button[data-score='1']", timeout=30_000)
+    stored = _stored_answer(database_url, session_id)
+    assert stored["status"] == "complete"
+    assert page.inner_text(".msg.assistant .text").strip() == stored["content"].strip()
+    assert page.evaluate("localStorage.getItem('sixshop.running.web-reload')") is None
+    context.close()

@@ -1,5 +1,7 @@
 // The shopper chat: pick or create a session, stream answers over SSE (POST, so fetch + a reader, not
-// EventSource), show sources as links, rate answers. The current session survives reloads (localStorage).
+// EventSource), show sources as links, rate answers. The current session survives reloads (localStorage),
+// and so does an answer being streamed: its id and the last event seen are kept, and after a network drop
+// or a reload the page rejoins the answer (GET .../messages/{id}/stream, Last-Event-ID) where it was.
 "use strict";
 
 const API = "/api/session-chat";
@@ -34,6 +36,7 @@ function status(text, isError = false) {
 }
 
 const sessionKey = () => `sixshop.session.${state.store}`;
+const runningKey = () => `sixshop.running.${state.store}`;  // {session, message_id, last}: an answer in flight
 
 // -- rendering ------------------------------------------------------------------------------------
 
@@ -97,6 +100,7 @@ function renderMessage(message) {
   const el = bubble(message.role);
   el.querySelector(".text").textContent = message.content;
   if (message.role === "assistant") {
+    el.dataset.status = message.status;
     showSources(el, message.sources);
     showFooter(el, message);
   }
@@ -146,6 +150,7 @@ async function openSession(id) {
   }
   page.items.forEach(renderMessage);
   $("messages").scrollTop = $("messages").scrollHeight;
+  resumeRunning(id);
 }
 
 async function newSession() {
@@ -185,13 +190,73 @@ async function* sseEvents(response) {
     while ((cut = buffer.indexOf("\n\n")) >= 0) {
       const frame = buffer.slice(0, cut);
       buffer = buffer.slice(cut + 2);
-      let event = "message", data = "";
+      let event = "message", data = "", id = 0;
       for (const line of frame.split("\n")) {
         if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("id:")) id = Number(line.slice(3).trim());
         else if (line.startsWith("data:")) data += line.slice(5).trim();
       }
-      if (data) yield [event, JSON.parse(data)];
+      if (data) yield [event, JSON.parse(data), id];
     }
+  }
+}
+
+// One answer's events onto its bubble; true once it has ended (done or error).
+function apply(el, event, data) {
+  const textEl = el.querySelector(".text");
+  if (event === "token") {
+    textEl.textContent += data.delta;
+    $("messages").scrollTop = $("messages").scrollHeight;
+  } else if (event === "done") {
+    textEl.textContent = data.message.content;
+    showSources(el, data.message.sources);
+    showFooter(el, data.message);
+    loadSessionList();  // its message count changed
+    return true;
+  } else if (event === "error") {
+    showFooter(el, { message_id: data.message_id || "", status: data.code === "cancelled" ? "cancelled" : "error" });
+    return true;
+  }
+  return false;
+}
+
+function remember(running) {
+  if (running) localStorage.setItem(runningKey(), JSON.stringify(running));
+  else localStorage.removeItem(runningKey());
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// Rejoin an answer after `running.last` until it ends, again and again through network drops.
+async function follow(el, running) {
+  el.classList.add("streaming");
+  state.busy = true;
+  $("send").disabled = true;
+  try {
+    for (let attempt = 0; ; attempt++) {
+      if (!navigator.onLine) {
+        status("Offline: the answer goes on, and continues here once you are back · 오프라인");
+        await new Promise((resolve) => window.addEventListener("online", resolve, { once: true }));
+      }
+      try {
+        const r = await fetch(`${API}/sessions/${running.session}/messages/${running.message_id}/stream`,
+                              { headers: { ...headers(false), "Last-Event-ID": String(running.last) } });
+        if (r.status === 404) { remember(null); return; }
+        if (!r.ok) throw new Error(`HTTP ${r.status}`);
+        status("");
+        for await (const [event, data, id] of sseEvents(r)) {
+          running.last = id; remember(running);
+          if (apply(el, event, data)) { remember(null); return; }
+        }
+      } catch (e) {
+        status("Reconnecting… · 다시 연결하는 중…");
+      }
+      await sleep(Math.min(500 * 2 ** attempt, 5000));
+    }
+  } finally {
+    el.classList.remove("streaming");
+    state.busy = false;
+    $("send").disabled = false;
   }
 }
 
@@ -202,7 +267,7 @@ async function send(text) {
   renderMessage({ role: "user", content: text });
   const el = bubble("assistant");
   el.classList.add("streaming");
-  const textEl = el.querySelector(".text");
+  let running = null;
   try {
     const r = await fetch(`${API}/sessions/${state.session}/chat/stream`, {
       method: "POST", headers: headers(), body: JSON.stringify({ message: text }),
@@ -212,30 +277,45 @@ async function send(text) {
       try { body = await r.json(); } catch (_) { /* not JSON */ }
       throw new Error(body.message || `HTTP ${r.status}`);
     }
-    for await (const [event, data] of sseEvents(r)) {
-      if (event === "token") {
-        textEl.textContent += data.delta;
-        $("messages").scrollTop = $("messages").scrollHeight;
-      } else if (event === "sources") {
-        el.dataset.sources = JSON.stringify(data.sources);
-      } else if (event === "done") {
-        textEl.textContent = data.message.content;
-        showSources(el, data.message.sources);
-        showFooter(el, data.message);
-        loadSessionList();  // its message count changed
-      } else if (event === "error") {
-        showFooter(el, { message_id: data.message_id || "", status: "error" });
+    for await (const [event, data, id] of sseEvents(r)) {
+      if (event === "metadata") {
+        el.dataset.messageId = data.message_id;
+        running = { session: state.session, message_id: data.message_id, last: id };
+      } else if (running) {
+        running.last = id;
       }
+      remember(running);
+      if (apply(el, event, data)) { remember(null); running = null; }
     }
+    if (running) throw new Error("the stream ended early");
   } catch (e) {
+    if (running) {  // the answer goes on without us: rejoin it where we were
+      el.classList.remove("streaming");
+      state.busy = false;
+      follow(el, running);
+      return;
+    }
     status(e.message, true);
     el.remove();
   } finally {
-    el.classList.remove("streaming");
-    state.busy = false;
-    $("send").disabled = false;
-    $("messages").scrollTop = $("messages").scrollHeight;
+    if (!running) {
+      el.classList.remove("streaming");
+      state.busy = false;
+      $("send").disabled = false;
+      $("messages").scrollTop = $("messages").scrollHeight;
+    }
   }
+}
+
+// After a reload: the answer that was streaming in this session, if it is still unfinished, is rejoined.
+function resumeRunning(sessionId) {
+  const running = JSON.parse(localStorage.getItem(runningKey()) || "null");
+  if (!running || running.session !== sessionId) return;
+  const el = [...document.querySelectorAll(".msg.assistant")].find((e) => e.dataset.messageId === running.message_id);
+  if (!el || el.dataset.status !== "streaming") { remember(null); return; }  // it ended meanwhile
+  el.querySelector(".foot")?.remove();
+  el.querySelector(".text").textContent = "";  // its stored text is empty until it ends: replay from the start
+  follow(el, { ...running, last: 0 });
 }
 
 $("composer").addEventListener("submit", (ev) => {
