@@ -121,6 +121,58 @@ async def test_main_flows_through_the_load_balancer(cluster: Cluster, store_key:
     assert state["values"]["messages"][-1]["type"] == "ai"
 
 
+
+async def test_rejoin_and_cancel_across_replicas_through_pgbouncer(cluster: Cluster, store_key: str) -> None:
+    """Durable turns on the deployment: NOTIFY goes through PgBouncer, LISTEN on each replica's direct
+    connection. A stream left mid-answer is rejoined on every other replica; a turn is cancelled from one that
+    does not run it."""
+    direct = [p.base_url for p in cluster.replicas if p is not None]
+    async with httpx.AsyncClient(headers=_h(store_key), timeout=60) as c:
+        sid = (await c.post(f"{direct[0]}{API}/sessions", json={"store_id": "cluster-store"})).json()["session_id"]
+        seen: list[tuple[int, str, dict[str, Any]]] = []
+        async with c.stream("POST", f"{direct[0]}{API}/sessions/{sid}/chat/stream",
+                            json={"message": "How much is shipping?"}) as r:
+            async for n, event, data in _sse(r):
+                seen.append((n, event, data))
+                if n == 5:
+                    break  # the shopper's connection drops
+        mid = seen[0][2]["message_id"]
+        for base in direct[1:]:  # the turn runs on replica 1; rejoin on the others, while it runs or after
+            async with c.stream("GET", f"{base}{API}/sessions/{sid}/messages/{mid}/stream",
+                                headers={"Last-Event-ID": "5"}) as r:
+                rest = [item async for item in _sse(r)]
+            assert rest[-1][1] == "done" and all(n > 5 for n, _, _ in rest)
+            text = "".join(d["delta"] for n, e, d in seen if e == "token") + \
+                "".join(d["delta"] for _, e, d in rest if e == "token")
+            assert text == rest[-1][2]["message"]["content"]
+
+        events: list[tuple[int, str, dict[str, Any]]] = []
+        async with c.stream("POST", f"{direct[0]}{API}/sessions/{sid}/chat/stream",
+                            json={"message": "Tell me about returns, at length"}) as r:
+            async for n, event, data in _sse(r):
+                events.append((n, event, data))
+                if event == "token" and sum(e == "token" for _, e, _ in events) == 2:
+                    cancel = await c.post(f"{direct[2]}{API}/sessions/{sid}/messages/{_message_id(events)}/cancel")
+                    assert cancel.status_code == 202, cancel.text
+        assert events[-1][1] == "error" and events[-1][2]["code"] == "cancelled"
+
+
+def _message_id(events: list[tuple[int, str, dict[str, Any]]]) -> str:
+    return str(events[0][2]["message_id"])
+
+
+async def _sse(r: httpx.Response) -> Any:
+    import json
+
+    name, n = "", 0
+    async for line in r.aiter_lines():
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("id: "):
+            n = int(line[4:])
+        elif line.startswith("data: "):
+            yield n, name, json.loads(line[6:])
+
 async def test_rolling_restart_under_load_fails_no_turn(cluster: Cluster, store_key: str) -> None:
     """20 shoppers streaming turns without pause while each replica in turn gets SIGTERM and is started again
     (a deploy): no turn fails, and every acknowledged message is stored exactly once."""
