@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 
 from tests.server_process import ROOT, ServerProcess, free_port
+from tests.sse import read_sse
 
 DEPLOY = ROOT / "deploy"
 SYSTEM_USER = "embedded_postgres"
@@ -421,19 +422,15 @@ class TurnLoad:
                     body = await r.aread()
                     result.error = json.loads(body).get("code") if body.startswith(b"{") else f"http_{r.status_code}"
                     return result
-                event = ""
-                async for line in r.aiter_lines():
-                    if line.startswith("event: "):
-                        event = line[7:]
-                    elif line.startswith("data: "):
-                        if event == "metadata":
-                            result.acknowledged = True
-                        elif event == "token" and result.first_token_s is None:
-                            result.first_token_s = time.monotonic() - result.started
-                        elif event == "done":
-                            result.done = True
-                        elif event == "error":
-                            result.error = json.loads(line[6:]).get("code", "error")
+                async for _, event, data in read_sse(r):
+                    if event == "metadata":
+                        result.acknowledged = True
+                    elif event == "token" and result.first_token_s is None:
+                        result.first_token_s = time.monotonic() - result.started
+                    elif event == "done":
+                        result.done = True
+                    elif event == "error":
+                        result.error = data.get("code", "error")
         except Exception as exc:  # a cut stream, a refused connection: recorded, never raised
             result.error = result.error or type(exc).__name__
         finally:

@@ -18,6 +18,7 @@ from httpx_sse import aconnect_sse
 from tests.conftest import fetch_all
 from tests.fake_openai import FakeOpenAIServer, Pace
 from tests.server_process import ServerProcess
+from tests.sse import read_sse
 
 pytestmark = pytest.mark.e2e
 API = "/api/session-chat"
@@ -71,34 +72,16 @@ async def test_a_turn_is_cancelled_from_another_replica(replicas: tuple[ServerPr
 
 # -- rejoining a stream with Last-Event-ID -------------------------------------------------------------
 
-async def _read(response: httpx.Response) -> list[tuple[int, str, dict[str, Any]]]:
-    events, name, n = [], "", 0
-    async for line in response.aiter_lines():
-        if line.startswith("event: "):
-            name = line[7:]
-        elif line.startswith("id: "):
-            n = int(line[4:])
-        elif line.startswith("data: "):
-            events.append((n, name, json.loads(line[6:])))
-    return events
-
-
 async def _start_and_leave(c: httpx.AsyncClient, sid: str, text: str, leave_after: int
                            ) -> tuple[str, list[tuple[int, str, dict[str, Any]]]]:
     """Stream a turn and leave once event id `leave_after` has arrived: (message id, events seen)."""
     seen: list[tuple[int, str, dict[str, Any]]] = []
     async with c.stream("POST", f"{API}/sessions/{sid}/chat/stream", json={"message": text}) as r:
         assert r.status_code == 200
-        name, n = "", 0
-        async for line in r.aiter_lines():
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("id: "):
-                n = int(line[4:])
-            elif line.startswith("data: "):
-                seen.append((n, name, json.loads(line[6:])))
-                if n >= leave_after:
-                    break
+        async for n, name, data in read_sse(r):
+            seen.append((n, name, data))
+            if n >= leave_after:
+                break
     return seen[0][2]["message_id"], seen
 
 
@@ -108,7 +91,7 @@ async def _rejoin(c: httpx.AsyncClient, sid: str, mid: str, after: int, *, heade
         "params": {"last_event_id": str(after)}}
     async with c.stream("GET", f"{API}/sessions/{sid}/messages/{mid}/stream", **kwargs) as r:
         assert r.status_code == 200, await r.aread()
-        return await _read(r)
+        return [item async for item in read_sse(r)]
 
 
 def _check_resumed(seen: list[tuple[int, str, dict[str, Any]]], after: int,

@@ -18,6 +18,7 @@ import pytest
 
 from tests.cluster import PASSWORDS, Cluster, TurnLoad, stored_turns
 from tests.server_process import free_port
+from tests.sse import read_sse
 
 pytestmark = [
     pytest.mark.e2e,
@@ -132,7 +133,7 @@ async def test_rejoin_and_cancel_across_replicas_through_pgbouncer(cluster: Clus
         seen: list[tuple[int, str, dict[str, Any]]] = []
         async with c.stream("POST", f"{direct[0]}{API}/sessions/{sid}/chat/stream",
                             json={"message": "How much is shipping?"}) as r:
-            async for n, event, data in _sse(r):
+            async for n, event, data in read_sse(r):
                 seen.append((n, event, data))
                 if n == 5:
                     break  # the shopper's connection drops
@@ -140,7 +141,7 @@ async def test_rejoin_and_cancel_across_replicas_through_pgbouncer(cluster: Clus
         for base in direct[1:]:  # the turn runs on replica 1; rejoin on the others, while it runs or after
             async with c.stream("GET", f"{base}{API}/sessions/{sid}/messages/{mid}/stream",
                                 headers={"Last-Event-ID": "5"}) as r:
-                rest = [item async for item in _sse(r)]
+                rest = [item async for item in read_sse(r)]
             assert rest[-1][1] == "done" and all(n > 5 for n, _, _ in rest)
             text = "".join(d["delta"] for n, e, d in seen if e == "token") + \
                 "".join(d["delta"] for _, e, d in rest if e == "token")
@@ -149,7 +150,7 @@ async def test_rejoin_and_cancel_across_replicas_through_pgbouncer(cluster: Clus
         events: list[tuple[int, str, dict[str, Any]]] = []
         async with c.stream("POST", f"{direct[0]}{API}/sessions/{sid}/chat/stream",
                             json={"message": "Tell me about returns, at length"}) as r:
-            async for n, event, data in _sse(r):
+            async for n, event, data in read_sse(r):
                 events.append((n, event, data))
                 if event == "token" and sum(e == "token" for _, e, _ in events) == 2:
                     cancel = await c.post(f"{direct[2]}{API}/sessions/{sid}/messages/{_message_id(events)}/cancel")
@@ -160,18 +161,6 @@ async def test_rejoin_and_cancel_across_replicas_through_pgbouncer(cluster: Clus
 def _message_id(events: list[tuple[int, str, dict[str, Any]]]) -> str:
     return str(events[0][2]["message_id"])
 
-
-async def _sse(r: httpx.Response) -> Any:
-    import json
-
-    name, n = "", 0
-    async for line in r.aiter_lines():
-        if line.startswith("event: "):
-            name = line[7:]
-        elif line.startswith("id: "):
-            n = int(line[4:])
-        elif line.startswith("data: "):
-            yield n, name, json.loads(line[6:])
 
 async def test_rolling_restart_under_load_fails_no_turn(cluster: Cluster, store_key: str) -> None:
     """20 shoppers streaming turns without pause while each replica in turn gets SIGTERM and is started again
