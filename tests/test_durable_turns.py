@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 from uuid import uuid4
@@ -161,3 +163,24 @@ async def test_a_hundred_disconnects_each_rejoined_yield_the_stored_answer(
                     assert rejoined == []  # it had everything
                 else:
                     _check_resumed(seen, after, rejoined, stored["content"])
+
+
+async def test_rejoining_a_turn_whose_replica_died_ends_it_as_abandoned(
+        database_url: str, slow_model: FakeOpenAIServer) -> None:
+    """Nobody relays a dead replica's turn: a follower on another replica hears nothing, sees the row still
+    `streaming` past the turn's deadline (TURN_TIMEOUT_SECONDS, 3 s here), and ends with `error` `abandoned`
+    instead of waiting forever. (Re-running such a turn is the next step of durable turns.)"""
+    env = {"DATABASE_URL": database_url, "OPENAI_API_KEY": "sk-local-test", "OPENAI_BASE_URL": slow_model.base_url,
+           "OPENAI_MAX_RETRIES": "0", "CAPACITY_SAMPLE_SECONDS": "0", "TURN_TIMEOUT_SECONDS": "3"}
+    with ServerProcess(env) as a, ServerProcess(env) as b:
+        async with httpx.AsyncClient(base_url=a.base_url, timeout=30) as on_a, \
+                httpx.AsyncClient(base_url=b.base_url, timeout=30) as on_b:
+            sid = (await on_a.post(f"{API}/sessions", json={"store_id": "durable"})).json()["session_id"]
+            mid, _ = await _start_and_leave(on_a, sid, "a long answer please", 4)
+            a.proc.send_signal(signal.SIGKILL)
+            a.proc.wait(10)
+            started = time.monotonic()
+            rejoined = await _rejoin(on_b, sid, mid, 4)
+            assert rejoined[-1][1] == "error" and rejoined[-1][2]["code"] == "abandoned", rejoined[-1]
+            assert all(n > 4 for n, _, _ in rejoined)
+            assert time.monotonic() - started < 3 + 5 + 3  # the deadline, the follower's margin, slack

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID, uuid4
 
@@ -571,13 +571,18 @@ class IntegratedChatService:
             raise MessageNotFound(detail={"message_id": str(message_id)})
         if row["status"] != "streaming" or self.notify is None:
             return _aiter(stored_events(row, after))
-        return self._follow(message_id, after)
+        # past its deadline a turn still `streaming` lost its replica: nobody will end it before recovery does
+        running_s = (datetime.now(UTC) - row["created_at"]).total_seconds()
+        return self._follow(message_id, after, self.turn_timeout.total_seconds() - running_s + FOLLOW_CHECK_S * 5)
 
-    async def _follow(self, message_id: UUID, after: int) -> AsyncIterator[tuple[int, str, dict[str, Any]]]:
+    async def _follow(self, message_id: UUID, after: int, patience_s: float
+                      ) -> AsyncIterator[tuple[int, str, dict[str, Any]]]:
         """A turn running on another replica: ask it (NOTIFY) to relay its events from `after`; when nothing
         comes for a while, look at the row, and once the turn has ended serve the rest from there (its replica
-        may have died, or ended the turn before it heard us)."""
+        may have died, or ended the turn before it heard us). Still nothing after `patience_s` (the turn's
+        deadline): it ends with `error` `abandoned`."""
         assert self.notify is not None
+        give_up = time.monotonic() + patience_s
         key = uuid4().hex
         inbox: asyncio.Queue[list[Any]] = asyncio.Queue()
         self._followers[key] = inbox
@@ -606,6 +611,10 @@ class IntegratedChatService:
                     if row is not None and row["status"] != "streaming":
                         for event in stored_events(row, last):
                             yield event
+                        return
+                    if time.monotonic() > give_up:
+                        yield last + 1, "error", {"code": "abandoned", "message": ERROR_TEXTS["abandoned"],
+                                                  "message_id": str(message_id)}
                         return
         finally:
             self._followers.pop(key, None)
