@@ -31,12 +31,18 @@ select count(*) as n from chat_sessions
    and last_activity_at < now() - %(idle)s::interval
 """
 # A turn whose process died: its assistant row stays 'streaming' and its session stays claimed. After
-# the turn timeout both are closed (begin_turn also takes over such a claim when a new turn comes).
+# the turn timeout both are closed (begin_turn also takes over such a claim when a new turn comes). A message
+# queued on a process that died waits for nobody: after the longest a queue can take, its answer is closed
+# (the shopper's message stays) so that the messages behind it can go.
 RECOVER_SQL = """
 with dead as (
     update chat_messages set status = 'error', error_code = 'abandoned', completed_at = now()
-     where status = 'streaming' and created_at < now() - %(timeout)s::interval
+     where (status = 'streaming' and created_at < now() - %(timeout)s::interval)
+        or (status = 'queued' and role = 'assistant' and created_at < now() - %(queue_timeout)s::interval)
     returning session_id, message_id
+), asked as (
+    update chat_messages set status = 'complete'
+     where status = 'queued' and role = 'user' and created_at < now() - %(queue_timeout)s::interval
 ), released as (
     update chat_sessions s set active_run_id = null, active_run_started_at = null
       from dead where s.session_id = dead.session_id and s.active_run_id = dead.message_id
@@ -91,9 +97,12 @@ class LifecycleReport:
                 + ("" if self.dry_run else f" in {self.batches} batches"))
 
 
-async def recover_abandoned_turns(conn: AsyncConnection[dict[str, Any]], older_than: timedelta) -> tuple[int, int]:
-    """Close turns left 'streaming' longer than `older_than` and release their claims: (turns, claims)."""
-    row = await (await conn.execute(RECOVER_SQL, {"timeout": older_than})).fetchone()
+async def recover_abandoned_turns(conn: AsyncConnection[dict[str, Any]], older_than: timedelta,
+                                  queued_longer_than: timedelta) -> tuple[int, int]:
+    """Close turns left 'streaming' longer than `older_than` (and queued ones waiting longer than
+    `queued_longer_than`) and release their claims: (turns, claims)."""
+    params = {"timeout": older_than, "queue_timeout": queued_longer_than}
+    row = await (await conn.execute(RECOVER_SQL, params)).fetchone()
     return (int(row["turns"]), int(row["claims"])) if row else (0, 0)
 
 

@@ -22,6 +22,17 @@ select outcome, store_id, user_id from begin_turn(
     %(session_id)s, %(user_msg_id)s, %(asst_msg_id)s, %(content)s, %(model)s, %(prompt_variant)s,
     %(metadata)s, %(stale_after)s, %(expire_after)s)
 """
+ENQUEUE_TURN_SQL = """
+select outcome, store_id, user_id, queue_position from enqueue_turn(
+    %(session_id)s, %(user_msg_id)s, %(asst_msg_id)s, %(content)s, %(model)s, %(metadata)s, %(max_queued)s,
+    %(expire_after)s)
+"""
+BEGIN_QUEUED_TURN_SQL = """
+select outcome, store_id, user_id from begin_queued_turn(
+    %(session_id)s, %(user_msg_id)s, %(asst_msg_id)s, %(prompt_variant)s, %(stale_after)s)
+"""
+RUNNING_TURN_SQL = "select active_run_id from chat_sessions where session_id = %s"
+CLOSE_QUEUED_TURN_SQL = "select close_queued_turn(%(user_msg_id)s, %(asst_msg_id)s, %(status)s, %(error_code)s)"
 FINISH_TURN_SQL = f"""
 select {MESSAGE_COLUMNS} from finish_turn(
     %(message_id)s, %(status)s, %(content)s, %(model)s, %(input_tokens)s, %(output_tokens)s,
@@ -107,6 +118,39 @@ class MessageRepository:
             row = await cur.fetchone()
         assert row is not None
         return TurnStart(row["outcome"], row["store_id"], row["user_id"])
+
+    async def enqueue_turn(self, *, session_id: UUID, user_msg_id: UUID, asst_msg_id: UUID, content: str,
+                           model: str, metadata: dict[str, Any], max_queued: int, expire_after: timedelta
+                           ) -> tuple[TurnStart, int]:
+        """Store a message (and its answer to come) as 'queued' behind the running turn: (outcome, position)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(ENQUEUE_TURN_SQL, {
+                "session_id": session_id, "user_msg_id": user_msg_id, "asst_msg_id": asst_msg_id,
+                "content": content, "model": model, "metadata": Jsonb(metadata), "max_queued": max_queued,
+                "expire_after": expire_after})
+            row = await cur.fetchone()
+        assert row is not None
+        return TurnStart(row["outcome"], row["store_id"], row["user_id"]), int(row["queue_position"])
+
+    async def begin_queued_turn(self, *, session_id: UUID, user_msg_id: UUID, asst_msg_id: UUID,
+                                prompt_variant: str, stale_after: timedelta) -> TurnStart:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(BEGIN_QUEUED_TURN_SQL, {
+                "session_id": session_id, "user_msg_id": user_msg_id, "asst_msg_id": asst_msg_id,
+                "prompt_variant": prompt_variant, "stale_after": stale_after})
+            row = await cur.fetchone()
+        assert row is not None
+        return TurnStart(row["outcome"], row["store_id"], row["user_id"])
+
+    async def close_queued_turn(self, *, user_msg_id: UUID, asst_msg_id: UUID, status: str, error_code: str) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(CLOSE_QUEUED_TURN_SQL, {"user_msg_id": user_msg_id, "asst_msg_id": asst_msg_id,
+                                                       "status": status, "error_code": error_code})
+
+    async def running_turn(self, session_id: UUID) -> UUID | None:
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(RUNNING_TURN_SQL, (session_id,))).fetchone()
+        return row["active_run_id"] if row else None
 
     async def finish_turn(
         self,

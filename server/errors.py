@@ -64,6 +64,10 @@ class SessionExpired(AppError):
     status_code, code, default_message = 410, "session_expired", "This session has expired"
 
 
+class QueueFull(AppError):
+    status_code, code, default_message = 429, "queue_full", "Too many messages are waiting in this session"
+
+
 class PayloadTooLarge(AppError):
     status_code, code, default_message = 413, "payload_too_large", "The request is too large"
 

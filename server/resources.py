@@ -20,7 +20,7 @@ from persistence.embedded import embedded_conninfo, start_embedded
 from persistence.keys import KeyRepository
 from persistence.messages import MessageRepository
 from persistence.migrations import xact_advisory_lock
-from persistence.notify import TURN_CONTROL, TURN_EVENTS, Listener, publish
+from persistence.notify import SESSION_FREE, TURN_CONTROL, TURN_EVENTS, Listener, publish
 from persistence.sessions import SessionRepository
 from persistence.stats import StatsRepository
 from server import metrics
@@ -158,7 +158,8 @@ async def open_turn_control(settings: Settings, pool: TimedPool, chat: Integrate
     async def notify(channel: str, message: dict[str, Any] | str) -> None:
         await publish(pool, channel, message)
 
-    listener = Listener(conninfo, {TURN_CONTROL: chat.on_control, TURN_EVENTS: chat.on_events})
+    listener = Listener(conninfo, {TURN_CONTROL: chat.on_control, TURN_EVENTS: chat.on_events,
+                                   SESSION_FREE: chat.on_session_free})
     await listener.start()
     chat.notify = notify
     return listener
@@ -243,6 +244,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             prompt_variant=settings.prompt_variant,
             tracing=tracing,
             on_disconnect=settings.turn_on_disconnect,
+            max_queued=settings.max_queued_turns,
         )
         listener = await open_turn_control(settings, pool, chat)
         capacity = make_capacity(settings, pool)

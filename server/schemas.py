@@ -26,6 +26,9 @@ class CreateSessionRequest(msgspec.Struct, forbid_unknown_fields=True):
 class ChatRequest(msgspec.Struct, forbid_unknown_fields=True):
     message: Annotated[str, Meta(min_length=1)]
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    # a message sent while a turn runs: answered after it (enqueue), refused (reject: 409), or answered
+    # instead of it (interrupt: the running turn is stopped and stored `cancelled`)
+    on_busy: Literal["enqueue", "reject", "interrupt"] = "enqueue"
 
 
 class FeedbackRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -61,7 +64,7 @@ class Message(msgspec.Struct):
     session_id: UUID
     role: Literal["user", "assistant"]
     content: str
-    status: Literal["complete", "streaming", "error", "cancelled"]
+    status: Literal["complete", "streaming", "error", "cancelled", "queued"]
     model: str | None
     input_tokens: int
     output_tokens: int

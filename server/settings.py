@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     # a client that leaves mid-answer: `continue` (the turn runs to the end and is stored; the answer can be
     # read or rejoined), or `cancel` (stopped, stored `cancelled` with what it had said)
     turn_on_disconnect: Literal["continue", "cancel"] = "continue"
+    # messages waiting behind a running turn in one session (on_busy=enqueue); one more answers 429
+    max_queued_turns: int = Field(3, ge=0, le=20)
     max_message_chars: int = 4000
     max_body_bytes: int = 64 * 1024
     max_metadata_bytes: int = 4096

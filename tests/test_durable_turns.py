@@ -140,29 +140,35 @@ def quick_model() -> Iterator[FakeOpenAIServer]:
         yield srv
 
 
-async def test_a_hundred_disconnects_each_rejoined_yield_the_stored_answer(
-        database_url: str, quick_model: FakeOpenAIServer) -> None:
-    """Leave at a random point of each of 100 streamed turns; every turn is stored complete, and rejoining from
-    the point left (on either replica, during or after the turn) gives exactly the rest of the stored answer."""
+@pytest.fixture(scope="module")
+def quick_replicas(database_url: str, quick_model: FakeOpenAIServer) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     env = {"DATABASE_URL": database_url, "OPENAI_API_KEY": "sk-local-test", "OPENAI_BASE_URL": quick_model.base_url,
            "OPENAI_MAX_RETRIES": "0", "CAPACITY_SAMPLE_SECONDS": "0"}
-    rnd = random.Random(14)
     with ServerProcess(env) as a, ServerProcess(env) as b:
-        async with httpx.AsyncClient(base_url=a.base_url, timeout=30) as on_a, \
-                httpx.AsyncClient(base_url=b.base_url, timeout=30) as on_b:
-            sid = (await on_a.post(f"{API}/sessions", json={"store_id": "durable"})).json()["session_id"]
-            for i in range(100):
-                leave_at = rnd.randint(1, 43)  # metadata 1, sources 2, tokens 3..42, done 43
-                mid, seen = await _start_and_leave(on_a, sid, f"question {i}", leave_at)
-                after = seen[-1][0]
-                rejoined = await _rejoin(rnd.choice((on_a, on_b)), sid, mid, after)
-                stored = fetch_all(database_url, "select status, content from chat_messages where message_id = %s",
-                                   (mid,))[0]
-                assert stored["status"] == "complete"
-                if after >= 43:
-                    assert rejoined == []  # it had everything
-                else:
-                    _check_resumed(seen, after, rejoined, stored["content"])
+        yield a, b
+
+
+async def test_a_hundred_disconnects_each_rejoined_yield_the_stored_answer(
+        quick_replicas: tuple[ServerProcess, ServerProcess], database_url: str) -> None:
+    """Leave at a random point of each of 100 streamed turns; every turn is stored complete, and rejoining from
+    the point left (on either replica, during or after the turn) gives exactly the rest of the stored answer."""
+    a, b = quick_replicas
+    rnd = random.Random(14)
+    async with httpx.AsyncClient(base_url=a.base_url, timeout=30) as on_a, \
+            httpx.AsyncClient(base_url=b.base_url, timeout=30) as on_b:
+        sid = (await on_a.post(f"{API}/sessions", json={"store_id": "durable"})).json()["session_id"]
+        for i in range(100):
+            leave_at = rnd.randint(1, 43)  # metadata 1, sources 2, tokens 3..42, done 43
+            mid, seen = await _start_and_leave(on_a, sid, f"question {i}", leave_at)
+            after = seen[-1][0]
+            rejoined = await _rejoin(rnd.choice((on_a, on_b)), sid, mid, after)
+            stored = fetch_all(database_url, "select status, content from chat_messages where message_id = %s",
+                               (mid,))[0]
+            assert stored["status"] == "complete"
+            if after >= 43:
+                assert rejoined == []  # it had everything
+            else:
+                _check_resumed(seen, after, rejoined, stored["content"])
 
 
 async def test_rejoining_a_turn_whose_replica_died_ends_it_as_abandoned(
@@ -184,3 +190,86 @@ async def test_rejoining_a_turn_whose_replica_died_ends_it_as_abandoned(
             assert rejoined[-1][1] == "error" and rejoined[-1][2]["code"] == "abandoned", rejoined[-1]
             assert all(n > 4 for n, _, _ in rejoined)
             assert time.monotonic() - started < 3 + 5 + 3  # the deadline, the follower's margin, slack
+
+
+
+# -- a message sent while a turn runs (on_busy) ----------------------------------------------------------
+
+async def _stream_all(c: httpx.AsyncClient, sid: str, body: dict[str, Any]) -> tuple[int, list[Any]]:
+    async with c.stream("POST", f"{API}/sessions/{sid}/chat/stream", json=body) as r:
+        if r.status_code != 200:
+            return r.status_code, [json.loads(await r.aread())]
+        return 200, [item async for item in read_sse(r)]
+
+
+async def test_three_messages_sent_at_once_are_answered_in_order(
+        quick_replicas: tuple[ServerProcess, ServerProcess], database_url: str, quick_model: FakeOpenAIServer) -> None:
+    """on_busy=enqueue (the default): the second and third messages are stored at once, told their place, and
+    answered after the first, in order, each model request carrying the conversation before it — the third
+    one sent to the other replica, which hears through NOTIFY when the session is free."""
+    a, b = quick_replicas
+    async with httpx.AsyncClient(base_url=a.base_url, timeout=60) as on_a, \
+            httpx.AsyncClient(base_url=b.base_url, timeout=60) as on_b:
+        sid = (await on_a.post(f"{API}/sessions", json={"store_id": "durable"})).json()["session_id"]
+        before = len(quick_model.chat_requests)
+
+        async def send(c: httpx.AsyncClient, text: str, delay: float) -> tuple[int, list[Any]]:
+            await asyncio.sleep(delay)
+            return await _stream_all(c, sid, {"message": text})
+
+        results = await asyncio.gather(send(on_a, "first", 0), send(on_a, "second", 0.04),
+                                       send(on_b, "third", 0.08))
+    assert [status for status, _ in results] == [200, 200, 200]
+    streams = [events for _, events in results]
+    assert [e for _, e, _ in streams[0]][-1] == "done"
+    for events, position in ((streams[1], 1), (streams[2], 2)):
+        assert [(e, d) for _, e, d in events[1:2]] == [("queued", {"position": position})]
+        assert events[-1][1] == "done"
+    rows = _rows(database_url, sid)
+    assert [(r["role"], r["status"]) for r in rows] == [("user", "complete"), ("assistant", "complete")] * 3
+    assert [r["content"] for r in rows if r["role"] == "user"] == ["first", "second", "third"]
+    asked = [[m["content"] for m in req["body"]["messages"] if m["role"] == "user"]
+             for req in quick_model.chat_requests[before:]]
+    assert asked == [["first"], ["first", "second"], ["first", "second", "third"]]
+
+
+async def test_reject_interrupt_and_a_full_queue(
+        replicas: tuple[ServerProcess, ServerProcess], database_url: str, slow_model: FakeOpenAIServer) -> None:
+    a, b = replicas
+    async with httpx.AsyncClient(base_url=a.base_url, timeout=60) as on_a, \
+            httpx.AsyncClient(base_url=b.base_url, timeout=60) as on_b:
+        sid = (await on_a.post(f"{API}/sessions", json={"store_id": "durable"})).json()["session_id"]
+        first = asyncio.create_task(_stream_all(on_a, sid, {"message": "tell me everything"}))
+        await asyncio.sleep(1.0)  # it is streaming (6 s in all)
+        rejected = await on_b.post(f"{API}/sessions/{sid}/chat", json={"message": "no", "on_busy": "reject"})
+        assert rejected.status_code == 409 and rejected.json()["code"] == "session_busy"
+
+        queued = [asyncio.create_task(_stream_all(on_b, sid, {"message": f"later {i}"})) for i in range(3)]
+        await asyncio.sleep(0.5)
+        full = await on_a.post(f"{API}/sessions/{sid}/chat/stream", json={"message": "one too many"})
+        assert full.status_code == 429 and full.json()["code"] == "queue_full"
+        waiting = fetch_all(database_url, "select message_id::text as id from chat_messages where status = "
+                                          "'queued' and role = 'assistant' and session_id = %s order by seq", (sid,))
+        assert len(waiting) == 3
+        for row in waiting:  # the queued ones are cancelled, from the replica that does not hold them
+            r = await on_a.post(f"{API}/sessions/{sid}/messages/{row['id']}/cancel")
+            assert r.status_code == 202, r.text
+        for task in queued:
+            status, events = await task
+            assert status == 200 and events[-1][1] == "error" and events[-1][2]["code"] == "cancelled"
+
+        before = len(slow_model.chat_requests)
+        status, events = await _stream_all(on_b, sid, {"message": "actually, this", "on_busy": "interrupt"})
+        assert status == 200 and events[-1][1] == "done"
+        _, stopped = await first
+        assert stopped[-1][1] == "error" and stopped[-1][2]["code"] == "cancelled"
+    rows = _rows(database_url, sid)
+    assert [(r["role"], r["status"]) for r in rows] == [
+        ("user", "complete"), ("assistant", "cancelled"),
+        *[("user", "complete"), ("assistant", "cancelled")] * 3,
+        ("user", "complete"), ("assistant", "complete")]
+    assert rows[1]["content"].startswith("tok0")  # the interrupted answer keeps what it had said
+    # the new message was answered with the whole conversation, the interrupted exchange included
+    sent = slow_model.chat_requests[before]["body"]["messages"]
+    assert [m["content"] for m in sent if m["role"] == "user"] == ["tell me everything", "actually, this"]
+    assert any(m["role"] == "assistant" and m["content"].startswith("tok0") for m in sent)

@@ -142,7 +142,7 @@ async def test_non_streaming_chat(client: httpx.AsyncClient) -> None:
     assert body["message"]["content"].startswith("I saw 1 user messages")
 
 
-async def test_second_turn_while_one_runs_is_409(client: httpx.AsyncClient) -> None:
+async def test_second_turn_while_one_runs_is_409_with_on_busy_reject(client: httpx.AsyncClient) -> None:
     session = await new_session(client)
     sid = session["session_id"]
     async with aconnect_sse(client, "POST", f"{API}/sessions/{sid}/chat/stream",
@@ -151,9 +151,10 @@ async def test_second_turn_while_one_runs_is_409(client: httpx.AsyncClient) -> N
         async for sse in source.aiter_sse():
             kinds.append(sse.event)
             if sse.event == "token" and kinds.count("token") == 1:
-                busy = await client.post(f"{API}/sessions/{sid}/chat/stream", json={"message": "me too"})
+                busy = await client.post(f"{API}/sessions/{sid}/chat/stream",
+                                         json={"message": "me too", "on_busy": "reject"})
                 assert_error(busy, 409, "session_busy")
-                busy = await client.post(f"{API}/sessions/{sid}/chat", json={"message": "me too"})
+                busy = await client.post(f"{API}/sessions/{sid}/chat", json={"message": "me too", "on_busy": "reject"})
                 assert_error(busy, 409, "session_busy")
         assert kinds[-1] == "done"
     # the refused turns wrote nothing; the next one runs

@@ -35,8 +35,8 @@ def _started(env: dict[str, str]) -> ServerProcess:
     return proc
 
 
-async def _chat(c: httpx.AsyncClient, session_id: str, text: str) -> httpx.Response:
-    return await c.post(f"{API}/sessions/{session_id}/chat", json={"message": text})
+async def _chat(c: httpx.AsyncClient, session_id: str, text: str, on_busy: str = "enqueue") -> httpx.Response:
+    return await c.post(f"{API}/sessions/{session_id}/chat", json={"message": text, "on_busy": on_busy})
 
 
 def _rows(url: str, session_id: str) -> list[dict[str, Any]]:
@@ -149,7 +149,7 @@ async def test_two_servers_share_sessions_without_interleaving(database_url: str
                     for _ in range(4)]
 
         async def turn(i: int, session: str) -> tuple[str, int, Any]:
-            r = await _chat(clients[i % 2], session, f"[[slow]] turn {i} for {session[:8]}")
+            r = await _chat(clients[i % 2], session, f"[[slow]] turn {i} for {session[:8]}", "reject")
             return session, r.status_code, r.json()
 
         results = []

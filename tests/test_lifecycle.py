@@ -10,8 +10,9 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import psycopg
 import pytest
@@ -140,3 +141,25 @@ def test_purge_cli_dry_run(database_url: str) -> None:
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "would purge 1 sessions" in out.stdout
     assert _count(database_url, "select count(*) as n from chat_sessions where store_id = 'dry'") == 1
+
+
+async def test_messages_queued_on_a_process_that_died_are_closed_by_recovery(res: Resources,
+                                                                             database_url: str) -> None:
+    """A queued message's waiter lived in a process that died: once the longest a queue can take has passed,
+    recovery closes its answer (`error`/`abandoned`, the shopper's message stays) so the queue moves on."""
+    sid = await _session_with_turns(res, "queue", turns=1)
+    user_id, answer_id = uuid4(), uuid4()
+    result, _ = await res.messages.enqueue_turn(session_id=sid, user_msg_id=user_id, asst_msg_id=answer_id,
+                                                content="waiting", model="m", metadata={}, max_queued=3,
+                                                expire_after=timedelta(hours=1))
+    assert result.outcome == "queued"  # the session is free, but nobody here waits for it: as after a crash
+    job = LifecycleJob(res.pool, res.settings)
+    assert await job.recover() == (0, 0)  # not yet: a queue may legitimately take that long
+    execute(database_url, "update chat_messages set created_at = created_at - %s where message_id = any(%s)",
+            (job.queue_timeout + timedelta(seconds=1), [user_id, answer_id]))
+    assert (await job.recover())[0] == 1
+    rows = {r["message_id"]: r for r in fetch_all(
+        database_url, "select message_id, status, error_code from chat_messages where message_id = any(%s)",
+        ([user_id, answer_id],))}
+    assert (rows[user_id]["status"], rows[answer_id]["status"], rows[answer_id]["error_code"]) == (
+        "complete", "error", "abandoned")

@@ -53,7 +53,7 @@ from server.http.deps import Caller, parse_id
 from server.resources import Resources
 from server.schemas import Session, StoreId, UserId, decode_body, sse_frame
 from server.services.auth import Principal
-from server.services.chat import Turn
+from server.services.chat import OnBusy, Turn
 
 ASSISTANT_ID = "agent"  # the graph's id in langgraph.json, and LangGraph's default assistant id
 GRAPH_NAME = build_graph().name
@@ -275,8 +275,8 @@ def refuse_unsupported(body: RunStream) -> None:
     for name, value in named.items():
         if value:
             raise Unsupported(f"'{name}' is not supported by this service", {"field": name})
-    if body.multitask_strategy != "reject":
-        raise Unsupported("multitask_strategy must be 'reject': one turn at a time per thread (409 otherwise)",
+    if body.multitask_strategy == "rollback":
+        raise Unsupported("multitask_strategy 'rollback' is not supported (reject, enqueue or interrupt)",
                           {"field": "multitask_strategy"})
 
 
@@ -498,7 +498,8 @@ async def start_run(res: Resources, principal: Principal, thread_id: UUID, body:
         snapshot = await _snapshot(res, thread_id)
         before = _values(snapshot)
     metadata = {k: v for k, v in (body.metadata or {}).items() if k != "store_id"}
-    turn = await res.chat.start_turn(thread_id, text, metadata, on_disconnect=body.on_disconnect)
+    on_busy: OnBusy = "reject" if body.multitask_strategy == "rollback" else body.multitask_strategy  # refused above
+    turn = await res.chat.start_turn(thread_id, text, metadata, on_disconnect=body.on_disconnect, on_busy=on_busy)
     if before is not None:
         before["messages"] = [*before.get("messages", []),
                               {"type": "human", "id": str(turn.user_message_id), "content": text}]

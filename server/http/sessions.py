@@ -132,7 +132,7 @@ class SessionController(Controller):
                    principal: Caller) -> ChatResponse:
         res = resources_of(state)
         sid = await _turn_session(res, principal, session_id)
-        message, user_message = await res.chat.run_to_end(sid, data.message, data.metadata)
+        message, user_message = await res.chat.run_to_end(sid, data.message, data.metadata, on_busy=data.on_busy)
         return ChatResponse(message=message, user_message=user_message)
 
     @post(
@@ -145,7 +145,7 @@ class SessionController(Controller):
                           principal: Caller) -> Stream:
         res = resources_of(state)
         sid = await _turn_session(res, principal, session_id)
-        turn = await res.chat.start_turn(sid, data.message, data.metadata)
+        turn = await res.chat.start_turn(sid, data.message, data.metadata, on_busy=data.on_busy)
 
         async def frames() -> AsyncIterator[bytes]:
             n = 0

@@ -8,6 +8,7 @@ releases the claim. No connection is held while the model streams.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -20,7 +21,7 @@ from uuid import UUID, uuid4
 import msgspec
 import psycopg
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig
@@ -34,7 +35,7 @@ from graph.prompts import VariantPicker
 from graph.retrieval import Passage
 from graph.state import ChatContext
 from persistence.db import POOL_WAIT_S, retry_unavailable
-from persistence.messages import MessageRepository
+from persistence.messages import MessageRepository, TurnStart
 from persistence.notify import MAX_PAYLOAD, TURN_CONTROL, TURN_EVENTS
 from server import metrics
 from server.errors import (
@@ -42,6 +43,7 @@ from server.errors import (
     MessageNotFound,
     ModelError,
     PayloadTooLarge,
+    QueueFull,
     SessionBusy,
     SessionExpired,
     SessionNotFound,
@@ -56,6 +58,9 @@ log = logging.getLogger(__name__)
 
 Event = tuple[str, dict[str, Any]]
 OnDisconnect = Literal["continue", "cancel"]
+OnBusy = Literal["enqueue", "reject", "interrupt"]
+INTERRUPT_WAIT_S = 5.0  # how long an interrupting message waits for the stopped turn to let go of the session
+QUEUE_CHECK_S = 1.0  # a queued turn looks again this often even without a notification
 # what a turn that did not complete tells its client, by the error code stored on its message
 ERROR_TEXTS = {
     "cancelled": "cancelled",
@@ -141,6 +146,8 @@ class Turn:
     prompt_variant: str
     started: float
     on_disconnect: OnDisconnect = "continue"  # what happens when the client reading the stream leaves
+    # messages the model must see before this one that no checkpoint holds (an interrupted exchange)
+    prelude: list[BaseMessage] = field(default_factory=list)
     # every event so far, in order; an event's SSE id is its position + 1. Any number of readers follow it:
     # the client that started the turn, and clients rejoining with Last-Event-ID
     log: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -248,6 +255,7 @@ class IntegratedChatService:
         durability: Durability = "exit",
         prune_checkpoints: bool = True,
         on_disconnect: OnDisconnect = "continue",
+        max_queued: int = 3,
     ) -> None:
         self.graph = graph
         self.messages = messages
@@ -273,6 +281,9 @@ class IntegratedChatService:
         self.notify: Callable[[str, dict[str, Any] | str], Awaitable[None]] | None = None
         self._followers: dict[str, asyncio.Queue[list[Any]]] = {}  # remote follows waiting here, by key
         self._relays: set[asyncio.Task[None]] = set()
+        self._queue_wake: dict[UUID, asyncio.Event] = {}  # sessions with turns queued here, and how many
+        self._queued_here: dict[UUID, int] = {}
+        self.max_queued = max_queued
         self.draining = False  # set on SIGTERM: running turns go on, new ones are refused (503 shutting_down)
 
     # -- starting a turn: everything that can be refused is refused before a response starts
@@ -291,7 +302,10 @@ class IntegratedChatService:
         return text
 
     async def start_turn(self, session_id: UUID, text: str, metadata: dict[str, Any],
-                         on_disconnect: OnDisconnect | None = None) -> Turn:
+                         on_disconnect: OnDisconnect | None = None, on_busy: OnBusy = "reject") -> Turn:
+        """Start a turn, or refuse it before anything is stored. While another turn runs in the session,
+        `on_busy` says what happens: reject (409), interrupt (stop it, then start), enqueue (store the message
+        as 'queued'; it is answered after the running turn and those queued before it)."""
         if self.draining:
             metrics.record_refusal("shutting_down")
             raise ShuttingDown()
@@ -299,19 +313,24 @@ class IntegratedChatService:
         user_message_id, message_id = uuid4(), uuid4()
         started = time.perf_counter()
         variant = self.variants.pick(session_id)
-        claim = await self.messages.begin_turn(
-            session_id=session_id,
-            user_msg_id=user_message_id,
-            asst_msg_id=message_id,
-            content=text,
-            model=self.model_name,
-            prompt_variant=variant,
-            metadata=metadata,
-            stale_after=self.turn_timeout,
-            expire_after=self.expire_after,
-        )
+
+        async def begin() -> TurnStart:
+            return await self.messages.begin_turn(
+                session_id=session_id, user_msg_id=user_message_id, asst_msg_id=message_id, content=text,
+                model=self.model_name, prompt_variant=variant, metadata=metadata, stale_after=self.turn_timeout,
+                expire_after=self.expire_after)
+
+        claim = await begin()
+        position, prelude = 0, list[BaseMessage]()
+        if claim.outcome == "busy" and on_busy == "interrupt":
+            claim, prelude = await self._interrupt(session_id, begin)
+        elif claim.outcome == "busy" and on_busy == "enqueue":
+            claim, position = await self.messages.enqueue_turn(
+                session_id=session_id, user_msg_id=user_message_id, asst_msg_id=message_id, content=text,
+                model=self.model_name, metadata=metadata, max_queued=self.max_queued,
+                expire_after=self.expire_after)
         detail = {"session_id": str(session_id)}
-        if claim.outcome != "ok":
+        if claim.outcome not in ("ok", "queued"):
             metrics.record_refusal(claim.outcome)
         if claim.outcome == "not_found":
             raise SessionNotFound(detail=detail)
@@ -319,6 +338,8 @@ class IntegratedChatService:
             raise SessionExpired(detail=detail)
         if claim.outcome == "busy":
             raise SessionBusy(detail=detail)
+        if claim.outcome == "full":
+            raise QueueFull(detail={**detail, "max_queued": self.max_queued})
         assert claim.store_id is not None
         turn = Turn(
             session_id=session_id,
@@ -331,22 +352,99 @@ class IntegratedChatService:
             prompt_variant=variant,
             started=started,
             on_disconnect=on_disconnect or self.on_disconnect,
+            prelude=prelude,
         )
         turn.emit("metadata", turn.metadata_event)
-        task = asyncio.create_task(self._run(turn), name=f"turn-{message_id}")
+        if claim.outcome == "queued":
+            turn.emit("queued", {"position": position})
+        work = self._run(turn) if claim.outcome == "ok" else self._run_when_free(turn)
+        task = asyncio.create_task(work, name=f"turn-{message_id}")
         turn.task = task
         self._running.add(task)
         self._turns[message_id] = turn
         task.add_done_callback(functools.partial(self._forget, message_id))
         return turn
 
+    async def _interrupt(self, session_id: UUID, begin: Callable[[], Awaitable[TurnStart]]
+                         ) -> tuple[TurnStart, list[BaseMessage]]:
+        """Stop the session's running turn (here or on another replica) and start once its claim is released;
+        still busy after INTERRUPT_WAIT_S (its replica did not answer) is a 409 like reject. The stopped turn
+        left no checkpoint (it is written when a turn ends), so its question and partial answer are handed to
+        the new turn for the model to see."""
+        running = await self.messages.running_turn(session_id)
+        if running is not None and not self.cancel_local(running) and self.notify is not None:
+            await self.notify(TURN_CONTROL, {"cancel": str(running)})
+        deadline, pause = time.monotonic() + INTERRUPT_WAIT_S, 0.02
+        claim = await begin()
+        while claim.outcome == "busy" and time.monotonic() < deadline:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.25)
+            claim = await begin()
+        prelude: list[BaseMessage] = []
+        stopped = await self.messages.get_stream(running) if running is not None and claim.outcome == "ok" else None
+        if stopped is not None and stopped["status"] == "cancelled":
+            asked = await self.messages.get(stopped["user_message_id"])
+            if asked is not None:
+                prelude.append(HumanMessage(content=asked["content"], id=str(asked["message_id"])))
+            if stopped["content"]:
+                prelude.append(AIMessage(content=stopped["content"], id=str(stopped["message_id"])))
+        return claim, prelude
+
+    async def _run_when_free(self, turn: Turn) -> None:
+        """A queued turn: wait until the session is free and it is the oldest waiting (woken by finish_turn's
+        NOTIFY, checked every QUEUE_CHECK_S anyway), claim the session, then run like any turn."""
+        wake = self._queue_wake.setdefault(turn.session_id, asyncio.Event())
+        self._queued_here[turn.session_id] = self._queued_here.get(turn.session_id, 0) + 1
+        give_up = time.monotonic() + self.turn_timeout.total_seconds() * (self.max_queued + 1)
+        try:
+            while True:
+                wake.clear()
+                claim = await retry_unavailable(lambda: self.messages.begin_queued_turn(
+                    session_id=turn.session_id, user_msg_id=turn.user_message_id, asst_msg_id=turn.message_id,
+                    prompt_variant=turn.prompt_variant, stale_after=self.turn_timeout),
+                    deadline_s=self.turn_timeout.total_seconds())
+                if claim.outcome == "ok":
+                    break
+                if claim.outcome == "gone" or time.monotonic() > give_up:
+                    await self._close_queued(turn, "error", "abandoned")
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), QUEUE_CHECK_S)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._close_queued(turn, "cancelled", "cancelled"))
+            raise
+        finally:
+            self._queued_here[turn.session_id] -= 1
+            if not self._queued_here[turn.session_id]:
+                del self._queued_here[turn.session_id], self._queue_wake[turn.session_id]
+        turn.started = time.perf_counter()  # its latency counts from when it could run
+        await self._run(turn)
+
+    async def _close_queued(self, turn: Turn, status: str, error_code: str) -> None:
+        """A queued turn that will not run: its answer closed (the next waiting message may go), its stream ended."""
+        try:
+            await self.messages.close_queued_turn(user_msg_id=turn.user_message_id, asst_msg_id=turn.message_id,
+                                                  status=status, error_code=error_code)
+        except Exception as exc:  # recovery closes it later; the stream must end either way
+            log.warning("could not close a queued turn: %s", type(exc).__name__, extra={"run_id": str(turn.message_id)})
+        turn.emit("error", {"code": error_code, "message": ERROR_TEXTS[error_code], "message_id": str(turn.message_id)})
+        turn.finished.set()
+        turn.end()
+
+    def on_session_free(self, message: dict[str, Any]) -> None:
+        """A notification on SESSION_FREE: wake the turns of that session queued here."""
+        wake = self._queue_wake.get(UUID(str(message["session"])))
+        if wake is not None:
+            wake.set()
+
     def _forget(self, message_id: UUID, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         self._turns.pop(message_id, None)
 
-    async def run_to_end(self, session_id: UUID, text: str, metadata: dict[str, Any]) -> tuple[Message, Message]:
+    async def run_to_end(self, session_id: UUID, text: str, metadata: dict[str, Any],
+                         on_busy: OnBusy = "reject") -> tuple[Message, Message]:
         """The non-streaming turn: (assistant message, user message); a failed model is a 502."""
-        turn = await self.start_turn(session_id, text, metadata)
+        turn = await self.start_turn(session_id, text, metadata, on_busy=on_busy)
         done: Message | None = None
         error: dict[str, Any] = {}
         async for event, data in turn.stream():
@@ -422,7 +520,7 @@ class IntegratedChatService:
             prompt_variant=turn.prompt_variant,
             answer_id=str(turn.message_id),
         )
-        graph_input = {"messages": [HumanMessage(content=turn.content, id=str(turn.user_message_id))]}
+        graph_input = {"messages": [*turn.prelude, HumanMessage(content=turn.content, id=str(turn.user_message_id))]}
         with self.tracing.context():
             await self._consume(turn, progress, graph_input, config, context)
         if progress.final is not None and not progress.final.response_metadata.get("finish_reason"):
@@ -541,7 +639,7 @@ class IntegratedChatService:
         row = await self.messages.get(message_id)
         if row is None or row["session_id"] != session_id or row["role"] != "assistant":
             raise MessageNotFound(detail={"message_id": str(message_id)})
-        if row["status"] != "streaming":
+        if row["status"] not in ("streaming", "queued"):
             raise TurnEnded(detail={"message_id": str(message_id), "status": row["status"]})
         if self.cancel_local(message_id):
             return
@@ -569,7 +667,7 @@ class IntegratedChatService:
         row = await self.messages.get_stream(message_id)
         if row is None or row["session_id"] != session_id or row["role"] != "assistant":
             raise MessageNotFound(detail={"message_id": str(message_id)})
-        if row["status"] != "streaming" or self.notify is None:
+        if row["status"] not in ("streaming", "queued") or self.notify is None:
             return _aiter(stored_events(row, after))
         # past its deadline a turn still `streaming` lost its replica: nobody will end it before recovery does
         running_s = (datetime.now(UTC) - row["created_at"]).total_seconds()
@@ -608,7 +706,7 @@ class IntegratedChatService:
                             return
                 if not batch:  # silence, or no longer live: has the turn ended?
                     row = await self.messages.get_stream(message_id)
-                    if row is not None and row["status"] != "streaming":
+                    if row is not None and row["status"] not in ("streaming", "queued"):
                         for event in stored_events(row, last):
                             yield event
                         return

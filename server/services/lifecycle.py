@@ -26,12 +26,13 @@ class LifecycleJob:
         self.keep = timedelta(days=settings.hard_delete_after_days)
         self.every_s = settings.session_cleanup_interval_minutes * 60
         self.turn_timeout = timedelta(seconds=settings.turn_timeout_seconds)
+        self.queue_timeout = self.turn_timeout * (settings.max_queued_turns + 1)  # the longest a queue can take
         self.batch = batch
 
     async def recover(self) -> tuple[int, int]:
         """Turns of dead processes (left streaming past TURN_TIMEOUT_SECONDS): marked error, claims released."""
         async with self.pool.connection() as conn:
-            turns, claims = await recover_abandoned_turns(conn, self.turn_timeout)
+            turns, claims = await recover_abandoned_turns(conn, self.turn_timeout, self.queue_timeout)
         if turns:
             log.warning("closed %d abandoned turns (a process died mid-turn), released %d session claims",
                         turns, claims)
