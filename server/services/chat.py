@@ -408,8 +408,11 @@ class IntegratedChatService:
                 if claim.outcome == "gone" or time.monotonic() > give_up:
                     await self._close_queued(turn, "error", "abandoned")
                     return
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel that arrives as the
+                # wait ends (here: cancelling one queued turn wakes the others just as theirs are cancelled)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), QUEUE_CHECK_S)
+                    async with asyncio.timeout(QUEUE_CHECK_S):
+                        await wake.wait()
         except asyncio.CancelledError:
             await asyncio.shield(self._close_queued(turn, "cancelled", "cancelled"))
             raise
@@ -690,10 +693,9 @@ class IntegratedChatService:
             while True:
                 batch: list[Any] = []
                 if live:
-                    try:
-                        batch = await asyncio.wait_for(inbox.get(), FOLLOW_CHECK_S)
-                    except TimeoutError:
-                        pass
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(FOLLOW_CHECK_S):  # not wait_for: see _run_when_free
+                            batch = await inbox.get()
                 else:
                     await asyncio.sleep(FOLLOW_CHECK_S)
                 for item in batch:
