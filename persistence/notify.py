@@ -23,7 +23,7 @@ from persistence.db import APPLICATION_NAME, Pool
 log = logging.getLogger(__name__)
 TURN_CONTROL = "sixshop_turn_control"
 TURN_EVENTS = "sixshop_turn_events"
-SESSION_FREE = "sixshop_session_free"  # sent by finish_turn (sql/009) when waiting messages may go
+SESSION_FREE = "sixshop_session_free"  # sent by finish_turn (sql/008) and close_queued_turn (sql/009)
 MAX_PAYLOAD = 7000  # bytes; PostgreSQL refuses a NOTIFY payload of 8000 or more
 NOTIFY_SQL = "select pg_notify(%s, %s)"
 

@@ -1,6 +1,8 @@
 -- 008: what the stream of a finished turn is rebuilt from when a client rejoins it (API.md, "Durable
 -- turns"): the ids its events had, and where each token delta ended in the stored content. Written by
--- finish_turn in the same statement as the rest of the turn's end: no extra round trip.
+-- finish_turn in the same statement as the rest of the turn's end: no extra round trip. finish_turn also
+-- tells the replicas when a session with waiting (queued, sql/009) messages becomes free: nothing is sent
+-- otherwise, so the normal path costs no notification.
 alter table chat_messages add column stream_index jsonb;
 
 drop function finish_turn(uuid, text, text, text, integer, integer, integer, integer, jsonb, text);
@@ -46,6 +48,10 @@ begin
     update chat_sessions s
        set active_run_id = null, active_run_started_at = null
      where s.session_id = v_msg.session_id and s.active_run_id = p_asst_msg_id;
+
+    if exists (select 1 from chat_messages m where m.session_id = v_msg.session_id and m.status = 'queued') then
+        perform pg_notify('sixshop_session_free', json_build_object('session', v_msg.session_id)::text);
+    end if;
 
     return next v_msg;
 end $$;

@@ -10,6 +10,7 @@ import random
 import signal
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from uuid import uuid4
 
@@ -32,12 +33,18 @@ def slow_model() -> Iterator[FakeOpenAIServer]:
         yield srv
 
 
-@pytest.fixture(scope="module")
-def replicas(database_url: str, slow_model: FakeOpenAIServer) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    env = {"DATABASE_URL": database_url, "OPENAI_API_KEY": "sk-local-test", "OPENAI_BASE_URL": slow_model.base_url,
+@contextmanager
+def _two_replicas(database_url: str, model: FakeOpenAIServer) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    env = {"DATABASE_URL": database_url, "OPENAI_API_KEY": "sk-local-test", "OPENAI_BASE_URL": model.base_url,
            "OPENAI_MAX_RETRIES": "0", "CAPACITY_SAMPLE_SECONDS": "0"}
     with ServerProcess(env) as a, ServerProcess(env) as b:
         yield a, b
+
+
+@pytest.fixture(scope="module")
+def replicas(database_url: str, slow_model: FakeOpenAIServer) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    with _two_replicas(database_url, slow_model) as pair:
+        yield pair
 
 
 def _rows(url: str, session_id: str) -> list[dict[str, Any]]:
@@ -142,10 +149,8 @@ def quick_model() -> Iterator[FakeOpenAIServer]:
 
 @pytest.fixture(scope="module")
 def quick_replicas(database_url: str, quick_model: FakeOpenAIServer) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    env = {"DATABASE_URL": database_url, "OPENAI_API_KEY": "sk-local-test", "OPENAI_BASE_URL": quick_model.base_url,
-           "OPENAI_MAX_RETRIES": "0", "CAPACITY_SAMPLE_SECONDS": "0"}
-    with ServerProcess(env) as a, ServerProcess(env) as b:
-        yield a, b
+    with _two_replicas(database_url, quick_model) as pair:
+        yield pair
 
 
 async def test_a_hundred_disconnects_each_rejoined_yield_the_stored_answer(
