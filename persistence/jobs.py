@@ -9,13 +9,16 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from persistence.db import Pool
+from persistence.db import Pool, retry_unavailable
 
+# Not running means: finished, or its lease ran out (its process died), or claimed by this very process — a
+# process runs each job from one loop, so a claim of its own that it is not running is one whose answer it
+# never got (the connection dropped as the claim committed).
 CLAIM_SQL = """
 insert into background_jobs as j (name, started_at, owner) values (%(name)s, now(), %(owner)s)
 on conflict (name) do update set started_at = now(), finished_at = null, owner = excluded.owner, runs = j.runs + 1
  where j.started_at <= now() - %(every)s::interval
-   and (j.finished_at is not null or j.started_at < now() - %(lease)s::interval)
+   and (j.finished_at is not null or j.started_at < now() - %(lease)s::interval or j.owner = excluded.owner)
 returning started_at
 """
 FINISH_SQL = "update background_jobs set finished_at = now() where name = %(name)s and started_at = %(started)s"
@@ -57,7 +60,9 @@ class JobRepository:
             yield started is not None
         finally:
             if started is not None:
-                await self.finish(name, started)
+                # a run left unfinished blocks the job until its lease runs out: when the database went away
+                # mid-run (a restart, a failover), finish once it is back
+                await retry_unavailable(lambda: self.finish(name, started), deadline_s=lease.total_seconds())
 
     async def all(self) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn:

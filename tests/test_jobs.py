@@ -36,3 +36,13 @@ async def test_once_per_interval_and_never_beside_a_running_one(pool: Pool, migr
     assert await jobs.claim("hourly", owner="c", every=timedelta(0), lease=lease) is not None
     row = next(r for r in await jobs.all() if r["name"] == "hourly")
     assert (row["runs"], row["owner"]) == (3, "c")
+
+
+async def test_a_claim_whose_answer_was_lost_is_taken_again_by_its_own_process(pool: Pool) -> None:
+    """The claim committed but its process never heard (the connection dropped): the same process claims again
+    at its next round instead of waiting for the lease; others still may not."""
+    jobs = JobRepository(pool)
+    hour = timedelta(hours=1)
+    assert await jobs.claim("lost", owner="p1", every=timedelta(0), lease=hour) is not None  # never finished
+    assert await jobs.claim("lost", owner="p2", every=timedelta(0), lease=hour) is None
+    assert await jobs.claim("lost", owner="p1", every=timedelta(0), lease=hour) is not None
