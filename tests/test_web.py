@@ -207,5 +207,25 @@ def test_the_answer_goes_on_after_a_reload(slow_server: ServerProcess, browser: 
     stored = _stored_answer(database_url, session_id)
     assert stored["status"] == "complete"
     assert page.inner_text(".msg.assistant .text").strip() == stored["content"].strip()
-    assert page.evaluate("localStorage.getItem('sixshop.running.web-reload')") is None
+    assert page.evaluate("JSON.parse(localStorage.getItem('sixshop.running.web-reload'))") == {}  # none in flight
+    context.close()
+
+
+def test_a_message_sent_while_answering_is_queued_then_answered(slow_server: ServerProcess, browser: Any,
+                                                                database_url: str) -> None:
+    context = browser.new_context(locale="ko-KR")
+    page = context.new_page()
+    session_id = _ask_and_wait_for_tokens(page, slow_server.base_url, "web-queue", QUESTION)
+    page.fill("#input", "반품은 어떻게 하나요?")  # sent while the first answer streams
+    page.press("#input", "Enter")
+    page.wait_for_selector(".msg.assistant.queued", timeout=10_000)
+    assert "queued" in page.inner_text(".msg.assistant.queued .foot")
+    page.wait_for_function("() => document.querySelectorAll(\".msg.assistant .foot button[data-score='1']\")"
+                           ".length === 2", timeout=60_000)
+    rows = fetch_all(database_url, "select role, status, content from chat_messages where session_id = %s "
+                                   "order by seq", (session_id,))
+    assert [(r["role"], r["status"]) for r in rows] == [("user", "complete"), ("assistant", "complete")] * 2
+    shown = page.eval_on_selector_all(".msg.assistant .text", "els => els.map(e => e.textContent.trim())")
+    assert shown == [r["content"].strip() for r in rows if r["role"] == "assistant"]  # both, in order
+    assert page.locator(".msg.assistant.queued").count() == 0
     context.close()

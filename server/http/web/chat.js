@@ -7,8 +7,7 @@
 const API = "/api/session-chat";
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const state = { store: params.get("store") || localStorage.getItem("sixshop.store") || "demo-store", session: null,
-                busy: false };
+const state = { store: params.get("store") || localStorage.getItem("sixshop.store") || "demo-store", session: null };
 
 function headers(json = true) {
   const h = json ? { "Content-Type": "application/json" } : {};
@@ -36,7 +35,7 @@ function status(text, isError = false) {
 }
 
 const sessionKey = () => `sixshop.session.${state.store}`;
-const runningKey = () => `sixshop.running.${state.store}`;  // {session, message_id, last}: an answer in flight
+const runningKey = () => `sixshop.running.${state.store}`;  // answers in flight (inFlight below)
 
 // -- rendering ------------------------------------------------------------------------------------
 
@@ -204,25 +203,34 @@ async function* sseEvents(response) {
 // One answer's events onto its bubble; true once it has ended (done or error).
 function apply(el, event, data) {
   const textEl = el.querySelector(".text");
-  if (event === "token") {
+  if (event === "queued") {
+    el.classList.add("queued");
+    showFooter(el, { message_id: el.dataset.messageId || "", status: `queued · 대기 중 (${data.position})` });
+  } else if (event === "token") {
+    if (el.classList.contains("queued")) { el.classList.remove("queued"); el.querySelector(".foot")?.remove(); }
     textEl.textContent += data.delta;
     $("messages").scrollTop = $("messages").scrollHeight;
   } else if (event === "done") {
+    el.classList.remove("queued");
     textEl.textContent = data.message.content;
     showSources(el, data.message.sources);
     showFooter(el, data.message);
     loadSessionList();  // its message count changed
     return true;
   } else if (event === "error") {
+    el.classList.remove("queued");
     showFooter(el, { message_id: data.message_id || "", status: data.code === "cancelled" ? "cancelled" : "error" });
     return true;
   }
   return false;
 }
 
-function remember(running) {
-  if (running) localStorage.setItem(runningKey(), JSON.stringify(running));
-  else localStorage.removeItem(runningKey());
+// Answers in flight, by message id: {session, message_id, last} (the last event id seen), kept for reloads.
+function inFlight() { return JSON.parse(localStorage.getItem(runningKey()) || "{}"); }
+function remember(running, done = false) {
+  const all = inFlight();
+  if (done) delete all[running.message_id]; else all[running.message_id] = running;
+  localStorage.setItem(runningKey(), JSON.stringify(all));
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -230,8 +238,6 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 // Rejoin an answer after `running.last` until it ends, again and again through network drops.
 async function follow(el, running) {
   el.classList.add("streaming");
-  state.busy = true;
-  $("send").disabled = true;
   try {
     for (let attempt = 0; ; attempt++) {
       if (!navigator.onLine) {
@@ -241,12 +247,12 @@ async function follow(el, running) {
       try {
         const r = await fetch(`${API}/sessions/${running.session}/messages/${running.message_id}/stream`,
                               { headers: { ...headers(false), "Last-Event-ID": String(running.last) } });
-        if (r.status === 404) { remember(null); return; }
+        if (r.status === 404) { remember(running, true); return; }
         if (!r.ok) throw new Error(`HTTP ${r.status}`);
         status("");
         for await (const [event, data, id] of sseEvents(r)) {
           running.last = id; remember(running);
-          if (apply(el, event, data)) { remember(null); return; }
+          if (apply(el, event, data)) { remember(running, true); return; }
         }
       } catch (e) {
         status("Reconnecting… · 다시 연결하는 중…");
@@ -255,15 +261,12 @@ async function follow(el, running) {
     }
   } finally {
     el.classList.remove("streaming");
-    state.busy = false;
-    $("send").disabled = false;
   }
 }
 
+// A message may be sent while an answer streams: it is queued by the service and answered after it.
 async function send(text) {
-  if (state.busy || !text.trim()) return;
-  state.busy = true;
-  $("send").disabled = true;
+  if (!text.trim()) return;
   renderMessage({ role: "user", content: text });
   const el = bubble("assistant");
   el.classList.add("streaming");
@@ -284,14 +287,13 @@ async function send(text) {
       } else if (running) {
         running.last = id;
       }
-      remember(running);
-      if (apply(el, event, data)) { remember(null); running = null; }
+      if (running) remember(running);
+      if (apply(el, event, data)) { remember(running, true); running = null; }
     }
     if (running) throw new Error("the stream ended early");
   } catch (e) {
     if (running) {  // the answer goes on without us: rejoin it where we were
       el.classList.remove("streaming");
-      state.busy = false;
       follow(el, running);
       return;
     }
@@ -300,22 +302,22 @@ async function send(text) {
   } finally {
     if (!running) {
       el.classList.remove("streaming");
-      state.busy = false;
-      $("send").disabled = false;
       $("messages").scrollTop = $("messages").scrollHeight;
     }
   }
 }
 
-// After a reload: the answer that was streaming in this session, if it is still unfinished, is rejoined.
+// After a reload: the answers that were streaming (or waiting) in this session, if still unfinished, are
+// rejoined from their start (their stored text is empty until they end).
 function resumeRunning(sessionId) {
-  const running = JSON.parse(localStorage.getItem(runningKey()) || "null");
-  if (!running || running.session !== sessionId) return;
-  const el = [...document.querySelectorAll(".msg.assistant")].find((e) => e.dataset.messageId === running.message_id);
-  if (!el || el.dataset.status !== "streaming") { remember(null); return; }  // it ended meanwhile
-  el.querySelector(".foot")?.remove();
-  el.querySelector(".text").textContent = "";  // its stored text is empty until it ends: replay from the start
-  follow(el, { ...running, last: 0 });
+  for (const running of Object.values(inFlight())) {
+    if (running.session !== sessionId) continue;
+    const el = [...document.querySelectorAll(".msg.assistant")].find((e) => e.dataset.messageId === running.message_id);
+    if (!el || !["streaming", "queued"].includes(el.dataset.status)) { remember(running, true); continue; }
+    el.querySelector(".foot")?.remove();
+    el.querySelector(".text").textContent = "";
+    follow(el, { ...running, last: 0 });
+  }
 }
 
 $("composer").addEventListener("submit", (ev) => {
