@@ -72,13 +72,27 @@ ERROR_TEXTS = {
 }
 
 
+RUNNING = ("streaming", "queued")  # an answer's statuses until it ends
+
+
+def error_data(code: str, message_id: UUID | str) -> dict[str, Any]:
+    """An `error` event's data for a turn that ended with the stored error code `code`."""
+    return {"code": "model_error" if code == "timeout" else code,  # a timeout is the model's
+            "message": ERROR_TEXTS.get(code, code), "message_id": str(message_id)}
+
+
+def metadata_data(session_id: UUID | str, user_message_id: UUID | str, message_id: UUID | str,
+                  model: str | None) -> dict[str, Any]:
+    """The `metadata` event's data: the first event of every turn's stream."""
+    return {"session_id": str(session_id), "user_message_id": str(user_message_id),
+            "message_id": str(message_id), "run_id": str(message_id), "model": model}
+
+
 def ending_event(row: dict[str, Any]) -> Event:
     """A stored answer's last event: `done` with the message, or `error` with the code of API.md."""
     if row["status"] == "complete":
         return "done", {"message": message_out(row)}
-    code = row["error_code"] or "internal_error"
-    return "error", {"code": "model_error" if code == "timeout" else code,  # a timeout is the model's
-                     "message": ERROR_TEXTS.get(code, code), "message_id": str(row["message_id"])}
+    return "error", error_data(row["error_code"] or "internal_error", row["message_id"])
 
 
 FOLLOW_CHECK_S = 1.0  # a follower that hears nothing this long looks at the row
@@ -114,8 +128,7 @@ def stored_events(row: dict[str, Any], after: int) -> list[tuple[int, str, dict[
     """A finished turn's events after id `after`, rebuilt from its row: the same ids the live stream had, the
     token deltas after `after` joined into one event (their concatenation is the stored content)."""
     index = row.get("stream_index")
-    metadata = {"session_id": str(row["session_id"]), "user_message_id": str(row["user_message_id"]),
-                "message_id": str(row["message_id"]), "run_id": str(row["message_id"]), "model": row["model"]}
+    metadata = metadata_data(row["session_id"], row["user_message_id"], row["message_id"], row["model"])
     out: list[tuple[int, str, dict[str, Any]]] = []
     if after < 1:
         out.append((1, "metadata", metadata))
@@ -151,17 +164,20 @@ class Turn:
     # every event so far, in order; an event's SSE id is its position + 1. Any number of readers follow it:
     # the client that started the turn, and clients rejoining with Last-Event-ID
     log: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    ended: bool = False
     task: asyncio.Task[None] | None = None
-    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)  # set by end(), after the last event
     _waiters: list[asyncio.Future[None]] = field(default_factory=list)  # one per reader waiting for more
 
     def emit(self, event: str, data: dict[str, Any]) -> None:
         self.log.append((event, data))
         self._wake_readers()
 
+    @property
+    def ended(self) -> bool:
+        return self.finished.is_set()
+
     def end(self) -> None:
-        self.ended = True
+        self.finished.set()
         self._wake_readers()
 
     def stream_index(self) -> dict[str, Any]:
@@ -207,13 +223,7 @@ class Turn:
 
     @property
     def metadata_event(self) -> dict[str, Any]:
-        return {
-            "session_id": str(self.session_id),
-            "user_message_id": str(self.user_message_id),
-            "message_id": str(self.message_id),
-            "run_id": str(self.message_id),
-            "model": self.model,
-        }
+        return metadata_data(self.session_id, self.user_message_id, self.message_id, self.model)
 
     async def stream(self) -> AsyncIterator[Event]:
         """metadata, sources, token..., then done or error. Leaving early cancels the turn only when its
@@ -222,7 +232,7 @@ class Turn:
             async for _, event, data in self.events():
                 yield event, data
         finally:
-            if not self.finished.is_set() and self.task is not None and self.on_disconnect == "cancel":
+            if not self.ended and self.task is not None and self.on_disconnect == "cancel":
                 self.task.cancel()
 
 
@@ -430,8 +440,7 @@ class IntegratedChatService:
                                                   status=status, error_code=error_code)
         except Exception as exc:  # recovery closes it later; the stream must end either way
             log.warning("could not close a queued turn: %s", type(exc).__name__, extra={"run_id": str(turn.message_id)})
-        turn.emit("error", {"code": error_code, "message": ERROR_TEXTS[error_code], "message_id": str(turn.message_id)})
-        turn.finished.set()
+        turn.emit("error", error_data(error_code, turn.message_id))
         turn.end()
 
     def on_session_free(self, message: dict[str, Any]) -> None:
@@ -607,7 +616,6 @@ class IntegratedChatService:
             turn.emit("error", {"code": "database_unavailable" if away else "internal_error",
                                 "message": "The turn could not be stored"})
         finally:
-            turn.finished.set()
             turn.end()
         await self._prune(turn)  # after the answer is out, so it costs the shopper no latency
 
@@ -642,7 +650,7 @@ class IntegratedChatService:
         row = await self.messages.get(message_id)
         if row is None or row["session_id"] != session_id or row["role"] != "assistant":
             raise MessageNotFound(detail={"message_id": str(message_id)})
-        if row["status"] not in ("streaming", "queued"):
+        if row["status"] not in RUNNING:
             raise TurnEnded(detail={"message_id": str(message_id), "status": row["status"]})
         if self.cancel_local(message_id):
             return
@@ -670,7 +678,7 @@ class IntegratedChatService:
         row = await self.messages.get_stream(message_id)
         if row is None or row["session_id"] != session_id or row["role"] != "assistant":
             raise MessageNotFound(detail={"message_id": str(message_id)})
-        if row["status"] not in ("streaming", "queued") or self.notify is None:
+        if row["status"] not in RUNNING or self.notify is None:
             return _aiter(stored_events(row, after))
         # past its deadline a turn still `streaming` lost its replica: nobody will end it before recovery does
         running_s = (datetime.now(UTC) - row["created_at"]).total_seconds()
@@ -708,13 +716,12 @@ class IntegratedChatService:
                             return
                 if not batch:  # silence, or no longer live: has the turn ended?
                     row = await self.messages.get_stream(message_id)
-                    if row is not None and row["status"] not in ("streaming", "queued"):
+                    if row is not None and row["status"] not in RUNNING:
                         for event in stored_events(row, last):
                             yield event
                         return
                     if time.monotonic() > give_up:
-                        yield last + 1, "error", {"code": "abandoned", "message": ERROR_TEXTS["abandoned"],
-                                                  "message_id": str(message_id)}
+                        yield last + 1, "error", error_data("abandoned", message_id)
                         return
         finally:
             self._followers.pop(key, None)
