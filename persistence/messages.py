@@ -36,7 +36,17 @@ CLOSE_QUEUED_TURN_SQL = "select close_queued_turn(%(user_msg_id)s, %(asst_msg_id
 FINISH_TURN_SQL = f"""
 select {MESSAGE_COLUMNS} from finish_turn(
     %(message_id)s, %(status)s, %(content)s, %(model)s, %(input_tokens)s, %(output_tokens)s,
-    %(latency_ms)s, %(first_token_ms)s, %(sources)s, %(error_code)s, %(stream_index)s)
+    %(latency_ms)s, %(first_token_ms)s, %(sources)s, %(error_code)s, %(stream_index)s, %(run_id)s)
+"""
+# one statement per replica every TURN_LEASE_SECONDS/3 for all its running turns: the ones it still holds
+RENEW_LEASES_SQL = """
+update chat_messages set lease_until = now() + %(lease)s
+ where message_id = any(%(ids)s) and status = 'streaming' and run_id = any(%(runs)s)
+returning message_id
+"""
+RECLAIM_TURNS_SQL = """
+select message_id, session_id, store_id, user_id, user_message_id, content, model, prompt_variant, attempt, run_id
+  from reclaim_turns(%(lease)s, %(max_attempts)s, %(limit)s)
 """
 GET_MESSAGE_SQL = f"""
 select {', '.join('m.' + c.strip() for c in MESSAGE_COLUMNS.split(','))}
@@ -45,7 +55,7 @@ select {', '.join('m.' + c.strip() for c in MESSAGE_COLUMNS.split(','))}
 """
 # a message with what its stream is rebuilt from (rejoining a finished turn)
 GET_STREAM_SQL = f"""
-select {', '.join('m.' + c.strip() for c in MESSAGE_COLUMNS.split(','))}, m.stream_index,
+select {', '.join('m.' + c.strip() for c in MESSAGE_COLUMNS.split(','))}, m.stream_index, m.attempt,
        (select u.message_id from chat_messages u
          where u.session_id = m.session_id and u.role = 'user' and u.seq < m.seq
          order by u.seq desc limit 1) as user_message_id
@@ -74,6 +84,21 @@ on conflict (message_id) do update set score = excluded.score, comment = exclude
 returning message_id, score, comment, (xmax = 0) as created,
           (select run_id from chat_messages where message_id = %(message_id)s) as run_id
 """
+
+
+@dataclass(frozen=True)
+class Reclaimed:
+    """A dead replica's turn, taken by this one to be re-run (reclaim_turns in sql/010)."""
+    message_id: UUID
+    session_id: UUID
+    store_id: str
+    user_id: str | None
+    user_message_id: UUID
+    content: str
+    model: str
+    prompt_variant: str | None
+    attempt: int
+    run_id: UUID
 
 
 @dataclass(frozen=True)
@@ -166,7 +191,10 @@ class MessageRepository:
         sources: list[dict[str, Any]],
         error_code: str | None,
         stream_index: dict[str, Any] | None = None,
+        run_id: UUID | None = None,
     ) -> Row:
+        """Store the end of the run `run_id` (by default the first, whose id is the message's): nothing is
+        written when the answer is already ended or held by another run; the stored row is returned either way."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(
                 FINISH_TURN_SQL,
@@ -182,11 +210,26 @@ class MessageRepository:
                     "sources": Jsonb(sources),
                     "error_code": error_code,
                     "stream_index": Jsonb(stream_index) if stream_index is not None else None,
+                    "run_id": run_id or message_id,
                 },
             )
             row = await cur.fetchone()
         assert row is not None
         return row
+
+    async def renew_leases(self, runs: dict[UUID, UUID], lease: timedelta) -> set[UUID]:
+        """Extend the leases of these running turns (message id → run id): the message ids still held."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(RENEW_LEASES_SQL, {"ids": list(runs), "runs": list(runs.values()),
+                                                        "lease": lease})
+            return {row["message_id"] for row in await cur.fetchall()}
+
+    async def reclaim_turns(self, lease: timedelta, max_attempts: int, limit: int) -> list[Reclaimed]:
+        """Take turns whose lease ran out to re-run them (those past `max_attempts` are closed abandoned)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(RECLAIM_TURNS_SQL, {"lease": lease, "max_attempts": max_attempts,
+                                                         "limit": limit})
+            return [Reclaimed(**row) for row in await cur.fetchall()]
 
     async def get(self, message_id: UUID) -> Row | None:
         async with self.pool.connection() as conn:

@@ -245,6 +245,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             tracing=tracing,
             on_disconnect=settings.turn_on_disconnect,
             max_queued=settings.max_queued_turns,
+            lease=timedelta(seconds=settings.turn_lease_seconds) if settings.turn_lease_seconds > 0 else None,
         )
         listener = await open_turn_control(settings, pool, chat)
         capacity = make_capacity(settings, pool)
@@ -271,6 +272,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         if settings.capacity_sample_seconds > 0:
             background.append(asyncio.create_task(capacity.run_sampler(settings.capacity_sample_seconds),
                                                   name="capacity-sampler"))
+        # renewed until the last turn here has ended (shutdown's grace included), or others would re-run them
+        leases = asyncio.create_task(chat.keep_leases(), name="turn-leases") if chat.lease is not None else None
         if settings.session_cleanup_interval_minutes > 0:
             background.append(asyncio.create_task(LifecycleJob(pool, settings).run_forever(), name="lifecycle"))
         try:
@@ -285,6 +288,9 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             # SHUTDOWN_GRACE_SECONDS since the drain began
             waited = time.monotonic() - resources.drain_started if resources.drain_started else 0.0
             await chat.shutdown(max(0.0, settings.shutdown_grace_seconds - waited))
+            if leases is not None:
+                leases.cancel()
+                await asyncio.gather(leases, return_exceptions=True)
             await listener.aclose()
             await knowledge.aclose()
             await tracing.aclose()

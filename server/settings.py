@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     # a client that leaves mid-answer: `continue` (the turn runs to the end and is stored; the answer can be
     # read or rejoined), or `cancel` (stopped, stored `cancelled` with what it had said)
     turn_on_disconnect: Literal["continue", "cancel"] = "continue"
+    # a running turn's lease, renewed by its replica every third of it; when it runs out (the replica died) another
+    # replica re-runs the turn once from the checkpoint before it. 0: no leases (the turn timeout ends it)
+    turn_lease_seconds: float = Field(15, ge=0)
     # messages waiting behind a running turn in one session (on_busy=enqueue); one more answers 429
     max_queued_turns: int = Field(3, ge=0, le=20)
     max_message_chars: int = 4000

@@ -8,7 +8,6 @@ import asyncio
 import json
 import random
 import signal
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,7 +17,9 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
-from tests.conftest import fetch_all
+from tests.conftest import execute, fetch_all
+from tests.fake_langsmith import API_KEY as LANGSMITH_KEY
+from tests.fake_langsmith import FakeLangSmithServer
 from tests.fake_openai import FakeOpenAIServer, Pace
 from tests.server_process import ServerProcess
 from tests.sse import read_sse
@@ -176,26 +177,96 @@ async def test_a_hundred_disconnects_each_rejoined_yield_the_stored_answer(
                 _check_resumed(seen, after, rejoined, stored["content"])
 
 
-async def test_rejoining_a_turn_whose_replica_died_ends_it_as_abandoned(
-        database_url: str, slow_model: FakeOpenAIServer) -> None:
-    """Nobody relays a dead replica's turn: a follower on another replica hears nothing, sees the row still
-    `streaming` past the turn's deadline (TURN_TIMEOUT_SECONDS, 3 s here), and ends with `error` `abandoned`
-    instead of waiting forever. (Re-running such a turn is the next step of durable turns.)"""
-    env = {"DATABASE_URL": database_url, "OPENAI_API_KEY": "sk-local-test", "OPENAI_BASE_URL": slow_model.base_url,
-           "OPENAI_MAX_RETRIES": "0", "CAPACITY_SAMPLE_SECONDS": "0", "TURN_TIMEOUT_SECONDS": "3"}
+# -- a replica that dies mid-turn: its lease runs out and another replica re-runs the turn ------------------
+
+@pytest.fixture(scope="module")
+def langsmith() -> Iterator[FakeLangSmithServer]:
+    with FakeLangSmithServer() as srv:
+        yield srv
+
+
+def _leased_env(database_url: str, model: FakeOpenAIServer, langsmith: FakeLangSmithServer) -> dict[str, str]:
+    return {"DATABASE_URL": database_url, "OPENAI_API_KEY": "sk-local-test", "OPENAI_BASE_URL": model.base_url,
+            "OPENAI_MAX_RETRIES": "0", "CAPACITY_SAMPLE_SECONDS": "0", "TURN_LEASE_SECONDS": "1.5",
+            "LANGSMITH_API_KEY": LANGSMITH_KEY, "LANGSMITH_ENDPOINT": langsmith.api_url,
+            "LANGSMITH_PROJECT": "sixshop-durable", "LANGSMITH_FLUSH_TIMEOUT_SECONDS": "2"}
+
+
+def _after_restart(events: list[tuple[int, str, dict[str, Any]]]) -> list[tuple[int, str, dict[str, Any]]]:
+    starts = [i for i, (_, e, _) in enumerate(events) if e == "restart"]
+    return events[starts[-1]:] if starts else events
+
+
+async def test_a_dead_replicas_turn_is_re_run_by_another(
+        database_url: str, slow_model: FakeOpenAIServer, langsmith: FakeLangSmithServer) -> None:
+    """TURN_LEASE_SECONDS=1.5: a turn of 6 s keeps its lease on a live replica; after SIGKILL of its replica the
+    other one re-runs it from the checkpoint before it, and the rejoined stream says `restart` then gives the
+    whole new answer. One user row, one assistant row (the new answer, with the re-run's run_id), and the re-run
+    traced with its attempt."""
+    env = _leased_env(database_url, slow_model, langsmith)
     with ServerProcess(env) as a, ServerProcess(env) as b:
         async with httpx.AsyncClient(base_url=a.base_url, timeout=30) as on_a, \
                 httpx.AsyncClient(base_url=b.base_url, timeout=30) as on_b:
             sid = (await on_a.post(f"{API}/sessions", json={"store_id": "durable"})).json()["session_id"]
-            mid, _ = await _start_and_leave(on_a, sid, "a long answer please", 4)
+            # alive, it keeps its turn: 6 s is four leases, and B sweeps all along
+            first = await _stream_all(on_a, sid, {"message": "a long answer please"})
+            assert first[1][-1][1] == "done" and all(e != "restart" for _, e, _ in first[1])
+            assert first[1][-1][2]["message"]["run_id"] == first[1][0][2]["message_id"]
+
+            asked = len(slow_model.chat_requests)
+            mid, seen = await _start_and_leave(on_a, sid, "and another long one", 5)
             a.proc.send_signal(signal.SIGKILL)
             a.proc.wait(10)
-            started = time.monotonic()
-            rejoined = await _rejoin(on_b, sid, mid, 4)
-            assert rejoined[-1][1] == "error" and rejoined[-1][2]["code"] == "abandoned", rejoined[-1]
-            assert all(n > 4 for n, _, _ in rejoined)
-            assert time.monotonic() - started < 3 + 5 + 3  # the deadline, the follower's margin, slack
+            rejoined = await _rejoin(on_b, sid, mid, seen[-1][0])
+        ids = [n for n, _, _ in rejoined]
+        assert ids == sorted(set(ids)) and ids[0] > seen[-1][0]
+        rerun = _after_restart(rejoined)
+        restart = rerun[0]
+        assert restart[:2] == (2_000_000, "restart") and restart[2]["attempt"] == 2, rejoined[:3]
+        run_id = restart[2]["run_id"]
+        assert [e for _, e, _ in rerun[1:3]] == ["metadata", "sources"] and rerun[1][2]["run_id"] == run_id
+        assert rerun[-1][1] == "done", rerun[-1]
+        rows = fetch_all(database_url, "select role, status, content, run_id, attempt from chat_messages "
+                                       "where session_id = %s order by seq", (sid,))
+        assert [(r["role"], r["status"]) for r in rows] == [("user", "complete"), ("assistant", "complete")] * 2
+        assert rows[3]["content"] == "".join(d["delta"] for _, e, d in rerun if e == "token")
+        assert str(rows[3]["run_id"]) == run_id != mid and rows[3]["attempt"] == 2
+        # the re-run asked the model with the history before the turn: the question once, the first exchange
+        rerun_request = slow_model.chat_requests[-1]["body"]["messages"]
+        assert len(slow_model.chat_requests) == asked + 2
+        user_turns = [m["content"] for m in rerun_request if m["role"] == "user"]
+        assert user_turns.count("and another long one") == 1 and "a long answer please" in user_turns
+        # rejoining the ended turn from anywhere before the re-run gives the same: restart, then the new answer
+        async with httpx.AsyncClient(base_url=b.base_url, timeout=30) as on_b:
+            replay = await _rejoin(on_b, sid, mid, 3)
+        assert [e for _, e, _ in replay] == ["restart", "metadata", "sources", "token", "done"]
+        assert replay[3][2]["delta"] == rows[3]["content"] and replay[0][0] == 2_000_000
+        assert langsmith.wait_for(lambda s: run_id in s.runs and s.runs[run_id].get("end_time"), timeout=15)
+        meta = langsmith.runs[run_id]["extra"]["metadata"]
+        assert meta["attempt"] == 2 and meta["session_id"] == sid
+        assert any(r["run_type"] == "llm" for r in langsmith.runs_of_trace(run_id))
 
+
+async def test_a_turn_that_dies_twice_ends_abandoned_and_frees_its_session(
+        database_url: str, quick_model: FakeOpenAIServer, langsmith: FakeLangSmithServer) -> None:
+    """A turn whose re-run's replica died too (attempt 2, lease run out) is not run a third time: the sweep
+    stores it error/abandoned, a rejoin ends with that error, and the session answers the next message."""
+    with ServerProcess(_leased_env(database_url, quick_model, langsmith)) as b:
+        async with httpx.AsyncClient(base_url=b.base_url, timeout=30) as on_b:
+            sid = (await on_b.post(f"{API}/sessions", json={"store_id": "durable"})).json()["session_id"]
+            mid, asked = uuid4(), uuid4()
+            # the state a second death leaves: claimed, streaming on its second attempt, the lease long run out
+            execute(database_url, "select begin_turn(%s, %s, %s, 'twice dead', 'offline', 'v1', '{}', "
+                                  "'1 hour', '1 day')", (sid, asked, mid))
+            execute(database_url, "update chat_messages set attempt = 2, lease_until = now() - interval '1 s' "
+                                  "where message_id = %s", (mid,))
+            rejoined = await _rejoin(on_b, sid, str(mid), 0)
+            assert rejoined[-1][1] == "error" and rejoined[-1][2]["code"] == "abandoned", rejoined
+            row = fetch_all(database_url, "select status, error_code, attempt from chat_messages "
+                                          "where message_id = %s", (mid,))[0]
+            assert (row["status"], row["error_code"], row["attempt"]) == ("error", "abandoned", 2)
+            after = await on_b.post(f"{API}/sessions/{sid}/chat", json={"message": "still there?", "on_busy": "reject"})
+            assert after.status_code == 200, after.text
 
 
 # -- a message sent while a turn runs (on_busy) ----------------------------------------------------------

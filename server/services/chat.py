@@ -82,10 +82,18 @@ def error_data(code: str, message_id: UUID | str) -> dict[str, Any]:
 
 
 def metadata_data(session_id: UUID | str, user_message_id: UUID | str, message_id: UUID | str,
-                  model: str | None) -> dict[str, Any]:
-    """The `metadata` event's data: the first event of every turn's stream."""
+                  model: str | None, run_id: UUID | str | None = None) -> dict[str, Any]:
+    """The `metadata` event's data: the first event of every turn's stream (of every attempt's, after `restart`)."""
     return {"session_id": str(session_id), "user_message_id": str(user_message_id),
-            "message_id": str(message_id), "run_id": str(message_id), "model": model}
+            "message_id": str(message_id), "run_id": str(run_id or message_id), "model": model}
+
+
+ATTEMPT_IDS = 1_000_000  # attempt n > 1 of a turn numbers its events from n × this: `restart` is n × ATTEMPT_IDS
+
+
+def restart_data(attempt: int, run_id: UUID | str) -> dict[str, Any]:
+    """A `restart` event's data: the turn is re-run (its replica died); what came before is to be discarded."""
+    return {"attempt": attempt, "run_id": str(run_id)}
 
 
 def ending_event(row: dict[str, Any]) -> Event:
@@ -128,19 +136,24 @@ def stored_events(row: dict[str, Any], after: int) -> list[tuple[int, str, dict[
     """A finished turn's events after id `after`, rebuilt from its row: the same ids the live stream had, the
     token deltas after `after` joined into one event (their concatenation is the stored content)."""
     index = row.get("stream_index")
-    metadata = metadata_data(row["session_id"], row["user_message_id"], row["message_id"], row["model"])
+    metadata = metadata_data(row["session_id"], row["user_message_id"], row["message_id"], row["model"],
+                             row["run_id"])
     out: list[tuple[int, str, dict[str, Any]]] = []
-    if after < 1:
-        out.append((1, "metadata", metadata))
+    first = index.get("first_id", 1) if index else 1  # > 1: a re-run, whose events start with `restart`
+    metadata_id = first + 1 if first > 1 else 1
+    if first > 1 and after < first:
+        out.append((first, "restart", restart_data(row["attempt"], row["run_id"])))
+    if after < metadata_id:
+        out.append((metadata_id, "metadata", metadata))
     if index is None:  # closed without a stream of its own (a dead replica's turn, taken over): how it ended
         out.append((max(after + 1, 2), *ending_event(row)))
         return out
     if index["sources_id"] and after < index["sources_id"]:
         out.append((index["sources_id"], "sources", {"sources": row["sources"] or []}))
-    ends, first = index["token_ends"], index["first_token_id"]
-    if ends and after < first + len(ends) - 1:
-        start = ends[after - first] if after >= first else 0
-        out.append((first + len(ends) - 1, "token", {"delta": row["content"][start:]}))
+    ends, first_token = index["token_ends"], index["first_token_id"]
+    if ends and after < first_token + len(ends) - 1:
+        start = ends[after - first_token] if after >= first_token else 0
+        out.append((first_token + len(ends) - 1, "token", {"delta": row["content"][start:]}))
     if after < index["final_id"]:
         out.append((index["final_id"], *ending_event(row)))
     return out
@@ -159,14 +172,28 @@ class Turn:
     prompt_variant: str
     started: float
     on_disconnect: OnDisconnect = "continue"  # what happens when the client reading the stream leaves
+    run_id: UUID | None = None  # this attempt's run (LangSmith, the row's run_id); the first is the message id
+    attempt: int = 1  # > 1: re-run after its replica died (its events are numbered from attempt × ATTEMPT_IDS)
     # messages the model must see before this one that no checkpoint holds (an interrupted exchange)
     prelude: list[BaseMessage] = field(default_factory=list)
-    # every event so far, in order; an event's SSE id is its position + 1. Any number of readers follow it:
-    # the client that started the turn, and clients rejoining with Last-Event-ID
+    # every event so far, in order; an event's SSE id is first_id + its position. Any number of readers follow
+    # it: the client that started the turn, and clients rejoining with Last-Event-ID
     log: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    holds_lease: bool = False  # between its claim and its end: renewed by keep_leases
     finished: asyncio.Event = field(default_factory=asyncio.Event)  # set by end(), after the last event
     _waiters: list[asyncio.Future[None]] = field(default_factory=list)  # one per reader waiting for more
+
+    def __post_init__(self) -> None:
+        self.run_id = self.run_id or self.message_id
+
+    @property
+    def first_id(self) -> int:
+        return 1 if self.attempt == 1 else self.attempt * ATTEMPT_IDS
+
+    def position_after(self, after: int) -> int:
+        """How many of this attempt's events a reader who saw up to id `after` has seen (none: an earlier attempt)."""
+        return max(0, after - self.first_id + 1)
 
     def emit(self, event: str, data: dict[str, Any]) -> None:
         self.log.append((event, data))
@@ -186,15 +213,15 @@ class Turn:
         ends: list[int] = []
         first_token_id = sources_id = None
         total = 0
-        for n, (event, data) in enumerate(self.log, start=1):
+        for n, (event, data) in enumerate(self.log, start=self.first_id):
             if event == "token":
                 first_token_id = first_token_id or n
                 total += len(data["delta"])
                 ends.append(total)
             elif event == "sources":
                 sources_id = n
-        return {"sources_id": sources_id, "first_token_id": first_token_id, "token_ends": ends,
-                "final_id": len(self.log) + 1}
+        return {"first_id": self.first_id, "sources_id": sources_id, "first_token_id": first_token_id,
+                "token_ends": ends, "final_id": self.first_id + len(self.log)}
 
     def _wake_readers(self) -> None:
         for waiter in self._waiters:
@@ -203,7 +230,7 @@ class Turn:
         self._waiters.clear()
 
     async def wait_beyond(self, seen: int) -> None:
-        """Until the log has more than `seen` events, or the turn has ended."""
+        """Until the log has more than `seen` events (a position, not an id), or the turn has ended."""
         while seen >= len(self.log) and not self.ended:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
@@ -211,19 +238,19 @@ class Turn:
 
     async def events(self, after: int = 0) -> AsyncIterator[tuple[int, str, dict[str, Any]]]:
         """(id, event, data) after id `after`, as they come, until the turn's last event."""
-        seen = after
+        seen = self.position_after(after)
         while True:
             while seen < len(self.log):
+                event, data = self.log[seen]
+                yield self.first_id + seen, event, data
                 seen += 1
-                event, data = self.log[seen - 1]
-                yield seen, event, data
             if self.ended:
                 return
             await self.wait_beyond(seen)
 
     @property
     def metadata_event(self) -> dict[str, Any]:
-        return metadata_data(self.session_id, self.user_message_id, self.message_id, self.model)
+        return metadata_data(self.session_id, self.user_message_id, self.message_id, self.model, self.run_id)
 
     async def stream(self) -> AsyncIterator[Event]:
         """metadata, sources, token..., then done or error. Leaving early cancels the turn only when its
@@ -266,6 +293,8 @@ class IntegratedChatService:
         prune_checkpoints: bool = True,
         on_disconnect: OnDisconnect = "continue",
         max_queued: int = 3,
+        lease: timedelta | None = None,
+        max_attempts: int = 2,
     ) -> None:
         self.graph = graph
         self.messages = messages
@@ -295,6 +324,10 @@ class IntegratedChatService:
         self._queued_here: dict[UUID, int] = {}
         self.max_queued = max_queued
         self.draining = False  # set on SIGTERM: running turns go on, new ones are refused (503 shutting_down)
+        # a running turn's lease (None: no leases, a dead replica's turn waits for the turn timeout); a turn whose
+        # lease ran out is re-run by another replica, up to max_attempts runs in all
+        self.lease = lease
+        self.max_attempts = max_attempts
 
     # -- starting a turn: everything that can be refused is refused before a response starts
 
@@ -367,13 +400,16 @@ class IntegratedChatService:
         turn.emit("metadata", turn.metadata_event)
         if claim.outcome == "queued":
             turn.emit("queued", {"position": position})
-        work = self._run(turn) if claim.outcome == "ok" else self._run_when_free(turn)
-        task = asyncio.create_task(work, name=f"turn-{message_id}")
+        self._launch(turn, self._run(turn) if claim.outcome == "ok" else self._run_when_free(turn))
+        return turn
+
+    def _launch(self, turn: Turn, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        task.set_name(f"turn-{turn.message_id}")
         turn.task = task
         self._running.add(task)
-        self._turns[message_id] = turn
-        task.add_done_callback(functools.partial(self._forget, message_id))
-        return turn
+        self._turns[turn.message_id] = turn
+        task.add_done_callback(functools.partial(self._forget, turn.message_id))
 
     async def _interrupt(self, session_id: UUID, begin: Callable[[], Awaitable[TurnStart]]
                          ) -> tuple[TurnStart, list[BaseMessage]]:
@@ -478,6 +514,7 @@ class IntegratedChatService:
 
     async def _run(self, turn: Turn) -> None:
         POOL_WAIT_S.set(self.turn_timeout.total_seconds())  # this task's (and its children's) pool waits
+        turn.holds_lease = True
         progress = _Progress()
         status, error_code = "complete", None
         try:
@@ -501,6 +538,7 @@ class IntegratedChatService:
         except Exception:
             status, error_code = "error", "internal_error"
             log.exception("turn failed", extra={"session_id": str(turn.session_id), "run_id": str(turn.message_id)})
+        turn.holds_lease = False
         # the final write must happen even when this task was cancelled (client gone, shutdown)
         finish = asyncio.ensure_future(self._finish(turn, progress, status, error_code))
         try:
@@ -511,7 +549,7 @@ class IntegratedChatService:
     async def _stream_graph(self, turn: Turn, progress: _Progress) -> None:
         config: RunnableConfig = {
             "configurable": {"thread_id": str(turn.session_id)},
-            "run_id": turn.message_id,  # the LangSmith run id is the assistant message id
+            "run_id": turn.run_id,  # the LangSmith run id: the assistant message id (a re-run's: the row's run_id)
             "run_name": "chat_turn",
             "metadata": self.tracing.metadata(
                 session_id=str(turn.session_id),
@@ -519,6 +557,7 @@ class IntegratedChatService:
                 user_id=turn.user_id,
                 prompt_variant=turn.prompt_variant,
                 model=turn.model,
+                attempt=turn.attempt,
             ),
             "tags": self.tracing.tags,
             "callbacks": self.tracing.callbacks(),
@@ -533,6 +572,8 @@ class IntegratedChatService:
             answer_id=str(turn.message_id),
         )
         graph_input = {"messages": [*turn.prelude, HumanMessage(content=turn.content, id=str(turn.user_message_id))]}
+        if turn.attempt > 1:
+            await self._rewind(turn, config)
         with self.tracing.context():
             await self._consume(turn, progress, graph_input, config, context)
         if progress.final is not None and not progress.final.response_metadata.get("finish_reason"):
@@ -541,6 +582,20 @@ class IntegratedChatService:
         if not progress.parts and progress.final is not None and content_text(progress.final.content):
             # a model that does not stream: its whole answer is one token event
             self._on_chunk(turn, progress, AIMessageChunk(content=content_text(progress.final.content)))
+
+    async def _rewind(self, turn: Turn, config: RunnableConfig) -> None:
+        """A re-run starts from the checkpoint taken before the turn. With durability 'exit' the dead run wrote
+        none (that one is the thread's latest); if it got as far as writing its own before dying, go back to its
+        parent: LangGraph forks the thread from a `checkpoint_id` given in the config."""
+        at: RunnableConfig = {"configurable": {"thread_id": str(turn.session_id)}}
+        asked = str(turn.user_message_id)
+        while True:
+            state = await self.graph.aget_state(at)
+            if not any(m.id == asked for m in (state.values or {}).get("messages", [])) or not state.parent_config:
+                break
+            at = state.parent_config
+        if at.get("configurable", {}).get("checkpoint_id"):
+            config["configurable"] = {**config.get("configurable", {}), **at["configurable"]}
 
     async def _consume(self, turn: Turn, progress: _Progress, graph_input: dict[str, Any], config: RunnableConfig,
                        context: ChatContext) -> None:
@@ -602,7 +657,13 @@ class IntegratedChatService:
                 sources=progress.sources,
                 error_code=error_code,
                 stream_index=turn.stream_index(),
+                run_id=turn.run_id,
             ), deadline_s=self.turn_timeout.total_seconds())
+            if row["run_id"] != turn.run_id:  # its lease ran out and another replica re-runs it: not this run's
+                log.warning("a turn's lease was lost to a re-run; its result is dropped",
+                            extra={"run_id": str(turn.run_id)})
+                turn.emit("error", error_data("abandoned", turn.message_id))
+                return
             metrics.record_turn(
                 error_code or status, progress.model, int(row["input_tokens"]), int(row["output_tokens"]),
                 progress.first_token_ms / 1000 if progress.first_token_ms is not None else None,
@@ -666,6 +727,53 @@ class IntegratedChatService:
         turn.task.cancel()
         return True
 
+    # -- leases: a dead replica's turn is re-run by another
+
+    async def keep_leases(self) -> None:
+        """Every third of the lease: renew the leases of the turns running here (one statement), and take the
+        turns whose lease ran out (their replica died) to re-run them here."""
+        assert self.lease is not None
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+            try:
+                await self.renew_leases()
+                if not self.draining:
+                    await self.reclaim()
+            except Exception as exc:  # the database may be away: the next round tries again
+                log.warning("turn leases: %s", type(exc).__name__)
+
+    async def renew_leases(self) -> None:
+        assert self.lease is not None
+        runs = {t.message_id: t for t in self._turns.values() if t.holds_lease}
+        if not runs:
+            return
+        held = await self.messages.renew_leases({m: t.run_id or m for m, t in runs.items()}, self.lease)
+        for message_id, turn in runs.items():
+            if message_id not in held and turn.holds_lease and turn.task is not None:
+                # re-run elsewhere (this replica was unreachable past its lease): stop spending tokens on it;
+                # its end is not stored (finish_turn stores only the run holding the answer)
+                log.warning("a turn's lease was lost; stopping it", extra={"run_id": str(turn.run_id)})
+                turn.task.cancel()
+
+    async def reclaim(self, limit: int = 10) -> list[Turn]:
+        """Re-run here the turns whose lease ran out (at most `limit` per round), from the checkpoint before them;
+        those already re-run once are closed error/abandoned by the same statement."""
+        assert self.lease is not None
+        turns = []
+        for taken in await self.messages.reclaim_turns(self.lease, self.max_attempts, limit):
+            turn = Turn(session_id=taken.session_id, store_id=taken.store_id, user_id=taken.user_id,
+                        user_message_id=taken.user_message_id, message_id=taken.message_id, content=taken.content,
+                        model=self.model_name,
+                        prompt_variant=taken.prompt_variant or self.variants.pick(taken.session_id),
+                        started=time.perf_counter(), run_id=taken.run_id, attempt=taken.attempt)
+            log.warning("re-running a turn whose replica died (attempt %d)", taken.attempt,
+                        extra={"session_id": str(taken.session_id), "run_id": str(taken.run_id)})
+            turn.emit("restart", restart_data(turn.attempt, taken.run_id))
+            turn.emit("metadata", turn.metadata_event)
+            self._launch(turn, self._run(turn))
+            turns.append(turn)
+        return turns
+
     # -- rejoining a turn's stream, on this replica or another
 
     async def rejoin(self, session_id: UUID, message_id: UUID, after: int
@@ -681,21 +789,26 @@ class IntegratedChatService:
         if row["status"] not in RUNNING or self.notify is None:
             return _aiter(stored_events(row, after))
         # past its deadline a turn still `streaming` lost its replica: nobody will end it before recovery does
-        running_s = (datetime.now(UTC) - row["created_at"]).total_seconds()
-        return self._follow(message_id, after, self.turn_timeout.total_seconds() - running_s + FOLLOW_CHECK_S * 5)
+        return self._follow(row, after)
 
-    async def _follow(self, message_id: UUID, after: int, patience_s: float
-                      ) -> AsyncIterator[tuple[int, str, dict[str, Any]]]:
+    def _patience(self, row: dict[str, Any]) -> float:
+        """When a follower stops waiting for a running turn that says nothing: past the turn's deadline (counted
+        from its start, or its re-run's) and a margin."""
+        running_s = (datetime.now(UTC) - row["created_at"]).total_seconds()
+        return time.monotonic() + self.turn_timeout.total_seconds() - running_s + FOLLOW_CHECK_S * 5
+
+    async def _follow(self, row: dict[str, Any], after: int) -> AsyncIterator[tuple[int, str, dict[str, Any]]]:
         """A turn running on another replica: ask it (NOTIFY) to relay its events from `after`; when nothing
         comes for a while, look at the row, and once the turn has ended serve the rest from there (its replica
-        may have died, or ended the turn before it heard us). Still nothing after `patience_s` (the turn's
-        deadline): it ends with `error` `abandoned`."""
+        may have died, or ended the turn before it heard us). A turn re-run elsewhere (a new run_id on the row)
+        is asked again. Still nothing past its deadline: it ends with `error` `abandoned`."""
         assert self.notify is not None
-        give_up = time.monotonic() + patience_s
+        message_id, run_id = row["message_id"], row["run_id"]
+        give_up = self._patience(row)
         key = uuid4().hex
         inbox: asyncio.Queue[list[Any]] = asyncio.Queue()
         self._followers[key] = inbox
-        last, live = after, True
+        last, live, heard, silent = after, True, False, 0
         try:
             await self.notify(TURN_CONTROL, {"follow": str(message_id), "after": after, "to": key})
             while True:
@@ -706,6 +819,7 @@ class IntegratedChatService:
                             batch = await inbox.get()
                 else:
                     await asyncio.sleep(FOLLOW_CHECK_S)
+                heard = heard or bool(batch)
                 for item in batch:
                     if len(item) == 2 and item[0] > last:  # an event too big to relay: the rest comes from the row
                         live = False
@@ -715,11 +829,16 @@ class IntegratedChatService:
                         if item[1] in ("done", "error"):
                             return
                 if not batch:  # silence, or no longer live: has the turn ended?
-                    row = await self.messages.get_stream(message_id)
-                    if row is not None and row["status"] not in RUNNING:
-                        for event in stored_events(row, last):
+                    now = await self.messages.get_stream(message_id)
+                    if now is not None and now["status"] not in RUNNING:
+                        for event in stored_events(now, last):
                             yield event
                         return
+                    silent += 1
+                    # re-run by another replica; or our request was not heard (sent as the turn started there)
+                    if live and now is not None and (now["run_id"] != run_id or (not heard and silent % 3 == 0)):
+                        run_id, give_up = now["run_id"], self._patience(now)
+                        await self.notify(TURN_CONTROL, {"follow": str(message_id), "after": last, "to": key})
                     if time.monotonic() > give_up:
                         yield last + 1, "error", error_data("abandoned", message_id)
                         return
@@ -747,10 +866,11 @@ class IntegratedChatService:
         """Send a followed turn's events from `after` to its follower's replica, as they come, batched to fit a
         NOTIFY; an event too big for one goes as [id, "ref"] and the follower reads it from the row."""
         assert self.notify is not None
-        seen = after
+        seen = turn.position_after(after)
         try:
             while True:
-                items = [[n, event, data] for n, (event, data) in enumerate(turn.log[seen:], start=seen + 1)]
+                items = [[n, event, data]
+                         for n, (event, data) in enumerate(turn.log[seen:], start=turn.first_id + seen)]
                 seen += len(items)
                 for payload in _batches(to, items):
                     await self.notify(TURN_EVENTS, payload)

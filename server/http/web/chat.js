@@ -206,8 +206,14 @@ function apply(el, event, data) {
   if (event === "queued") {
     el.classList.add("queued");
     showFooter(el, { message_id: el.dataset.messageId || "", status: `queued · 대기 중 (${data.position})` });
+  } else if (event === "restart") {  // the server running it died: it is answered again from the start
+    textEl.textContent = "";
+    el.querySelector(".sources")?.remove();
+    showFooter(el, { message_id: el.dataset.messageId || "", status: `restarted · 다시 답변 중 (${data.attempt})` });
   } else if (event === "token") {
-    if (el.classList.contains("queued")) { el.classList.remove("queued"); el.querySelector(".foot")?.remove(); }
+    if (el.classList.contains("queued") || el.querySelector(".foot")) {
+      el.classList.remove("queued"); el.querySelector(".foot")?.remove();
+    }
     textEl.textContent += data.delta;
     $("messages").scrollTop = $("messages").scrollHeight;
   } else if (event === "done") {
