@@ -62,6 +62,24 @@ select {', '.join('m.' + c.strip() for c in MESSAGE_COLUMNS.split(','))}, m.stre
   from chat_messages m join chat_sessions s using (session_id)
  where m.message_id = %s and m.deleted_at is null and s.deleted_at is null
 """
+# an Agent Protocol run is a turn: its answer's row, with the time and metadata of the question it answers
+RUN_SQL = """
+select a.message_id, a.session_id, a.status, a.error_code, coalesce(u.created_at, a.created_at) as created_at,
+       coalesce(a.completed_at, a.created_at) as updated_at, coalesce(u.metadata, '{}') as metadata
+  from chat_messages a
+  join chat_sessions s using (session_id)
+  left join lateral (select q.created_at, q.metadata from chat_messages q
+                      where q.session_id = a.session_id and q.role = 'user' and q.seq < a.seq
+                      order by q.seq desc limit 1) u on true
+ where a.role = 'assistant' and a.deleted_at is null and s.deleted_at is null
+"""
+GET_RUN_SQL = RUN_SQL + " and a.message_id = %(run_id)s"
+LIST_RUNS_SQL = RUN_SQL + """
+   and a.session_id = %(session_id)s
+   and (%(status)s::text is null or a.status = %(status)s)
+   and (%(timeout)s::boolean is null or (a.error_code = 'timeout') = %(timeout)s)
+ order by a.seq desc limit %(limit)s offset %(offset)s
+"""
 # newest `limit` before the cursor, returned oldest first
 LIST_MESSAGES_SQL = f"""
 select * from (
@@ -240,6 +258,19 @@ class MessageRepository:
         async with self.pool.connection() as conn:
             cur = await conn.execute(GET_STREAM_SQL, (message_id,))
             return await cur.fetchone()
+
+    async def run(self, run_id: UUID) -> Row | None:
+        """An answer as a run (RUN_SQL), or None."""
+        async with self.pool.connection() as conn:
+            return await (await conn.execute(GET_RUN_SQL, {"run_id": run_id})).fetchone()
+
+    async def runs(self, session_id: UUID, *, limit: int, offset: int, status: str | None = None,
+                   timed_out: bool | None = None) -> list[Row]:
+        """A session's answers as runs, newest first; `status` a message status, `timed_out` whether it timed out."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(LIST_RUNS_SQL, {"session_id": session_id, "limit": limit, "offset": offset,
+                                                     "status": status, "timeout": timed_out})
+            return await cur.fetchall()
 
     async def list(self, session_id: UUID, *, limit: int, before: UUID | None) -> list[Row]:
         async with self.pool.connection() as conn:

@@ -48,6 +48,10 @@ class MessageNotFound(NotFound):
     code, default_message = "message_not_found", "No such message"
 
 
+class RunNotFound(NotFound):
+    code, default_message = "run_not_found", "No such run"
+
+
 class MethodNotAllowed(AppError):
     status_code, code, default_message = 405, "method_not_allowed", "Method not allowed on this path"
 

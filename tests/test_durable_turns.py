@@ -14,8 +14,11 @@ from typing import Any
 from uuid import uuid4
 
 import httpx
+import jsonschema
 import pytest
 from httpx_sse import aconnect_sse
+from langgraph_sdk import get_client
+from langgraph_sdk.errors import ConflictError, NotFoundError
 
 from tests.conftest import execute, fetch_all
 from tests.fake_langsmith import API_KEY as LANGSMITH_KEY
@@ -23,6 +26,8 @@ from tests.fake_langsmith import FakeLangSmithServer
 from tests.fake_openai import FakeOpenAIServer, Pace
 from tests.server_process import ServerProcess
 from tests.sse import read_sse
+from tests.tcp_proxy import DroppingProxy
+from tests.test_agent_protocol import conforms, response_schema
 
 pytestmark = pytest.mark.e2e
 API = "/api/session-chat"
@@ -213,7 +218,6 @@ async def test_a_dead_replicas_turn_is_re_run_by_another(
             assert first[1][-1][1] == "done" and all(e != "restart" for _, e, _ in first[1])
             assert first[1][-1][2]["message"]["run_id"] == first[1][0][2]["message_id"]
 
-            asked = len(slow_model.chat_requests)
             mid, seen = await _start_and_leave(on_a, sid, "and another long one", 5)
             a.proc.send_signal(signal.SIGKILL)
             a.proc.wait(10)
@@ -232,8 +236,10 @@ async def test_a_dead_replicas_turn_is_re_run_by_another(
         assert rows[3]["content"] == "".join(d["delta"] for _, e, d in rerun if e == "token")
         assert str(rows[3]["run_id"]) == run_id != mid and rows[3]["attempt"] == 2
         # the re-run asked the model with the history before the turn: the question once, the first exchange
-        rerun_request = slow_model.chat_requests[-1]["body"]["messages"]
-        assert len(slow_model.chat_requests) == asked + 2
+        asked_twice = [r["body"]["messages"] for r in slow_model.chat_requests
+                       if r["body"]["messages"][-1]["content"] == "and another long one"]
+        assert len(asked_twice) == 2  # by the dead replica, then by the re-run
+        rerun_request = asked_twice[1]
         user_turns = [m["content"] for m in rerun_request if m["role"] == "user"]
         assert user_turns.count("and another long one") == 1 and "a long answer please" in user_turns
         # rejoining the ended turn from anywhere before the re-run gives the same: restart, then the new answer
@@ -349,3 +355,95 @@ async def test_reject_interrupt_and_a_full_queue(
     sent = slow_model.chat_requests[before]["body"]["messages"]
     assert [m["content"] for m in sent if m["role"] == "user"] == ["tell me everything", "actually, this"]
     assert any(m["role"] == "assistant" and m["content"].startswith("tok0") for m in sent)
+
+
+# -- the Agent Protocol's runs, through LangGraph's SDK ---------------------------------------------------
+
+def _content_of(parts: list[Any]) -> str:
+    return "".join(p.data[0]["content"] for p in parts if p.event == "messages")
+
+
+async def test_sdk_background_runs_joined_from_another_replica_waited_and_cancelled(
+        replicas: tuple[ServerProcess, ServerProcess], database_url: str) -> None:
+    """runs.create on one replica; runs.join_stream on the other, left after a few events and joined again with
+    last_event_id: the two parts are exactly the stored answer. runs.get/list/wait/join/cancel, and the shapes
+    checked against the Agent Protocol document."""
+    a, b = replicas
+    on_a, on_b = get_client(url=a.base_url, api_key=None), get_client(url=b.base_url, api_key=None)
+    thread = await on_a.threads.create(metadata={"store_id": "durable"})
+    tid = thread["thread_id"]
+    run = await on_a.runs.create(tid, "agent", input={"messages": [{"role": "user", "content": "a long answer"}]},
+                                 metadata={"via": "sdk"})
+    assert run["status"] in ("pending", "running") and run["metadata"] == {"via": "sdk"}
+    rid = run["run_id"]
+    ap_run = {**run, "status": "success"}  # the Agent Protocol's RunStatus has no `running`
+    conforms(ap_run, "Run")
+
+    first: list[Any] = []
+    async for part in on_b.runs.join_stream(tid, rid, stream_mode="messages-tuple"):
+        first.append(part)
+        if len([p for p in first if p.event == "messages"]) == 5:
+            break
+    last_id = first[-1].id
+    assert last_id and int(last_id) > 0
+    rest = [p async for p in on_b.runs.join_stream(tid, rid, stream_mode="messages-tuple", last_event_id=last_id)]
+    assert (await on_b.runs.get(tid, rid))["status"] == "success"
+    stored = fetch_all(database_url, "select content, status from chat_messages where message_id = %s", (rid,))[0]
+    assert stored["status"] == "complete" and _content_of(first) + _content_of(rest) == stored["content"]
+    assert first[0].event == "metadata" and first[0].data["run_id"] == rid
+    ids = [int(p.id) for p in first + rest if p.id]
+    assert ids == sorted(set(ids))
+
+    # wait: a run answered whole; join of an ended run answers at once; list newest first, filtered
+    values = await on_b.runs.wait(tid, "agent", input={"messages": [["user", "and a second one"]]})
+    assert [m["type"] for m in values["messages"]] == ["human", "ai"] * 2
+    listed = await on_a.runs.list(tid)
+    assert [r["status"] for r in listed] == ["success", "success"] and listed[1]["run_id"] == rid
+    assert [r["run_id"] for r in await on_a.runs.list(tid, status="success", limit=1)] == [listed[0]["run_id"]]
+    assert (await on_a.runs.join(tid, rid))["messages"][-1]["content"] == values["messages"][-1]["content"]
+
+    # cancel a run started on A from B: it stops, is stored `cancelled` with its partial answer
+    run = await on_a.runs.create(tid, "agent", input={"messages": [["user", "one more"]]})
+    async for part in on_b.runs.join_stream(tid, run["run_id"], stream_mode="messages-tuple"):
+        if part.event == "messages":
+            break
+    await on_b.runs.cancel(tid, run["run_id"])
+    assert (await on_a.runs.join(tid, run["run_id"]))["__error__"]["error"] == "cancelled"
+    assert (await on_a.runs.get(tid, run["run_id"]))["status"] == "interrupted"
+    with pytest.raises(ConflictError):
+        await on_b.runs.cancel(tid, run["run_id"])
+    with pytest.raises(NotFoundError):
+        await on_b.runs.get(tid, str(uuid4()))
+
+    # the Agent Protocol's own paths: GET /runs/{id}, /runs/{id}/wait, POST /runs/search
+    async with httpx.AsyncClient(base_url=b.base_url, timeout=30) as http:
+        got = (await http.get(f"/runs/{rid}")).json()
+        conforms(got, "Run")
+        waited = (await http.get(f"/runs/{rid}/wait")).json()
+        jsonschema.validate(waited, response_schema("/runs/{run_id}/wait", "get"))
+        assert waited["messages"][1] == {"role": "assistant", "content": stored["content"], "id": rid}
+        found = (await http.post("/runs/search", json={"thread_id": tid, "status": "interrupted"})).json()
+        jsonschema.validate(found, response_schema("/runs/search", "post"))
+        assert [r["run_id"] for r in found] == [run["run_id"]]
+
+
+async def test_sdk_resumable_stream_reconnects_through_a_dropped_connection(
+        replicas: tuple[ServerProcess, ServerProcess], database_url: str) -> None:
+    """runs.stream(stream_resumable=True) through a proxy that cuts the connection mid-answer: the SDK reconnects
+    by itself to the Location the service gave, with the last event id, and the answer it assembles is exactly
+    the stored one."""
+    a, _ = replicas
+    with DroppingProxy(int(a.base_url.rsplit(":", 1)[1])) as proxy:
+        client = get_client(url=proxy.base_url, api_key=None)
+        thread = await client.threads.create(metadata={"store_id": "durable"})
+        parts: list[Any] = []
+        async for part in client.runs.stream(thread["thread_id"], "agent", stream_resumable=True,
+                                             input={"messages": [["user", "a long answer please"]]},
+                                             stream_mode=["messages-tuple", "values"]):
+            parts.append(part)
+            if len([p for p in parts if p.event == "messages"]) == 5:
+                assert proxy.drop() >= 1
+        run_id = parts[0].data["run_id"]
+    stored = fetch_all(database_url, "select content from chat_messages where message_id = %s", (run_id,))[0]
+    assert _content_of(parts) == stored["content"]
+    assert parts[-1].event == "values" and parts[-1].data["messages"][-1]["content"] == stored["content"]

@@ -12,6 +12,11 @@ and traced like any turn of /api/session-chat. Supported (README "Agent Protocol
     GET|POST /threads/{id}/history       threads.get_history (the latest state: older ones are pruned)
     POST   /threads/{id}/runs/stream     runs.stream (stream_mode messages-tuple, values, updates)
     POST   /runs/stream                  the Agent Protocol's form, thread_id in the body
+    POST   /threads/{id}/runs, /runs     runs.create (a background run)
+    GET    /threads/{id}/runs[/{run}]    runs.list, runs.get (also GET /runs/{run}, POST /runs/search)
+    GET    /threads/{id}/runs/{run}/stream   runs.join_stream with Last-Event-ID (also GET /runs/{run}/stream)
+    POST   /threads/{id}/runs/wait, GET /threads/{id}/runs/{run}/join   runs.wait, runs.join (also /runs/wait...)
+    POST   /threads/{id}/runs/{run}/cancel   runs.cancel (also POST /runs/{run}/cancel)
     GET    /assistants/{id}, POST /assistants/search, GET /info
 
 Shapes follow the Agent Protocol's OpenAPI document where it has the path (checked in
@@ -24,7 +29,9 @@ is refused with 422 `unsupported`, never silently ignored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
@@ -32,7 +39,7 @@ from uuid import UUID
 import msgspec
 import psycopg
 from langchain_core.messages import BaseMessage
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.params import FromPath
@@ -44,16 +51,17 @@ from server.errors import (
     AssistantNotFound,
     Forbidden,
     RateLimited,
+    RunNotFound,
     SessionNotFound,
     ThreadExists,
     Unsupported,
     ValidationFailed,
 )
-from server.http.deps import Caller, parse_id
+from server.http.deps import SSE_HEADERS, Caller, parse_event_id, parse_id
 from server.resources import Resources
 from server.schemas import Session, StoreId, UserId, decode_body, sse_frame
 from server.services.auth import Principal
-from server.services.chat import OnBusy, Turn
+from server.services.chat import Numbered, OnBusy, Turn
 
 ASSISTANT_ID = "agent"  # the graph's id in langgraph.json, and LangGraph's default assistant id
 GRAPH_NAME = build_graph().name
@@ -96,6 +104,15 @@ class AssistantSearch(msgspec.Struct):
     offset: int = 0
 
 
+class RunSearch(msgspec.Struct):
+    thread_id: UUID | None = None
+    agent_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    status: str | None = None
+    limit: int = 10
+    offset: int = 0
+
+
 class RunStream(msgspec.Struct):
     assistant_id: str | None = None
     agent_id: str | None = None  # the Agent Protocol's name for it
@@ -107,7 +124,8 @@ class RunStream(msgspec.Struct):
     config: dict[str, Any] | None = None
     context: dict[str, Any] | None = None
     if_not_exists: Literal["create", "reject"] = "reject"
-    on_disconnect: Literal["cancel", "continue"] = "cancel"
+    # LangGraph's default is cancel; a resumable stream is made to be rejoined, so it goes on by default
+    on_disconnect: Literal["cancel", "continue"] | None = None
     multitask_strategy: Literal["reject", "interrupt", "rollback", "enqueue"] = "reject"
     command: dict[str, Any] | None = None
     interrupt_before: Any = None
@@ -270,7 +288,7 @@ def refuse_unsupported(body: RunStream) -> None:
     named = {
         "command": body.command, "interrupt_before": body.interrupt_before, "interrupt_after": body.interrupt_after,
         "checkpoint": body.checkpoint, "checkpoint_id": body.checkpoint_id, "webhook": body.webhook,
-        "stream_subgraphs": body.stream_subgraphs or None, "stream_resumable": body.stream_resumable or None,
+        "stream_subgraphs": body.stream_subgraphs or None,
     }
     for name, value in named.items():
         if value:
@@ -280,50 +298,87 @@ def refuse_unsupported(body: RunStream) -> None:
                           {"field": "multitask_strategy"})
 
 
-def sse(event: str, data: Any) -> bytes:
-    return sse_frame(None, event, data)  # LangGraph's server sends no ids unless a stream is resumable
-
-
 def _chunk(message_id: str, content: str, **extra: Any) -> dict[str, Any]:
     return {"type": "AIMessageChunk", "id": message_id, "content": content, "additional_kwargs": {},
             "response_metadata": {}, "name": None, "tool_calls": [], "invalid_tool_calls": [],
             "tool_call_chunks": [], "usage_metadata": None, **extra}
 
 
-async def run_events(res: Resources, turn: Turn, modes: set[str],
-                     before: dict[str, Any] | None) -> AsyncIterator[bytes]:
-    """Our turn's events, in the shapes LangGraph's server streams (metadata, messages, updates,
-    values, error); the turn itself is the service's, so it is stored and traced as usual."""
-    run_id, thread_id = str(turn.message_id), str(turn.session_id)
+@dataclass(frozen=True)
+class RunRef:
+    """Which run a stream is of, for the shapes of its events."""
+    run_id: UUID
+    thread_id: UUID
+    store_id: str
+
+
+RUN_STATUS = {"queued": "pending", "streaming": "running", "complete": "success", "cancelled": "interrupted"}
+# a run status asked for → (message status, whether it timed out)
+STATUS_FILTER: dict[str, tuple[str, bool | None]] = {
+    "pending": ("queued", None), "running": ("streaming", None), "success": ("complete", None),
+    "interrupted": ("cancelled", None), "error": ("error", False), "timeout": ("error", True)}
+
+
+def run_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A turn as a run (LangGraph's Run; the Agent Protocol's has no `running`, which the SDK relies on)."""
+    status = RUN_STATUS.get(row["status"]) or ("timeout" if row["error_code"] == "timeout" else "error")
+    return {"run_id": str(row["message_id"]), "thread_id": str(row["session_id"]), "assistant_id": ASSISTANT_ID,
+            "created_at": _iso(row["created_at"]), "updated_at": _iso(row["updated_at"]), "status": status,
+            "metadata": row["metadata"] or {}, "kwargs": {}}
+
+
+def run_paths(thread_id: UUID | str, run_id: UUID | str, modes: set[str]) -> dict[str, str]:
+    """Content-Location (where the run is: the SDK reads its ids from it) and, for a resumable stream, Location
+    (where the SDK reconnects with Last-Event-ID: the run's stream, in the same stream modes)."""
+    run = f"/threads/{thread_id}/runs/{run_id}"
+    query = "&".join(f"stream_mode={m}" for m in sorted(modes))
+    return {"Content-Location": run, "Location": f"{run}/stream?{query}"}
+
+
+async def run_events(res: Resources, run: RunRef, items: Numbered,
+                     modes: set[str], before: dict[str, Any] | None, *, resumable: bool) -> AsyncIterator[bytes]:
+    """A turn's events in the shapes LangGraph's server streams (metadata, messages, updates, values, error); the
+    turn itself is the service's, so it is stored and traced as usual. Resumable: the last frame made of each of
+    our events carries its id, so a client reconnecting with it as Last-Event-ID resumes exactly after it (a cut
+    inside the frames of one event repeats that event's frames, which are idempotent: full values, the final
+    message by id, an empty closing chunk). A re-run after a dead replica is a `metadata` with its attempt."""
+    run_id, thread_id = str(run.run_id), str(run.thread_id)
     meta = {"langgraph_node": "generate", "langgraph_step": 2, "thread_id": thread_id, "run_id": run_id,
-            "assistant_id": ASSISTANT_ID, "graph_id": ASSISTANT_ID, "store_id": turn.store_id}
-    async for event, data in turn.stream():
-        if event == "metadata":
-            yield sse("metadata", {"run_id": run_id, "thread_id": thread_id, "attempt": 1})
+            "assistant_id": ASSISTANT_ID, "graph_id": ASSISTANT_ID, "store_id": run.store_id}
+    restarted = False
+    async for n, event, data in items:
+        frames: list[tuple[str, Any]] = []
+        if event == "restart":
+            restarted = True
+            frames.append(("metadata", {"run_id": run_id, "thread_id": thread_id, "attempt": data["attempt"]}))
+        elif event == "metadata":
+            if not restarted:
+                frames.append(("metadata", {"run_id": run_id, "thread_id": thread_id, "attempt": 1}))
             if "values" in modes and before is not None:
-                yield sse("values", before)
+                frames.append(("values", before))
         elif event == "sources" and "updates" in modes:
-            yield sse("updates", {"retrieve": {"passages": data["sources"]}})
+            frames.append(("updates", {"retrieve": {"passages": data["sources"]}}))
         elif event == "token" and "messages-tuple" in modes:
-            yield sse("messages", [_chunk(run_id, data["delta"]), meta])
+            frames.append(("messages", [_chunk(run_id, data["delta"]), meta]))
         elif event == "done":
             message = data["message"]
             usage = {"input_tokens": message.input_tokens, "output_tokens": message.output_tokens,
                      "total_tokens": message.input_tokens + message.output_tokens}
             if "messages-tuple" in modes:  # the closing chunk: finish reason and the provider's usage
-                yield sse("messages", [_chunk(run_id, "", usage_metadata=usage, chunk_position="last",
-                                              response_metadata={"finish_reason": "stop",
-                                                                 "model_name": message.model}), meta])
+                frames.append(("messages", [_chunk(run_id, "", usage_metadata=usage, chunk_position="last",
+                                                   response_metadata={"finish_reason": "stop",
+                                                                      "model_name": message.model}), meta]))
             if "updates" in modes:
                 final = {"type": "ai", "id": run_id, "content": message.content, "usage_metadata": usage,
                          "response_metadata": {"finish_reason": "stop", "model_name": message.model}}
-                yield sse("updates", {"generate": {"messages": [final]}})
+                frames.append(("updates", {"generate": {"messages": [final]}}))
             if "values" in modes:
-                snapshot = await _snapshot(res, thread_id)
-                yield sse("values", _values(snapshot))
+                frames.append(("values", _values(await _snapshot(res, thread_id))))
         elif event == "error":
-            yield sse("error", {"error": data.get("code", "internal_error"), "message": data.get("message", ""),
-                                "run_id": run_id})
+            frames.append(("error", {"error": data.get("code", "internal_error"), "message": data.get("message", ""),
+                                     "run_id": run_id}))
+        for i, (name, payload) in enumerate(frames, start=1):
+            yield sse_frame(n if resumable and i == len(frames) else None, name, payload)
 
 
 # -- routes --------------------------------------------------------------------------------------
@@ -465,8 +520,10 @@ async def _history(res: Resources, principal: Principal, thread_id: str) -> list
     return [state_json(session.session_id, snapshot)] if snapshot.created_at else []
 
 
-async def start_run(res: Resources, principal: Principal, thread_id: UUID, body: RunStream) -> Stream:
-    """Everything that can be refused is refused before the stream starts (then it is 200 + events)."""
+async def begin_run(res: Resources, principal: Principal, thread_id: UUID, body: RunStream, *,
+                    background: bool = False) -> tuple[Turn, set[str], dict[str, Any] | None]:
+    """Everything that can be refused is refused before the run starts: (turn, stream modes, the state as the run
+    starts when `values` is streamed). A background run does not belong to any connection."""
     _known_assistant(body.assistant_id or body.agent_id)
     refuse_unsupported(body)
     modes = stream_modes(body.stream_mode)
@@ -494,15 +551,264 @@ async def start_run(res: Resources, principal: Principal, thread_id: UUID, body:
         metrics.record_refusal("rate_limited")
         raise
     before = None
-    if "values" in modes:  # the state as the run starts: the conversation so far plus the new question
-        snapshot = await _snapshot(res, thread_id)
-        before = _values(snapshot)
+    if "values" in modes and not background:  # the state as the run starts: the conversation so far
+        before = _values(await _snapshot(res, thread_id))
     metadata = {k: v for k, v in (body.metadata or {}).items() if k != "store_id"}
     on_busy: OnBusy = "reject" if body.multitask_strategy == "rollback" else body.multitask_strategy  # refused above
-    turn = await res.chat.start_turn(thread_id, text, metadata, on_disconnect=body.on_disconnect, on_busy=on_busy)
-    if before is not None:
+    turn = await res.chat.start_turn(thread_id, text, metadata, on_busy=on_busy,
+                                     on_disconnect=body.on_disconnect or (
+                                         "continue" if background or body.stream_resumable else "cancel"))
+    if before is not None:  # ... plus the new question
         before["messages"] = [*before.get("messages", []),
                               {"type": "human", "id": str(turn.user_message_id), "content": text}]
-    return Stream(run_events(res, turn, modes, before), media_type="text/event-stream",
-                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-                           "Content-Location": f"/threads/{thread_id}/runs/{turn.message_id}"})
+    return turn, modes, before
+
+
+async def start_run(res: Resources, principal: Principal, thread_id: UUID, body: RunStream) -> Stream:
+    """A streamed run: 200 and its events (refusals come before, as errors). With `stream_resumable` the events
+    carry ids and `Location` names the run's stream, where the SDK reconnects with Last-Event-ID."""
+    turn, modes, before = await begin_run(res, principal, thread_id, body)
+    paths = run_paths(thread_id, turn.message_id, modes)
+    if not body.stream_resumable:
+        del paths["Location"]
+    run = RunRef(turn.message_id, thread_id, turn.store_id)
+    return Stream(run_events(res, run, turn.numbered(), modes, before, resumable=body.stream_resumable),
+                  media_type="text/event-stream", headers={**SSE_HEADERS, **paths})
+
+
+async def _run_row(res: Resources, principal: Principal, run_id: str,
+                   thread_id: str | None = None) -> tuple[dict[str, Any], Session]:
+    """A run this caller may see (of this thread, when given), with its thread; 404 run_not_found otherwise."""
+    rid = parse_id(run_id, "run_id")
+    row = await res.messages.run(rid)
+    if row is None or (thread_id is not None and row["session_id"] != parse_id(thread_id, "thread_id")):
+        raise RunNotFound(detail={"run_id": run_id})
+    try:
+        session = await _owned(res, principal, row["session_id"])
+    except SessionNotFound:
+        raise RunNotFound(detail={"run_id": run_id}) from None
+    return row, session
+
+
+async def _until_end(res: Resources, thread_id: UUID, run_id: UUID) -> dict[str, Any] | None:
+    """Wait for a run to end, on whichever replica it runs: None when it answered, else its `error` event's data."""
+    async with contextlib.aclosing(await res.chat.rejoin(thread_id, run_id, 0)) as events:
+        async for _, event, data in events:
+            if event == "error":
+                return data
+            if event == "done":
+                return None
+    return None
+
+
+async def _outcome(res: Resources, thread_id: UUID, run_id: UUID) -> dict[str, Any]:
+    """What runs.wait and runs.join answer once the run has ended: the thread's values, or LangGraph's
+    `__error__` for a run that failed."""
+    error = await _until_end(res, thread_id, run_id)
+    if error is not None:
+        return {"__error__": {"error": error.get("code", "internal_error"), "message": error.get("message", "")}}
+    return _values(await _snapshot(res, thread_id))
+
+
+def _ap_messages(values: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Agent Protocol's Message form of the conversation (role, content, id)."""
+    roles = {"human": "user", "ai": "assistant"}
+    return [{"role": roles.get(m.get("type"), m.get("type")), "content": m.get("content", ""), "id": m.get("id")}
+            for m in values.get("messages", [])]
+
+
+async def _wait_response(res: Resources, row: dict[str, Any]) -> dict[str, Any]:
+    """The Agent Protocol's RunWaitResponse: the run as it ended, the thread's values and messages."""
+    outcome = await _outcome(res, row["session_id"], row["message_id"])
+    ended = await res.messages.run(row["message_id"])
+    values = {} if "__error__" in outcome else outcome
+    return {"run": run_json(ended or row), "values": values, "messages": _ap_messages(values)}
+
+
+async def _values_before(res: Resources, thread_id: UUID, run_id: UUID) -> dict[str, Any]:
+    """The state a joined run started from, as far as it can be told: the thread's values, with the run's question
+    when no checkpoint has it yet (the run is still running)."""
+    values = _values(await _snapshot(res, thread_id))
+    row = await res.messages.get_stream(run_id)
+    if row is not None and row["user_message_id"] is not None:
+        asked = str(row["user_message_id"])
+        if all(m.get("id") != asked for m in values.get("messages", [])):
+            question = await res.messages.get(row["user_message_id"])
+            if question is not None:
+                values["messages"] = [*values.get("messages", []),
+                                      {"type": "human", "id": asked, "content": question["content"]}]
+    return values
+
+
+async def join_stream(res: Resources, request: Request[Any, Any, Any], row: dict[str, Any],
+                      session: Session) -> Stream:
+    """A run's stream joined (runs.join_stream; the SDK's reconnect): the events after Last-Event-ID, live or
+    stored, on any replica; `stream_mode` (default: all) and `cancel_on_disconnect` from the query."""
+    after = parse_event_id(request.headers.get("last-event-id") or request.query_params.get("last_event_id"))
+    asked = [m for m in request.query_params.getall("stream_mode", []) if m]
+    modes = stream_modes(asked) if asked else set(STREAM_MODES)
+    cancel = request.query_params.get("cancel_on_disconnect", "false").lower() in ("1", "true")
+    run_id = row["message_id"]
+    items = await res.chat.rejoin(session.session_id, run_id, after)
+    before = await _values_before(res, session.session_id, run_id) if "values" in modes and after == 0 else None
+    run = RunRef(run_id, session.session_id, session.store_id)
+
+    async def frames() -> AsyncIterator[bytes]:
+        ended = False
+        try:
+            async for frame in run_events(res, run, items, modes, before, resumable=True):
+                yield frame
+            ended = True
+        finally:
+            if cancel and not ended:
+                with contextlib.suppress(Exception):  # already ended, or the database away: nothing to stop
+                    await res.chat.cancel(session.session_id, run_id)
+
+    return Stream(frames(), media_type="text/event-stream",
+                  headers={**SSE_HEADERS, **run_paths(session.session_id, run_id, modes)})
+
+
+async def cancel_run(res: Resources, row: dict[str, Any], action: str) -> None:
+    if action == "rollback":
+        raise Unsupported("cancel action 'rollback' is not supported: a cancelled run is stored `cancelled` with its "
+                          "partial answer", {"field": "action"})
+    if action != "interrupt":
+        raise ValidationFailed("action must be 'interrupt'", {"field": "action"})
+    await res.chat.cancel(row["session_id"], row["message_id"])
+
+
+class RunController(Controller):
+    """Runs as LangGraph's SDK calls them (under /threads/{thread_id}/runs) and as the Agent Protocol names them
+    (/runs): a run is a turn, its id the answer's message id."""
+    path = "/"
+    tags = ["agent-protocol"]
+    dependencies = {"principal": Provide(provide_principal)}
+
+    @post("/threads/{thread_id:str}/runs", status_code=200)
+    async def create(self, thread_id: FromPath[str], request: Request[Any, Any, Any], state: State,
+                     principal: Caller) -> Response[dict[str, Any]]:
+        body: RunStream = decode_body(await request.body(), RunStream)
+        return await _create(state.resources, principal, parse_id(thread_id, "thread_id"), body)
+
+    @post("/runs", status_code=200)
+    async def create_ap(self, request: Request[Any, Any, Any], state: State,
+                        principal: Caller) -> Response[dict[str, Any]]:
+        body: RunStream = decode_body(await request.body(), RunStream)
+        return await _create(state.resources, principal, _thread_of(body), body)
+
+    @get("/threads/{thread_id:str}/runs")
+    async def list_runs(self, thread_id: FromPath[str], state: State, principal: Caller, limit: int = 10,
+                        offset: int = 0, status: str | None = None) -> list[dict[str, Any]]:
+        return await _list(state.resources, principal, thread_id, limit, offset, status)
+
+    @post("/runs/search", status_code=200)
+    async def search(self, request: Request[Any, Any, Any], state: State, principal: Caller) -> list[dict[str, Any]]:
+        body: RunSearch = decode_body(await request.body(), RunSearch)
+        if body.thread_id is None:
+            raise Unsupported("runs are searched within a thread: pass thread_id", {"field": "thread_id"})
+        return await _list(state.resources, principal, str(body.thread_id), body.limit, body.offset, body.status)
+
+    @get("/threads/{thread_id:str}/runs/{run_id:str}")
+    async def get_run(self, thread_id: FromPath[str], run_id: FromPath[str], state: State,
+                      principal: Caller) -> dict[str, Any]:
+        row, _ = await _run_row(state.resources, principal, run_id, thread_id)
+        return run_json(row)
+
+    @get("/runs/{run_id:str}")
+    async def get_run_ap(self, run_id: FromPath[str], state: State, principal: Caller) -> dict[str, Any]:
+        row, _ = await _run_row(state.resources, principal, run_id)
+        return run_json(row)
+
+    @post("/threads/{thread_id:str}/runs/wait", status_code=200)
+    async def create_and_wait(self, thread_id: FromPath[str], request: Request[Any, Any, Any], state: State,
+                              principal: Caller) -> Response[dict[str, Any]]:
+        res: Resources = state.resources
+        body: RunStream = decode_body(await request.body(), RunStream)
+        tid = parse_id(thread_id, "thread_id")
+        turn, _, _ = await begin_run(res, principal, tid, body, background=True)
+        paths = run_paths(tid, turn.message_id, set())
+        return Response(await _outcome(res, tid, turn.message_id),
+                        headers={"Content-Location": paths["Content-Location"],
+                                 "Location": f"{paths['Content-Location']}/join"})
+
+    @post("/runs/wait", status_code=200)
+    async def create_and_wait_ap(self, request: Request[Any, Any, Any], state: State,
+                                 principal: Caller) -> dict[str, Any]:
+        res: Resources = state.resources
+        body: RunStream = decode_body(await request.body(), RunStream)
+        turn, _, _ = await begin_run(res, principal, _thread_of(body), body, background=True)
+        row = await res.messages.run(turn.message_id)
+        assert row is not None
+        return await _wait_response(res, row)
+
+    @get("/threads/{thread_id:str}/runs/{run_id:str}/join")
+    async def join(self, thread_id: FromPath[str], run_id: FromPath[str], state: State,
+                   principal: Caller) -> dict[str, Any]:
+        row, session = await _run_row(state.resources, principal, run_id, thread_id)
+        return await _outcome(state.resources, session.session_id, row["message_id"])
+
+    @get("/runs/{run_id:str}/wait")
+    async def wait_ap(self, run_id: FromPath[str], state: State, principal: Caller) -> dict[str, Any]:
+        row, _ = await _run_row(state.resources, principal, run_id)
+        return await _wait_response(state.resources, row)
+
+    @get("/threads/{thread_id:str}/runs/{run_id:str}/stream", media_type="text/event-stream")
+    async def stream(self, thread_id: FromPath[str], run_id: FromPath[str], request: Request[Any, Any, Any],
+                     state: State, principal: Caller) -> Stream:
+        row, session = await _run_row(state.resources, principal, run_id, thread_id)
+        return await join_stream(state.resources, request, row, session)
+
+    @get("/runs/{run_id:str}/stream", media_type="text/event-stream")
+    async def stream_ap(self, run_id: FromPath[str], request: Request[Any, Any, Any], state: State,
+                        principal: Caller) -> Stream:
+        row, session = await _run_row(state.resources, principal, run_id)
+        return await join_stream(state.resources, request, row, session)
+
+    @post("/threads/{thread_id:str}/runs/{run_id:str}/cancel", status_code=202)
+    async def cancel(self, thread_id: FromPath[str], run_id: FromPath[str], state: State, principal: Caller,
+                     wait: str = "0", action: str = "interrupt") -> Response[dict[str, Any] | None]:
+        res: Resources = state.resources
+        row, session = await _run_row(res, principal, run_id, thread_id)
+        await cancel_run(res, row, action)
+        if wait.lower() not in ("1", "true"):
+            return Response(None, status_code=202)
+        await _until_end(res, session.session_id, row["message_id"])
+        ended = await res.messages.run(row["message_id"])
+        return Response(run_json(ended or row), status_code=200)
+
+    @post("/runs/{run_id:str}/cancel", status_code=204)
+    async def cancel_ap(self, run_id: FromPath[str], state: State, principal: Caller, wait: bool = False,
+                        action: str = "interrupt") -> None:
+        res: Resources = state.resources
+        row, session = await _run_row(res, principal, run_id)
+        await cancel_run(res, row, action)
+        if wait:
+            await _until_end(res, session.session_id, row["message_id"])
+
+
+def _thread_of(body: RunStream) -> UUID:
+    if body.thread_id is None:
+        raise Unsupported("stateless runs are not supported: pass thread_id (a session)", {"field": "thread_id"})
+    return body.thread_id
+
+
+async def _create(res: Resources, principal: Principal, thread_id: UUID, body: RunStream) -> Response[dict[str, Any]]:
+    """A background run (runs.create): started, answered at once with the run (pending when queued)."""
+    turn, _, _ = await begin_run(res, principal, thread_id, body, background=True)
+    row = await res.messages.run(turn.message_id)
+    assert row is not None
+    paths = run_paths(thread_id, turn.message_id, set(STREAM_MODES))
+    return Response(run_json(row), headers={"Content-Location": paths["Content-Location"]})
+
+
+async def _list(res: Resources, principal: Principal, thread_id: str, limit: int, offset: int,
+                status: str | None) -> list[dict[str, Any]]:
+    session = await _owned(res, principal, thread_id)
+    if not 1 <= limit <= 1000 or not 0 <= offset <= 100_000:
+        raise ValidationFailed("limit must be 1..1000 and offset 0..100000", {"field": "limit"})
+    if status is not None and status not in STATUS_FILTER:
+        raise ValidationFailed(f"status must be one of {sorted(STATUS_FILTER)}", {"field": "status"})
+    stored, timed_out = STATUS_FILTER[status] if status else (None, None)
+    rows = await res.messages.runs(session.session_id, limit=limit, offset=offset, status=stored,
+                                   timed_out=timed_out)
+    return [run_json(r) for r in rows]

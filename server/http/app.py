@@ -26,7 +26,7 @@ from server.errors import (
     ValidationFailed,
 )
 from server.http.admin import AdminController
-from server.http.agent_protocol import AgentProtocolController
+from server.http.agent_protocol import AgentProtocolController, RunController
 from server.http.operations import VERSION, MetricsController, health, live, ready
 from server.http.pages import operator_page, shopper_page, static_files
 from server.http.sessions import SessionController
@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     prometheus = PrometheusConfig(app_name="sixshop-ai-agent", prefix="sixshop", group_path=True,
                                   exclude=["/metrics"])
     return Litestar(
-        route_handlers=[SessionController, AdminController, AgentProtocolController, health, live, ready,
+        route_handlers=[SessionController, AdminController, AgentProtocolController, RunController, health, live, ready,
                         MetricsController, shopper_page, operator_page, static_files],
         middleware=[prometheus.middleware],
         lifespan=[lifespan],

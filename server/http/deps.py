@@ -73,3 +73,13 @@ async def provide_principal(request: Request[Any, Any, Any], state: State) -> Pr
 async def owned_session(res: Resources, principal: Principal, session_id: str) -> Session:
     """The session, if it exists and this caller's store may see it; otherwise 404, the same way."""
     return await res.sessions.get_visible(parse_id(session_id, "session_id"), principal)
+
+
+def parse_event_id(value: str | None) -> int:
+    """Last-Event-ID: the id of the last event the client has (none: 0, from the start)."""
+    if value is None or not value.strip():
+        return 0
+    if not value.strip().isdigit():
+        raise ValidationFailed("Last-Event-ID must be a whole number", {"field": "last_event_id",
+                                                                         "value": value[:20]})
+    return int(value)

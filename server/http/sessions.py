@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -13,12 +14,13 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 
 from server import metrics
-from server.errors import Forbidden, MessageNotFound, NotFound, RateLimited, SessionNotFound, ValidationFailed
+from server.errors import Forbidden, MessageNotFound, NotFound, RateLimited, SessionNotFound
 from server.http.deps import (
     SSE_HEADERS,
     Caller,
     StatsRequest,
     owned_session,
+    parse_event_id,
     parse_id,
     provide_principal,
     resources_of,
@@ -43,16 +45,6 @@ from server.schemas import (
     sse_frame,
 )
 from server.services.auth import Principal
-
-
-def parse_event_id(value: str | None) -> int:
-    """Last-Event-ID: the id of the last event the client has (none: 0, from the start)."""
-    if value is None or not value.strip():
-        return 0
-    if not value.strip().isdigit():
-        raise ValidationFailed("Last-Event-ID must be a whole number", {"field": "last_event_id",
-                                                                         "value": value[:20]})
-    return int(value)
 
 
 async def _turn_session(res: Resources, principal: Principal, session_id: str) -> UUID:
@@ -148,10 +140,9 @@ class SessionController(Controller):
         turn = await res.chat.start_turn(sid, data.message, data.metadata, on_busy=data.on_busy)
 
         async def frames() -> AsyncIterator[bytes]:
-            n = 0
-            async for event, payload in turn.stream():
-                n += 1
-                yield sse_frame(n, event, payload)
+            async with contextlib.aclosing(turn.numbered()) as events:
+                async for n, event, payload in events:
+                    yield sse_frame(n, event, payload)
 
         return Stream(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
 

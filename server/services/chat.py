@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -57,6 +57,7 @@ from server.schemas import Message, check_metadata_size, message_out
 log = logging.getLogger(__name__)
 
 Event = tuple[str, dict[str, Any]]
+Numbered = AsyncGenerator[tuple[int, str, dict[str, Any]], None]  # (id, event, data) as they come
 OnDisconnect = Literal["continue", "cancel"]
 OnBusy = Literal["enqueue", "reject", "interrupt"]
 INTERRUPT_WAIT_S = 5.0  # how long an interrupting message waits for the stopped turn to let go of the session
@@ -106,7 +107,7 @@ def ending_event(row: dict[str, Any]) -> Event:
 FOLLOW_CHECK_S = 1.0  # a follower that hears nothing this long looks at the row
 
 
-async def _aiter(items: list[tuple[int, str, dict[str, Any]]]) -> AsyncIterator[tuple[int, str, dict[str, Any]]]:
+async def _aiter(items: list[tuple[int, str, dict[str, Any]]]) -> Numbered:
     for item in items:
         yield item
 
@@ -236,7 +237,7 @@ class Turn:
             self._waiters.append(waiter)
             await waiter  # a reader that is cancelled here cancels only its own future
 
-    async def events(self, after: int = 0) -> AsyncIterator[tuple[int, str, dict[str, Any]]]:
+    async def events(self, after: int = 0) -> Numbered:
         """(id, event, data) after id `after`, as they come, until the turn's last event."""
         seen = self.position_after(after)
         while True:
@@ -253,11 +254,17 @@ class Turn:
         return metadata_data(self.session_id, self.user_message_id, self.message_id, self.model, self.run_id)
 
     async def stream(self) -> AsyncIterator[Event]:
-        """metadata, sources, token..., then done or error. Leaving early cancels the turn only when its
-        `on_disconnect` says so (TURN_ON_DISCONNECT=cancel); by default it runs on and is stored."""
-        try:
-            async for _, event, data in self.events():
+        """metadata, sources, token..., then done or error (see `numbered`)."""
+        async with contextlib.aclosing(self.numbered()) as items:
+            async for _, event, data in items:
                 yield event, data
+
+    async def numbered(self) -> Numbered:
+        """The stream of the client that started the turn, with event ids. Leaving early cancels the turn only
+        when its `on_disconnect` says so (TURN_ON_DISCONNECT=cancel); by default it runs on and is stored."""
+        try:
+            async for item in self.events():
+                yield item
         finally:
             if not self.ended and self.task is not None and self.on_disconnect == "cancel":
                 self.task.cancel()
@@ -777,7 +784,7 @@ class IntegratedChatService:
     # -- rejoining a turn's stream, on this replica or another
 
     async def rejoin(self, session_id: UUID, message_id: UUID, after: int
-                     ) -> AsyncIterator[tuple[int, str, dict[str, Any]]]:
+                     ) -> Numbered:
         """The events of an answer of this session after id `after`, whether it runs here, runs on another
         replica, or has ended. 404 (raised here, before any event) for no such answer."""
         turn = self._turns.get(message_id)
@@ -797,7 +804,7 @@ class IntegratedChatService:
         running_s = (datetime.now(UTC) - row["created_at"]).total_seconds()
         return time.monotonic() + self.turn_timeout.total_seconds() - running_s + FOLLOW_CHECK_S * 5
 
-    async def _follow(self, row: dict[str, Any], after: int) -> AsyncIterator[tuple[int, str, dict[str, Any]]]:
+    async def _follow(self, row: dict[str, Any], after: int) -> Numbered:
         """A turn running on another replica: ask it (NOTIFY) to relay its events from `after`; when nothing
         comes for a while, look at the row, and once the turn has ended serve the rest from there (its replica
         may have died, or ended the turn before it heard us). A turn re-run elsewhere (a new run_id on the row)
