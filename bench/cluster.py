@@ -8,7 +8,9 @@ come one after another, evenly spread: a rolling restart (SIGTERM, start again, 
 replica SIGKILLed and started again, PgBouncer down for 5 s, PostgreSQL down for 5 s. One line per event,
 then a table: turns/s, errors by code, acknowledged vs stored vs duplicated user messages, and first-token
 overhead (first token minus the answerer's chunk delay) p50/p99 in the 15 s before, during, and the 15 s
-after each fault. Everything binds to 127.0.0.1 and stops by itself.
+after each fault. Shoppers rejoin a cut stream with Last-Event-ID as the chat page does (--no-rejoin: they
+do not); TURN_LEASE_SECONDS=3, so a killed replica's turns are re-run by the others. Everything binds to
+127.0.0.1 and stops by itself.
 """
 
 from __future__ import annotations
@@ -62,11 +64,12 @@ async def main() -> int:
     ap.add_argument("--minutes", type=float, default=4)
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--replicas", type=int, default=3)
+    ap.add_argument("--no-rejoin", action="store_true", help="shoppers do not rejoin a cut stream")
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="sixshop-cluster-"))
     cluster = Cluster(root, replicas=args.replicas, env={
-        "OFFLINE_CHUNK_DELAY_MS": str(CHUNK_DELAY_MS), "TURN_TIMEOUT_SECONDS": "10",
+        "OFFLINE_CHUNK_DELAY_MS": str(CHUNK_DELAY_MS), "TURN_TIMEOUT_SECONDS": "10", "TURN_LEASE_SECONDS": "3",
         "DB_CONNECTION_TIMEOUT": "2000", "SESSION_CLEANUP_INTERVAL_MINUTES": "0.5", "CAPACITY_SAMPLE_SECONDS": "10"})
     t0 = time.monotonic()
 
@@ -78,7 +81,8 @@ async def main() -> int:
         f"PgBouncer transaction mode, {args.replicas} replicas, HAProxy; {args.clients} shoppers, "
         f"{args.minutes:g} min")
     key = await asyncio.to_thread(cluster.store_key, "soak-store")
-    load = TurnLoad(cluster.haproxy.base_url, key, clients=args.clients, store_id="soak-store")
+    load = TurnLoad(cluster.haproxy.base_url, key, clients=args.clients, store_id="soak-store",
+                    rejoin=not args.no_rejoin)
     stop = asyncio.Event()
     running = asyncio.create_task(load.run(stop))
     events: list[Event] = []
@@ -147,6 +151,10 @@ async def main() -> int:
           f"acknowledged but not stored {len(acknowledged - set(stored))}, "
           f"stored but not acknowledged {len(set(stored) - acknowledged)}, "
           f"duplicated {sum(n - 1 for n in stored.values() if n > 1)}")
+    rejoined = [r for r in load.results if r.rejoins]
+    rerun = sum(1 for r in load.results if r.restarts)
+    print(f"streams cut and rejoined (Last-Event-ID through HAProxy): {len(rejoined)}, answered after it "
+          f"{sum(r.done for r in rejoined)}; re-run after their replica died: {rerun}")
     statuses = Counter(r["status"] for r in rows if r["role"] == "assistant")
     print("assistant messages by status: " + ", ".join(f"{s} {n}" for s, n in statuses.most_common()))
     print()

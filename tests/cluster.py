@@ -376,6 +376,11 @@ class TurnResult:
     error: str | None = None  # the error code (HTTP body or `error` event), or the exception's name
     first_token_s: float | None = None
     ended: float = 0.0
+    message_id: str | None = None
+    last_id: int = 0  # the last event id received
+    content: str = ""  # the answer as received (restarted with a `restart` event)
+    rejoins: int = 0  # streams opened again after a cut (TurnLoad.rejoin)
+    restarts: int = 0  # `restart` events: the turn was re-run after its replica died
 
 
 @dataclass
@@ -388,6 +393,7 @@ class TurnLoad:
     clients: int
     store_id: str = "cluster-store"
     pause_s: float = 0.0
+    rejoin: bool = False  # a stream cut mid-answer is rejoined with Last-Event-ID, as the chat page does
     results: list[TurnResult] = field(default_factory=list)
     sessions: list[str] = field(default_factory=list)
 
@@ -414,28 +420,55 @@ class TurnLoad:
     async def _turn(self, http: Any, i: int, text: str) -> TurnResult:
         result = TurnResult(client=i, text=text, started=time.monotonic())
         self.results.append(result)
+        sessions = f"/api/session-chat/sessions/{self.sessions[i]}"
         try:
-            async with http.stream("POST", f"/api/session-chat/sessions/{self.sessions[i]}/chat/stream",
-                                   json={"message": text}) as r:
-                result.status = r.status_code
-                if r.status_code != 200:
-                    body = await r.aread()
-                    result.error = json.loads(body).get("code") if body.startswith(b"{") else f"http_{r.status_code}"
-                    return result
-                async for _, event, data in read_sse(r):
-                    if event == "metadata":
-                        result.acknowledged = True
-                    elif event == "token" and result.first_token_s is None:
-                        result.first_token_s = time.monotonic() - result.started
-                    elif event == "done":
-                        result.done = True
-                    elif event == "error":
-                        result.error = data.get("code", "error")
-        except Exception as exc:  # a cut stream, a refused connection: recorded, never raised
-            result.error = result.error or type(exc).__name__
+            try:
+                async with http.stream("POST", f"{sessions}/chat/stream", json={"message": text}) as r:
+                    result.status = r.status_code
+                    if r.status_code != 200:
+                        body = await r.aread()
+                        result.error = (json.loads(body).get("code") if body.startswith(b"{")
+                                        else f"http_{r.status_code}")
+                        return result
+                    await self._read(r, result)
+            except Exception as exc:  # a cut stream, a refused connection: recorded, never raised
+                result.error = result.error or type(exc).__name__
+            while self.rejoin and result.message_id and not result.done and result.rejoins < 30 and (
+                    result.error is None or not result.error.islower()):  # cut (an exception's name), not ended
+                result.rejoins += 1
+                await asyncio.sleep(0.3)
+                try:
+                    async with http.stream("GET", f"{sessions}/messages/{result.message_id}/stream",
+                                           headers={"Last-Event-ID": str(result.last_id)}) as r:
+                        if r.status_code == 200:
+                            result.error = None
+                            await self._read(r, result)
+                        else:
+                            result.error = f"Rejoin{r.status_code}"
+                except Exception as exc:
+                    result.error = type(exc).__name__
         finally:
             result.ended = time.monotonic()
         return result
+
+    @staticmethod
+    async def _read(r: Any, result: TurnResult) -> None:
+        async for n, event, data in read_sse(r):
+            result.last_id = n
+            if event == "metadata":
+                result.acknowledged = True
+                result.message_id = data["message_id"]
+            elif event == "restart":
+                result.restarts += 1
+                result.content = ""
+            elif event == "token":
+                result.content += data["delta"]
+                if result.first_token_s is None:
+                    result.first_token_s = time.monotonic() - result.started
+            elif event == "done":
+                result.done = True
+            elif event == "error":
+                result.error = data.get("code", "error")
 
     @property
     def failed(self) -> list[TurnResult]:

@@ -740,14 +740,19 @@ class IntegratedChatService:
         """Every third of the lease: renew the leases of the turns running here (one statement), and take the
         turns whose lease ran out (their replica died) to re-run them here."""
         assert self.lease is not None
+        lease_s = self.lease.total_seconds()
+        quiet_until = 0.0
         while True:
-            await asyncio.sleep(self.lease.total_seconds() / 3)
+            await asyncio.sleep(lease_s / 3)
             try:
                 await self.renew_leases()
-                if not self.draining:
+                if not self.draining and time.monotonic() >= quiet_until:
                     await self.reclaim()
             except Exception as exc:  # the database may be away: the next round tries again
                 log.warning("turn leases: %s", type(exc).__name__)
+                # nobody could renew while it was away: once it is back, give the live replicas a whole lease to
+                # renew theirs before taking any turn for dead (or an outage longer than a lease re-runs them all)
+                quiet_until = time.monotonic() + lease_s
 
     async def renew_leases(self) -> None:
         assert self.lease is not None
