@@ -81,6 +81,11 @@ language plpgsql as $$
 declare
     v record;
 begin
+    -- PostgreSQL itself was down until less than a lease ago: nobody could renew a lease meanwhile, and the
+    -- sweep may have been queued (by a pooler) behind the outage; give the live replicas a lease to renew first
+    if now() - pg_postmaster_start_time() < p_lease then
+        return;
+    end if;
     for v in
         select m.message_id, m.session_id, m.attempt, m.seq,
                (s.active_run_id = m.message_id and s.deleted_at is null) as claimed

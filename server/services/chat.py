@@ -744,9 +744,13 @@ class IntegratedChatService:
         quiet_until = 0.0
         while True:
             await asyncio.sleep(lease_s / 3)
+            began = time.monotonic()
             try:
                 await self.renew_leases()
-                if not self.draining and time.monotonic() >= quiet_until:
+                # a renewal that waited (a pooler holds statements while PostgreSQL is away) is an outage too
+                if time.monotonic() - began > lease_s / 3:
+                    quiet_until = time.monotonic() + lease_s
+                elif not self.draining and time.monotonic() >= quiet_until:
                     await self.reclaim()
             except Exception as exc:  # the database may be away: the next round tries again
                 log.warning("turn leases: %s", type(exc).__name__)
@@ -755,10 +759,9 @@ class IntegratedChatService:
                 quiet_until = time.monotonic() + lease_s
 
     async def renew_leases(self) -> None:
+        """One statement, also when no turn runs here: it tells whether the database answers promptly."""
         assert self.lease is not None
         runs = {t.message_id: t for t in self._turns.values() if t.holds_lease}
-        if not runs:
-            return
         held = await self.messages.renew_leases({m: t.run_id or m for m, t in runs.items()}, self.lease)
         for message_id, turn in runs.items():
             if message_id not in held and turn.holds_lease and turn.task is not None:
