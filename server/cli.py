@@ -1,9 +1,10 @@
-"""`sixshop-agent`: serve, migrate, ingest, keys, purge, capacity."""
+"""`sixshop-agent`: serve, migrate, ingest, keys, purge, capacity, eval."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from pathlib import Path
 
@@ -150,6 +151,55 @@ async def _purge(settings: Settings, dry_run: bool) -> int:
     return 0
 
 
+async def _eval(settings: Settings, args: argparse.Namespace) -> int:
+    """Every case of the evaluation set through the graph, per prompt variant (server/integrations/evaluation.py)."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from graph.graph import build_graph
+    from graph.models import model_label
+    from graph.prompts import VariantPicker
+    from graph.state import ChatContext
+    from server.integrations.evaluation import Case, evaluate_variants, load_cases
+    from server.resources import chat_model, ensure_schema, open_database, prepare_knowledge
+
+    cases = load_cases(Path(args.dataset)) if args.dataset else load_cases()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else list(
+        VariantPicker.parse(settings.prompt_variant).weights)
+    VariantPicker({v: 1.0 for v in variants})  # unknown names: ValueError, a one-line error below
+    async with open_database(settings) as (pool, _):
+        await ensure_schema(settings, pool)
+        knowledge = await prepare_knowledge(settings, pool)
+        model = chat_model(settings)
+        graph = build_graph(InMemorySaver())  # the service's nodes; threads of the eval are not kept
+
+        def context(variant: str, case: Case) -> ChatContext:
+            return ChatContext(store_id="eval", model=model, retriever=knowledge.retriever,
+                               k=max(settings.retrieval_k, args.k), history_messages=settings.history_messages,
+                               prompt_variant=variant)
+
+        try:
+            reports = await evaluate_variants(graph, cases, variants, args.k, context)
+        finally:
+            await knowledge.aclose()
+    figures = [r.figures() for r in reports]
+    if args.json:
+        print(json.dumps({"dataset": args.dataset or "knowledge/eval/cases.json", "cases": len(cases),
+                          "model": model_label(model), "retriever": knowledge.backend, "k": args.k,
+                          "variants": figures}, indent=2))
+        return 0
+    print(f"{len(cases)} cases, model {model_label(model)}, retriever {knowledge.backend}, k={args.k}")
+    keys = [key for key in figures[0] if key not in ("variant", "cases")]
+    print(f"{'':<34}" + "".join(f"{f['variant']:>10}" for f in figures))
+    for key in keys:
+        print(f"{key:<34}" + "".join(f"{f[key]:>10}" for f in figures))
+    if args.misses:
+        for report in reports:
+            print(f"\nmisses of {report.variant}:")
+            for line in report.misses():
+                print("  " + line)
+    return 0
+
+
 async def _capacity(settings: Settings, as_json: bool) -> int:
     import json
 
@@ -201,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     capacity = sub.add_parser("capacity", help="connections, sessions a month, latency and table sizes against "
                                                 "the thresholds for Aurora or Redis")
     capacity.add_argument("--json", action="store_true", help="the report as JSON (as GET /api/admin/capacity)")
+    evaluate = sub.add_parser("eval", help="run the evaluation set through the graph per prompt variant: retrieval "
+                                           "hit@k and MRR, facts in the answer, citation, abstention, latency")
+    evaluate.add_argument("--dataset", help="cases JSON (default knowledge/eval/cases.json)")
+    evaluate.add_argument("--variants", help="prompt variants, comma-separated (default: PROMPT_VARIANT's)")
+    evaluate.add_argument("--k", type=int, default=3, help="hit@k cut-off (default 3)")
+    evaluate.add_argument("--json", action="store_true", help="the figures as JSON")
+    evaluate.add_argument("--misses", action="store_true", help="list the cases each variant got wrong")
     return parser
 
 
@@ -231,6 +288,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(_keys(settings, args))
     if args.command == "purge":
         return asyncio.run(_purge(settings, args.dry_run))
+    if args.command == "eval":
+        try:
+            return asyncio.run(_eval(settings, args))
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.command == "capacity":
         return asyncio.run(_capacity(settings, args.json))
     if args.command == "ingest" and args.path == "notion":

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from langchain_core.language_models import BaseChatModel
+
 from graph.graph import build_graph
 from graph.models import make_chat_model
 from persistence.capacity import CapacityRepository
@@ -192,6 +194,19 @@ async def prepare_knowledge(settings: Settings, pool: Pool) -> KnowledgeStack:
     return knowledge
 
 
+def chat_model(settings: Settings) -> BaseChatModel:
+    """The configured chat model: OpenAI's (or a compatible server's) with a key, else the offline answerer."""
+    return make_chat_model(
+        openai_api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
+        openai_base_url=settings.openai_base_url,
+        model_name=settings.openai_model,
+        temperature=settings.openai_temperature,
+        timeout_s=settings.openai_timeout_seconds,
+        max_retries=settings.openai_max_retries,
+        offline_chunk_delay_s=settings.offline_chunk_delay_ms / 1000,
+    )
+
+
 def make_capacity(settings: Settings, pool: Pool) -> CapacityService:
     return CapacityService(CapacityRepository(pool), pool, Limits(
         connections=settings.capacity_connections_limit,
@@ -216,15 +231,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         # a process killed mid-turn left rows 'streaming' and sessions claimed: close what is past the timeout
         await LifecycleJob(pool, settings).recover()
         knowledge = await prepare_knowledge(settings, pool)
-        model = make_chat_model(
-            openai_api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
-            openai_base_url=settings.openai_base_url,
-            model_name=settings.openai_model,
-            temperature=settings.openai_temperature,
-            timeout_s=settings.openai_timeout_seconds,
-            max_retries=settings.openai_max_retries,
-            offline_chunk_delay_s=settings.offline_chunk_delay_ms / 1000,
-        )
+        model = chat_model(settings)
         graph = build_graph(make_checkpointer(pool))
         tracing = Tracing.from_settings(settings)
         expire_after = timedelta(hours=settings.session_expire_hours)

@@ -1,13 +1,21 @@
-"""Retrieval quality on labelled questions: hit@k (is the answering page among the top k passages?).
+"""Quality on labelled questions.
 
-Used by bench/retrieval.py (prints the figures) and tests/test_retrieval_quality.py (holds a floor).
+- Retrieval: hit@k on tests/retrieval_pairs.json (bench/retrieval.py prints it, tests/test_retrieval_quality.py
+  holds a floor).
+- Answers: `sixshop-agent eval` runs knowledge/eval/cases.json through the graph per prompt variant and reports
+  retrieval hit@k and MRR, required facts in the answer, the page the answer points to, abstention on questions
+  the help centre cannot answer, seller pages shown in shopper sessions, and latency.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from uuid import uuid4
 
 from langchain_core.retrievers import BaseRetriever
 
@@ -47,3 +55,176 @@ async def hit_at_k(retriever: BaseRetriever, pairs: list[Pair], *, k: int = 3, s
         else:
             report.misses.append((pair.question, pair.doc_id, pages))
     return report
+
+
+# -- answers: `sixshop-agent eval` ------------------------------------------------------------------------
+
+EVAL_CASES = Path(__file__).resolve().parents[2] / "knowledge" / "eval" / "cases.json"
+SELLER_PAGES = frozenset({"en/store-setup.md", "ko/store-setup.md"})
+# how an answer says the help centre does not have it: the offline answerer's sentences, and the usual
+# phrasings of a model told to say so (prompts v1/v2)
+ABSTAINS = re.compile(
+    r"could ?n[o']t find|can ?n[o']t find|cannot find|not able to find|unable to find|do(?:es)? ?n[o']t "
+    r"(?:have|contain|mention|say)|no information|not (?:covered|mentioned|included) in|"
+    r"찾지 못|찾을 수 없|정보가 없|나와 있지 않|안내되어 있지 않|포함되어 있지 않|확인되지 않", re.I)
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    kind: str  # single | follow-up | unanswerable | seller | confusable
+    turns: tuple[str, ...]  # the shopper's messages; the last is the one judged
+    pages: tuple[str, ...]  # pages that answer it ("en/returns.md"); none: the right answer is to say so
+    facts: tuple[tuple[str, ...], ...]  # each fact: its alternatives
+    audience: str = "shopper"
+
+    @property
+    def answerable(self) -> bool:
+        return bool(self.pages)
+
+
+def load_cases(path: Path = EVAL_CASES) -> list[Case]:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    cases = []
+    for raw in data["cases"]:
+        page = raw.get("page")
+        pages = tuple(page) if isinstance(page, list) else ((page,) if page else ())
+        facts = tuple(tuple(f) if isinstance(f, list) else (f,) for f in raw.get("facts", []))
+        cases.append(Case(raw["id"], raw["kind"], tuple(raw["turns"]), pages, facts, raw.get("audience", "shopper")))
+    return cases
+
+
+def normalized(text: str) -> str:
+    """For matching facts: lower case, no whitespace, no thousands separators ("6,000 원" = "6000원")."""
+    return re.sub(r"\s+", "", re.sub(r"(?<=\d),(?=\d)", "", text.lower()))
+
+
+def facts_present(answer: str, facts: tuple[tuple[str, ...], ...]) -> bool:
+    said = normalized(answer)
+    return all(any(normalized(alt) in said for alt in fact) for fact in facts)
+
+
+def page_of(passage_id: str) -> str:
+    """`sample:en/returns.md#2` → `en/returns.md`."""
+    doc = passage_id.rsplit("#", 1)[0]
+    return doc.split(":", 1)[1] if ":" in doc else doc
+
+
+@dataclass
+class CaseResult:
+    case: Case
+    answer: str
+    pages: list[str]  # of the retrieved passages, in rank order
+    titles: list[str]
+    latency_ms: float
+
+    @property
+    def abstained(self) -> bool:
+        return bool(ABSTAINS.search(self.answer))
+
+    @property
+    def rank(self) -> int | None:
+        """1-based rank of the first passage from a page that answers the case."""
+        return next((i for i, p in enumerate(self.pages, start=1) if p in self.case.pages), None)
+
+    @property
+    def cited_page(self) -> str | None:
+        """The page the answer names (a passage title it quotes), else the top passage's: what the shopper is
+        pointed to. None when it abstained or nothing was retrieved."""
+        if self.abstained or not self.pages:
+            return None
+        for page, title in zip(self.pages, self.titles, strict=True):
+            if title and title in self.answer:
+                return page
+        return self.pages[0]
+
+    @property
+    def facts_ok(self) -> bool:
+        return self.case.answerable and not self.abstained and facts_present(self.answer, self.case.facts)
+
+
+def _share(hits: int, total: int) -> float:
+    return hits / total if total else 0.0
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+
+
+@dataclass
+class VariantReport:
+    variant: str
+    k: int
+    results: list[CaseResult] = field(default_factory=list)
+
+    def figures(self) -> dict[str, Any]:
+        answerable = [r for r in self.results if r.case.answerable]
+        followups = [r for r in answerable if r.case.kind == "follow-up"]
+        hits = [r for r in answerable if r.rank is not None and r.rank <= self.k]
+        abstained = [r for r in self.results if r.abstained]
+        unanswerable = [r for r in self.results if not r.case.answerable]
+        precision = _share(sum(not r.case.answerable for r in abstained), len(abstained))
+        recall = _share(sum(r.abstained for r in unanswerable), len(unanswerable))
+        latencies = [r.latency_ms for r in self.results]
+        return {
+            "variant": self.variant,
+            "cases": len(self.results),
+            f"hit@{self.k}": round(_share(len(hits), len(answerable)), 3),
+            "mrr": round(sum(1 / r.rank for r in answerable if r.rank) / len(answerable), 3) if answerable else 0.0,
+            f"followup_hit@{self.k}": round(_share(sum(r in hits for r in followups), len(followups)), 3),
+            "facts": round(_share(sum(r.facts_ok for r in answerable), len(answerable)), 3),
+            "citation": round(_share(sum(r.cited_page in r.case.pages for r in answerable), len(answerable)), 3),
+            "abstention_precision": round(precision, 3),
+            "abstention_recall": round(recall, 3),
+            "abstention_f1": round(2 * precision * recall / (precision + recall), 3) if precision + recall else 0.0,
+            # shopper sessions shown a seller page: retrieved for the model, not only cited
+            "seller_pages_in_shopper_answers": sum(
+                1 for r in self.results if r.case.audience == "shopper" and set(r.pages) & SELLER_PAGES),
+            "latency_ms_p50": round(_pct(latencies, 0.5), 1),
+            "latency_ms_p95": round(_pct(latencies, 0.95), 1),
+        }
+
+    def misses(self) -> list[str]:
+        out = []
+        for r in self.results:
+            wrong = []
+            if r.case.answerable and (r.rank is None or r.rank > self.k):
+                wrong.append(f"page not in top {self.k} (got {r.pages[: self.k]})")
+            if r.case.answerable and not r.facts_ok:
+                wrong.append("facts missing" if not r.abstained else "abstained")
+            if not r.case.answerable and not r.abstained:
+                wrong.append("answered instead of saying it does not know")
+            if wrong:
+                out.append(f"{r.case.id} {' / '.join(r.case.turns)!r}: {'; '.join(wrong)} → {r.answer[:120]!r}")
+        return out
+
+
+async def run_case(graph: Any, case: Case, context: Any) -> CaseResult:
+    """The case's turns through the graph as the service runs a turn (same nodes and context), in a thread of
+    its own; the last one is judged."""
+    from langchain_core.messages import HumanMessage
+
+    from graph.models import content_text
+
+    config = {"configurable": {"thread_id": f"eval-{case.id}-{uuid4().hex[:8]}"}}
+    for earlier in case.turns[:-1]:
+        await graph.ainvoke({"messages": [HumanMessage(content=earlier)]}, config, context=context)
+    started = time.perf_counter()
+    state = await graph.ainvoke({"messages": [HumanMessage(content=case.turns[-1])]}, config, context=context)
+    latency_ms = (time.perf_counter() - started) * 1000
+    passages = state.get("passages", [])
+    return CaseResult(case, content_text(state["messages"][-1].content), [page_of(p["id"]) for p in passages],
+                      [p["title"] for p in passages], latency_ms)
+
+
+async def evaluate_variants(graph: Any, cases: list[Case], variants: list[str], k: int,
+                            make_context: Any) -> list[VariantReport]:
+    """Every case under every prompt variant; `make_context(variant, case)` gives the run's ChatContext."""
+    reports = []
+    for variant in variants:
+        report = VariantReport(variant, k)
+        for case in cases:
+            report.results.append(await run_case(graph, case, make_context(variant, case)))
+        reports.append(report)
+    return reports
