@@ -56,7 +56,7 @@ async def retrieve(state: ChatState, runtime: Runtime[ChatContext],
     question = _last_question(state.get("messages", []))
     if retriever is None or not question.strip():
         return {"passages": []}
-    found = await retriever.ainvoke(question, k=ctx.k, store_id=ctx.store_id)
+    found = await retriever.ainvoke(question, k=ctx.k, store_id=ctx.store_id, audience=ctx.audience)
     return {"passages": [Passage.from_document(doc).as_dict() for doc in found]}
 
 

@@ -1,7 +1,8 @@
 """Retrieval as the graph sees it: LangChain retrievers returning passages, scoped to one store.
 
-Every retriever here and in persistence/ is a `BaseRetriever` taking two invoke-time arguments,
-`k` and `store_id` (the turn's store: it sees shared passages and its own, never another store's),
+Every retriever here and in persistence/ is a `BaseRetriever` taking invoke-time arguments `k`, `store_id`
+(the turn's store: it sees shared passages and its own, never another store's) and `audience` (the session's:
+`shopper` or `seller` sees the pages written for it and those for `all`; None, every page),
 and returning Documents whose metadata holds `title`, `url`, `score` (and `doc_id`). The graph
 turns them into `Passage`s, which is what the prompt, the `sources` event and the stored message use.
 
@@ -64,22 +65,28 @@ class ScopedRetriever(BaseRetriever):
 
     k: int = 4
     store_id: str | None = None
+    audience: str | None = None
 
     def _args(self, kwargs: dict[str, Any]) -> tuple[int, str | None]:
         k = int(kwargs.get("k", self.k))
         store_id = kwargs["store_id"] if "store_id" in kwargs else self.store_id
         return k, store_id
 
+    def _audience(self, kwargs: dict[str, Any]) -> str | None:
+        return kwargs["audience"] if "audience" in kwargs else self.audience
 
-def store_scope(vectorstore: VectorStore, store_id: str | None) -> dict[str, Any]:
-    """Search arguments limiting a vector store to shared passages plus `store_id`'s own."""
+
+def store_scope(vectorstore: VectorStore, store_id: str | None, audience: str | None = None) -> dict[str, Any]:
+    """Search arguments limiting a vector store to shared passages plus `store_id`'s own, written for `audience`
+    or for all."""
     if getattr(vectorstore, "supports_visible_to", False):
-        return {"visible_to": store_id}
+        return {"visible_to": store_id, "audience": audience}
     # Pinecone-style metadata filter: shared passages carry no store_id key
     shared: dict[str, Any] = {"store_id": {"$exists": False}}
-    if store_id is None:
-        return {"filter": shared}
-    return {"filter": {"$or": [shared, {"store_id": {"$eq": store_id}}]}}
+    scope = shared if store_id is None else {"$or": [shared, {"store_id": {"$eq": store_id}}]}
+    if audience is None:
+        return {"filter": scope}
+    return {"filter": {"$and": [scope, {"audience": {"$in": ["all", audience]}}]}}
 
 
 class VectorRetriever(ScopedRetriever):
@@ -92,7 +99,8 @@ class VectorRetriever(ScopedRetriever):
         self, query: str, *, run_manager: CallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         k, store_id = self._args(kwargs)
-        found = self.vectorstore.similarity_search_with_score(query, k, **store_scope(self.vectorstore, store_id))
+        scope = store_scope(self.vectorstore, store_id, self._audience(kwargs))
+        found = self.vectorstore.similarity_search_with_score(query, k, **scope)
         return [with_score(doc, score) for doc, score in found]
 
     async def _aget_relevant_documents(
@@ -100,7 +108,7 @@ class VectorRetriever(ScopedRetriever):
     ) -> list[Document]:
         k, store_id = self._args(kwargs)
         found = await self.vectorstore.asimilarity_search_with_score(
-            query, k, **store_scope(self.vectorstore, store_id)
+            query, k, **store_scope(self.vectorstore, store_id, self._audience(kwargs))
         )
         return [with_score(doc, score) for doc, score in found]
 
@@ -133,7 +141,9 @@ class HybridRetriever(ScopedRetriever):
     ) -> list[Document]:
         k, store_id = self._args(kwargs)
         config = RunnableConfig(callbacks=run_manager.get_child())
-        rankings = [r.invoke(query, config, k=self._depth(k), store_id=store_id) for r in self.retrievers]
+        audience = self._audience(kwargs)
+        rankings = [r.invoke(query, config, k=self._depth(k), store_id=store_id, audience=audience)
+                    for r in self.retrievers]
         return reciprocal_rank_fusion(rankings, k=k, rrf_k=self.rrf_k)
 
     async def _aget_relevant_documents(
@@ -141,7 +151,9 @@ class HybridRetriever(ScopedRetriever):
     ) -> list[Document]:
         k, store_id = self._args(kwargs)
         config = RunnableConfig(callbacks=run_manager.get_child())
+        audience = self._audience(kwargs)
         rankings = await asyncio.gather(
-            *(r.ainvoke(query, config, k=self._depth(k), store_id=store_id) for r in self.retrievers)
+            *(r.ainvoke(query, config, k=self._depth(k), store_id=store_id, audience=audience)
+              for r in self.retrievers)
         )
         return reciprocal_rank_fusion(list(rankings), k=k, rrf_k=self.rrf_k)

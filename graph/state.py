@@ -28,6 +28,8 @@ class ChatContext:
     model: BaseChatModel | None = None
     retriever: BaseRetriever | None = None  # invoked with k= and store_id= (graph/retrieval.py)
     k: int = 4
+    # who the session is: `shopper` or `seller` (the pages for them and for all); None: every page (Studio)
+    audience: str | None = None
     history_messages: int = 20
     prompt_variant: str = DEFAULT_VARIANT
     # the id the answer gets in the thread's state (the service uses the assistant message's row id, so

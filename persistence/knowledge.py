@@ -25,27 +25,29 @@ from graph.retrieval import ScopedRetriever, passage_metadata
 from graph.text import search_text
 from persistence.db import Pool, async_connection, sync_connection
 
-SEARCH_SQL = "select chunk_id, doc_id, title, url, content, score from kb_search(%s, %s, %s)"
+SEARCH_SQL = "select chunk_id, doc_id, title, url, content, score from kb_search(%s, %s, %s, %s)"
 COUNT_SQL = "select count(*) as n from knowledge_chunks"
 OTHER_SOURCES_SQL = "select count(*) as n from knowledge_documents where source <> %s"
 VERSIONS_SQL = "select doc_id, content_hash from knowledge_documents where source = %s"
 CHUNK_IDS_SQL = "select doc_id, chunk_id from knowledge_chunks where doc_id = any(%s) order by doc_id, chunk_index"
 UPSERT_DOC_SQL = """
-insert into knowledge_documents (doc_id, store_id, title, url, source, content_hash)
-values (%s, %s, %s, %s, %s, %s)
+insert into knowledge_documents (doc_id, store_id, title, url, source, content_hash, audience)
+values (%s, %s, %s, %s, %s, %s, %s)
 on conflict (doc_id) do update
    set store_id = excluded.store_id, title = excluded.title, url = excluded.url,
-       source = excluded.source, content_hash = excluded.content_hash
+       source = excluded.source, content_hash = excluded.content_hash, audience = excluded.audience
 """
 DELETE_CHUNKS_SQL = "delete from knowledge_chunks where doc_id = %s"
 INSERT_CHUNK_SQL = """
-insert into knowledge_chunks (chunk_id, doc_id, store_id, chunk_index, title, url, content, search_text)
-values (%s, %s, %s, %s, %s, %s, %s, %s)
+insert into knowledge_chunks (chunk_id, doc_id, store_id, chunk_index, title, url, content, search_text, audience)
+values (%s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
 DELETE_DOCS_SQL = "delete from knowledge_documents where doc_id = any(%s)"
 
-# bump when chunking changes, so the next run rewrites every document
-CHUNKER_VERSION = "2"
+# bump when chunking or what a chunk carries changes, so the next run rewrites every document
+# (3: the audience, in the rows and the vector stores' metadata)
+CHUNKER_VERSION = "3"
+AUDIENCES = ("shopper", "seller", "all")
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class KnowledgeDocument:
     source: str
     version: str
     chunks: Sequence[Chunk]
+    audience: str = "all"  # who it is written for: shopper, seller or all
 
     def chunk_id(self, index: int) -> str:
         return f"{self.doc_id}#{index}"
@@ -78,7 +81,7 @@ class KnowledgeDocument:
                 id=self.chunk_id(i),
                 page_content=c.content,
                 metadata=passage_metadata(title=c.title, url=self.url, doc_id=self.doc_id, store_id=self.store_id,
-                                          chunk_index=i, source=self.source),
+                                          chunk_index=i, source=self.source, audience=self.audience),
             )
             for i, c in enumerate(self.chunks)
         ]
@@ -131,7 +134,7 @@ class KnowledgeRepository:
         """The document row and all its chunks, in one transaction."""
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(
-                UPSERT_DOC_SQL, (doc.doc_id, doc.store_id, doc.title, doc.url, doc.source, fingerprint)
+                UPSERT_DOC_SQL, (doc.doc_id, doc.store_id, doc.title, doc.url, doc.source, fingerprint, doc.audience)
             )
             await conn.execute(DELETE_CHUNKS_SQL, (doc.doc_id,))
             async with conn.cursor() as cur:
@@ -139,7 +142,7 @@ class KnowledgeRepository:
                     INSERT_CHUNK_SQL,
                     [
                         (doc.chunk_id(i), doc.doc_id, doc.store_id, i, c.title, doc.url, c.content,
-                         search_text(f"{c.title}\n{c.content}"))
+                         search_text(f"{c.title}\n{c.content}"), doc.audience)
                         for i, c in enumerate(doc.chunks)
                     ],
                 )
@@ -244,7 +247,7 @@ class FullTextRetriever(ScopedRetriever):
     ) -> list[Document]:
         k, store_id = self._args(kwargs)
         with self._sync_conn() as conn:
-            rows = conn.execute(SEARCH_SQL, (search_text(query), store_id, k)).fetchall()
+            rows = conn.execute(SEARCH_SQL, (search_text(query), store_id, k, self._audience(kwargs))).fetchall()
         return self._documents(rows)
 
     async def _aget_relevant_documents(
@@ -252,6 +255,6 @@ class FullTextRetriever(ScopedRetriever):
     ) -> list[Document]:
         k, store_id = self._args(kwargs)
         async with self._async_conn() as conn:
-            cur = await conn.execute(SEARCH_SQL, (search_text(query), store_id, k))
+            cur = await conn.execute(SEARCH_SQL, (search_text(query), store_id, k, self._audience(kwargs)))
             rows = await cur.fetchall()
         return self._documents(rows)

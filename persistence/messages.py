@@ -17,13 +17,15 @@ MESSAGE_COLUMNS = (
     "message_id, session_id, store_id, role, content, status, model, prompt_variant, input_tokens, "
     "output_tokens, latency_ms, first_token_ms, sources, run_id, error_code, created_at, seq"
 )
-BEGIN_TURN_SQL = """
-select outcome, store_id, user_id from begin_turn(
+# the session's audience comes back in the same statement (its metadata is not changed by the call)
+SESSION_AUDIENCE = "(select s.metadata ->> 'audience' from chat_sessions s where s.session_id = %(session_id)s)"
+BEGIN_TURN_SQL = f"""
+select outcome, store_id, user_id, {SESSION_AUDIENCE} as audience from begin_turn(
     %(session_id)s, %(user_msg_id)s, %(asst_msg_id)s, %(content)s, %(model)s, %(prompt_variant)s,
     %(metadata)s, %(stale_after)s, %(expire_after)s)
 """
-ENQUEUE_TURN_SQL = """
-select outcome, store_id, user_id, queue_position from enqueue_turn(
+ENQUEUE_TURN_SQL = f"""
+select outcome, store_id, user_id, queue_position, {SESSION_AUDIENCE} as audience from enqueue_turn(
     %(session_id)s, %(user_msg_id)s, %(asst_msg_id)s, %(content)s, %(model)s, %(metadata)s, %(max_queued)s,
     %(expire_after)s)
 """
@@ -45,8 +47,10 @@ update chat_messages set lease_until = now() + %(lease)s
 returning message_id
 """
 RECLAIM_TURNS_SQL = """
-select message_id, session_id, store_id, user_id, user_message_id, content, model, prompt_variant, attempt, run_id
-  from reclaim_turns(%(lease)s, %(max_attempts)s, %(limit)s)
+select r.message_id, r.session_id, r.store_id, r.user_id, r.user_message_id, r.content, r.model, r.prompt_variant,
+       r.attempt, r.run_id, (select s.metadata ->> 'audience' from chat_sessions s where s.session_id = r.session_id)
+       as audience
+  from reclaim_turns(%(lease)s, %(max_attempts)s, %(limit)s) r
 """
 GET_MESSAGE_SQL = f"""
 select {', '.join('m.' + c.strip() for c in MESSAGE_COLUMNS.split(','))}
@@ -117,6 +121,7 @@ class Reclaimed:
     prompt_variant: str | None
     attempt: int
     run_id: UUID
+    audience: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,7 @@ class TurnStart:
     outcome: str  # ok | not_found | expired | busy
     store_id: str | None
     user_id: str | None
+    audience: str | None = None  # the session's metadata.audience
 
 
 class MessageRepository:
@@ -160,7 +166,7 @@ class MessageRepository:
             )
             row = await cur.fetchone()
         assert row is not None
-        return TurnStart(row["outcome"], row["store_id"], row["user_id"])
+        return TurnStart(row["outcome"], row["store_id"], row["user_id"], row["audience"])
 
     async def enqueue_turn(self, *, session_id: UUID, user_msg_id: UUID, asst_msg_id: UUID, content: str,
                            model: str, metadata: dict[str, Any], max_queued: int, expire_after: timedelta
@@ -173,7 +179,7 @@ class MessageRepository:
                 "expire_after": expire_after})
             row = await cur.fetchone()
         assert row is not None
-        return TurnStart(row["outcome"], row["store_id"], row["user_id"]), int(row["queue_position"])
+        return TurnStart(row["outcome"], row["store_id"], row["user_id"], row["audience"]), int(row["queue_position"])
 
     async def begin_queued_turn(self, *, session_id: UUID, user_msg_id: UUID, asst_msg_id: UUID,
                                 prompt_variant: str, stale_after: timedelta) -> TurnStart:

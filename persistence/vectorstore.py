@@ -32,11 +32,11 @@ MAX_INDEXED_DIMENSIONS = 2000  # pgvector's HNSW limit for the `vector` type
 # (concurrent pages of one ingest run, or two processes).
 _INDEX_LOCK = "select pg_advisory_xact_lock(hashtext(%s))"
 _UPSERT = """
-insert into kb_vectors (collection, id, store_id, content, metadata, embedding)
-values (%s, %s, %s, %s, %s, %s::vector)
+insert into kb_vectors (collection, id, store_id, content, metadata, embedding, audience)
+values (%s, %s, %s, %s, %s, %s::vector, %s)
 on conflict (collection, id) do update
    set store_id = excluded.store_id, content = excluded.content, metadata = excluded.metadata,
-       embedding = excluded.embedding, updated_at = now()
+       embedding = excluded.embedding, audience = excluded.audience, updated_at = now()
 """
 _DELETE = "delete from kb_vectors where collection = %s and id = any(%s)"
 _GET = "select id, content, metadata from kb_vectors where collection = %s and id = any(%s)"
@@ -101,14 +101,15 @@ class PgVectorStore(VectorStore):
         ).format(name=sql.Identifier(self.index_name()), dims=sql.Literal(self.dimensions),
                  collection=sql.Literal(self.collection))
 
-    def _search_sql(self, scoped: bool) -> sql.Composed:
+    def _search_sql(self, scoped: bool, audience: bool = False) -> sql.Composed:
         # the ORDER BY expression must be the indexed one for the HNSW index to serve it
         dims = sql.Literal(self.dimensions)
         return sql.SQL(
             "select id, content, metadata, 1 - (embedding::vector({dims}) <=> %(q)s::vector({dims})) as score "
-            "from kb_vectors where collection = %(c)s {scope} "
+            "from kb_vectors where collection = %(c)s {scope} {audience} "
             "order by embedding::vector({dims}) <=> %(q)s::vector({dims}) limit %(k)s"
-        ).format(dims=dims, scope=sql.SQL("and (store_id is null or store_id = %(s)s)" if scoped else ""))
+        ).format(dims=dims, scope=sql.SQL("and (store_id is null or store_id = %(s)s)" if scoped else ""),
+                 audience=sql.SQL("and audience in ('all', %(a)s)" if audience else ""))
 
     def _rows(self, documents: Sequence[Document], ids: Sequence[str], vectors: Sequence[Sequence[float]]
               ) -> list[tuple[Any, ...]]:
@@ -121,7 +122,7 @@ class PgVectorStore(VectorStore):
                 )
             store_id = doc.metadata.get("store_id")
             rows.append((self.collection, doc_id, store_id or None, doc.page_content, Jsonb(doc.metadata),
-                         vector_literal(vec)))
+                         vector_literal(vec), doc.metadata.get("audience") or "all"))
         return rows
 
     @staticmethod
@@ -134,7 +135,8 @@ class PgVectorStore(VectorStore):
 
     @staticmethod
     def _scope(kwargs: dict[str, Any]) -> tuple[bool, str | None]:
-        """`visible_to=<store>` limits a search to shared passages and that store's own."""
+        """`visible_to=<store>` limits a search to shared passages and that store's own (and `audience=<who>` to the
+        pages written for them or for all)."""
         if "visible_to" in kwargs:
             return True, kwargs["visible_to"]
         return False, None
@@ -224,21 +226,23 @@ class PgVectorStore(VectorStore):
         self, embedding: list[float], k: int = 4, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         scoped, store_id = self._scope(kwargs)
-        params = {"q": vector_literal(embedding), "c": self.collection, "s": store_id, "k": k}
+        audience = kwargs.get("audience")
+        params = {"q": vector_literal(embedding), "c": self.collection, "s": store_id, "k": k, "a": audience}
         with self._sync_conn() as conn, conn.transaction():
             # filtered HNSW scans keep going until k rows pass the filter (pgvector >= 0.8)
             conn.execute("select set_config('hnsw.iterative_scan', 'strict_order', true)")
-            rows = conn.execute(self._search_sql(scoped), params).fetchall()
+            rows = conn.execute(self._search_sql(scoped, audience is not None), params).fetchall()
         return [(self._document(r), float(r["score"])) for r in rows]
 
     async def asimilarity_search_by_vector_with_score(
         self, embedding: list[float], k: int = 4, **kwargs: Any
     ) -> list[tuple[Document, float]]:
         scoped, store_id = self._scope(kwargs)
-        params = {"q": vector_literal(embedding), "c": self.collection, "s": store_id, "k": k}
+        audience = kwargs.get("audience")
+        params = {"q": vector_literal(embedding), "c": self.collection, "s": store_id, "k": k, "a": audience}
         async with self._async_conn() as conn, conn.transaction():
             await conn.execute("select set_config('hnsw.iterative_scan', 'strict_order', true)")
-            cur = await conn.execute(self._search_sql(scoped), params)
+            cur = await conn.execute(self._search_sql(scoped, audience is not None), params)
             rows = await cur.fetchall()
         return [(self._document(r), float(r["score"])) for r in rows]
 

@@ -91,7 +91,8 @@ async def _ingest_notion(settings: Settings, database_id: str | None) -> int:
         print("error: set NOTION_INTEGRATION_TOKEN and NOTION_DATABASE_ID (or pass --database-id)", file=sys.stderr)
         return 2
     client = make_client(settings.notion_integration_token.get_secret_value(), base_url=settings.notion_base_url)
-    reader = NotionReader(client, database_id, store_property=settings.notion_store_property)
+    reader = NotionReader(client, database_id, store_property=settings.notion_store_property,
+                          audience_property=settings.notion_audience_property)
     async with open_database(settings) as (pool, _), client:
         await ensure_schema(settings, pool)
         knowledge = await build_knowledge(settings, pool)
@@ -173,7 +174,7 @@ async def _eval(settings: Settings, args: argparse.Namespace) -> int:
         graph = build_graph(InMemorySaver())  # the service's nodes; threads of the eval are not kept
 
         def context(variant: str, case: Case) -> ChatContext:
-            return ChatContext(store_id="eval", model=model, retriever=knowledge.retriever,
+            return ChatContext(store_id="eval", audience=case.audience, model=model, retriever=knowledge.retriever,
                                k=max(settings.retrieval_k, args.k), history_messages=settings.history_messages,
                                prompt_variant=variant)
 
@@ -301,7 +302,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "ingest":
         try:
             return asyncio.run(_ingest(settings, Path(args.path), args.store_id, args.source, args.prune))
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     return 2

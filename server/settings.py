@@ -145,6 +145,8 @@ class Settings(BaseSettings):
     notion_database_id: str | None = None
     notion_base_url: str | None = None  # default https://api.notion.com
     notion_store_property: str = "Store"  # a page property naming the store a page is private to
+    # a page property saying who the page is for: Shopper, Seller or All (none: all)
+    notion_audience_property: str = "Audience"
     notion_concurrency: int = 3
 
     # Pinecone (the index must exist, cosine metric, dimension = EMBEDDING_DIMENSIONS)

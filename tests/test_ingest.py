@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from langchain_core.documents import Document
@@ -86,3 +87,29 @@ async def test_service_starts_when_the_sample_cannot_be_embedded(pg_server_conni
         assert await res.knowledge.indexer.repo.chunk_count() == 0  # nothing half-written
     assert "could not index the sample knowledge base" in caplog.text
     assert "sk-local-test" not in caplog.text
+
+
+def test_a_page_says_who_it_is_for(tmp_path: Path) -> None:
+    """Front matter `audience:` (shopper, seller or all; none: all); anything else refuses the file by name."""
+    from server.integrations.ingest import load_folder
+    from server.integrations.notion import page_document, parse_page
+
+    (tmp_path / "a.md").write_text("---\naudience: Seller\n---\n# Payouts\n\nPaid weekly.\n", encoding="utf-8")
+    (tmp_path / "b.md").write_text("# Hours\n\nOpen daily.\n", encoding="utf-8")
+    docs = {d.doc_id: d for d in load_folder(tmp_path, "t")}
+    assert (docs["t:a.md"].audience, docs["t:b.md"].audience) == ("seller", "all")
+    assert docs["t:a.md"].as_documents()[0].metadata["audience"] == "seller"
+    (tmp_path / "c.md").write_text("---\naudience: sellers\n---\n# Oops\n\nx\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"c\.md: audience must be one of shopper, seller, all"):
+        load_folder(tmp_path, "t")
+
+    def notion_page(audience: str | None) -> dict[str, Any]:
+        props: dict[str, Any] = {"Name": {"type": "title", "title": [{"plain_text": "Payouts"}]}}
+        if audience is not None:
+            props["Audience"] = {"type": "select", "select": {"name": audience}}
+        return {"id": "p1", "last_edited_time": "2026-11-01T00:00:00.000Z", "properties": props}
+
+    assert page_document(parse_page(notion_page("Seller"), "Store"), [], "notion").audience == "seller"
+    assert page_document(parse_page(notion_page(None), "Store"), [], "notion").audience == "all"
+    with pytest.raises(ValueError, match="audience 'vendor'"):
+        page_document(parse_page(notion_page("Vendor"), "Store"), [], "notion")

@@ -56,8 +56,10 @@ async def test_upserts_queries_and_store_scope(stack: KnowledgeStack, pinecone: 
     _write(tmp_path, "gift.md", "---\nurl: https://help.example/gift\n---\n# Gift wrapping\n\n"
                                 "## Price\nGift wrapping costs 2,000 KRW per parcel.\n")
     _write(tmp_path, "vip.md", "---\nstore_id: store-a\n---\n# VIP club\n\nVIP members get a quokka discount.\n")
+    _write(tmp_path, "wrap.md", "---\naudience: seller\n---\n# Offering gift wrapping\n\n"
+                                "Sellers set the gift wrapping price under Settings.\n")
     report = await ingest_path(stack.indexer, tmp_path, source="pc")
-    assert (report.added, report.chunks) == (2, 2)
+    assert (report.added, report.chunks) == (3, 3)
 
     upserts = [r for r in pinecone.requests if r["path"] == "/vectors/upsert"]
     assert all(r["api_key_ok"] and r["api_version"] == "2025-04" for r in pinecone.requests)
@@ -66,17 +68,23 @@ async def test_upserts_queries_and_store_scope(stack: KnowledgeStack, pinecone: 
     gift, vip = vectors["pc:gift.md#0"], vectors["pc:vip.md#0"]
     assert len(gift["values"]) == DIMS
     assert gift["metadata"] == {"title": "Gift wrapping › Price", "url": "https://help.example/gift",
-                                "doc_id": "pc:gift.md", "chunk_index": 0, "source": "pc",
+                                "doc_id": "pc:gift.md", "chunk_index": 0, "source": "pc", "audience": "all",
                                 "text": "Gift wrapping costs 2,000 KRW per parcel."}  # shared: no store_id key
+    assert vectors["pc:wrap.md#0"]["metadata"]["audience"] == "seller"
     assert vip["metadata"]["store_id"] == "store-a" and "url" not in vip["metadata"]
 
     pinecone.requests.clear()
     vector_side = stack.retriever.retrievers[0]  # type: ignore[attr-defined]
-    found = await vector_side.ainvoke("gift wrapping price", k=3, store_id="store-b")
+    found = await vector_side.ainvoke("gift wrapping price", k=3, store_id="store-b", audience="shopper")
     (query,) = [r["body"] for r in pinecone.requests if r["path"] == "/query"]
     assert query["namespace"] == "help" and query["topK"] == 3 and query["includeMetadata"] is True
-    assert query["filter"] == {"$or": [{"store_id": {"$exists": False}}, {"store_id": {"$eq": "store-b"}}]}
-    assert [d.id for d in found] == ["pc:gift.md#0"]  # the private page is filtered out by Pinecone
+    assert query["filter"] == {"$and": [
+        {"$or": [{"store_id": {"$exists": False}}, {"store_id": {"$eq": "store-b"}}]},
+        {"audience": {"$in": ["all", "shopper"]}}]}
+    # the private page and the seller's page are filtered out by Pinecone
+    assert [d.id for d in found] == ["pc:gift.md#0"]
+    for_sellers = await vector_side.ainvoke("gift wrapping price", k=3, store_id="store-b", audience="seller")
+    assert {d.id for d in for_sellers} == {"pc:gift.md#0", "pc:wrap.md#0"}
     assert found[0].page_content.startswith("Gift wrapping costs")
     assert found[0].metadata["title"] == "Gift wrapping › Price" and 0 < found[0].metadata["score"] <= 1
     assert "text" not in found[0].metadata

@@ -51,3 +51,23 @@ def test_bench_prints_one_line_per_backend() -> None:
     lines = [line.split() for line in out.stdout.splitlines() if line.startswith("hit@3 ")]
     assert [parts[1] for parts in lines] == ["fulltext", "pgvector", "hybrid"]
     assert all(0.0 <= float(parts[2]) <= 1.0 for parts in lines)
+
+
+@pytest.mark.parametrize("mode", ["fulltext", "vector", "hybrid"])
+async def test_a_shopper_never_gets_a_seller_page(pool: Pool, fake_openai: FakeOpenAIServer, mode: str) -> None:
+    """Audiences (front matter `audience:`): the seller guide is found for sellers, never for shoppers, whatever
+    the backend; pages for `all` reach both."""
+    settings = Settings(openai_api_key="sk-local-test", openai_base_url=fake_openai.base_url,  # type: ignore[arg-type]
+                        vector_store="pgvector", retrieval_mode=mode)  # type: ignore[arg-type]
+    stack = await build_knowledge(settings, pool)
+    await ingest_path(stack.indexer, ROOT / "knowledge" / "sample", source="sample")
+    seller_pages = {"sample:en/store-setup.md", "sample:ko/store-setup.md"}
+    for question in ("When are seller settlements paid to my bank account?", "상품 등록 어떻게 해요",
+                     "shipping settings free shipping threshold"):
+        for_shopper = await stack.retriever.ainvoke(question, k=6, store_id="eval", audience="shopper")
+        for_seller = await stack.retriever.ainvoke(question, k=6, store_id="eval", audience="seller")
+        assert not {d.metadata["doc_id"] for d in for_shopper} & seller_pages, question
+        assert {d.metadata["doc_id"] for d in for_seller} & seller_pages, question
+    both = [await stack.retriever.ainvoke("forgot my password reset link", k=3, store_id="eval", audience=a)
+            for a in ("shopper", "seller")]
+    assert all("sample:en/account.md" in {d.metadata["doc_id"] for d in found} for found in both)

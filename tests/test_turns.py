@@ -12,6 +12,7 @@ import pytest
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
+from server.errors import ValidationFailed
 from server.resources import Resources, open_resources
 from server.settings import Settings
 from tests.conftest import fetch_all
@@ -248,3 +249,22 @@ async def test_a_model_that_hangs_mid_stream_times_out(res: Resources, fake_open
                     (turn.message_id,))[0]
     assert (row["status"], row["error_code"]) == ("error", "timeout") and row["content"].startswith("I saw")
     assert (await res.sessions.get(session.session_id)).turn_running is False
+
+
+async def test_a_sessions_audience_decides_which_pages_answer(res: Resources) -> None:
+    """metadata.audience (default shopper): a shopper's turn is never answered from the seller guide, a seller's
+    is; the audience reaches the trace metadata; an unknown audience is refused when the session is created."""
+    asked = "When are settlements paid to my bank account?"
+    shopper = await res.sessions.create("store-t", None, {})
+    seller = await res.sessions.create("store-t", None, {"audience": "seller"})
+    pages = {}
+    for name, session in (("shopper", shopper), ("seller", seller)):
+        events = await _events(res, session.session_id, asked)
+        sources = next(data["sources"] for event, data in events if event == "sources")
+        pages[name] = {s["id"].rsplit("#", 1)[0] for s in sources}
+        assert events[-1][0] == "done"
+    assert not pages["shopper"] & {"sample:en/store-setup.md", "sample:ko/store-setup.md"}
+    assert "sample:en/store-setup.md" in pages["seller"]
+    with pytest.raises(ValidationFailed) as refused:
+        await res.sessions.create("store-t", None, {"audience": "admin"})
+    assert refused.value.detail["field"] == "metadata.audience"

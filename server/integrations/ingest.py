@@ -10,7 +10,7 @@ from pathlib import Path
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from persistence.knowledge import Chunk, IngestReport, KnowledgeDocument, KnowledgeIndexer
+from persistence.knowledge import AUDIENCES, Chunk, IngestReport, KnowledgeDocument, KnowledgeIndexer
 
 SUFFIXES = {".md", ".markdown", ".txt"}
 MAX_CHUNK_CHARS = 1200
@@ -65,6 +65,9 @@ def load_document(path: Path, root: Path, source: str, store_id: str | None) -> 
     meta, body = _front_matter(raw)
     heading = _HEADING.search(body)
     title = meta.get("title") or (heading.group(2).strip() if heading and len(heading.group(1)) == 1 else path.stem)
+    audience = (meta.get("audience") or "all").lower()
+    if audience not in AUDIENCES:
+        raise ValueError(f"{path}: audience must be one of {', '.join(AUDIENCES)}, not {audience!r}")
     return KnowledgeDocument(
         doc_id=f"{source}:{path.relative_to(root).as_posix()}",
         title=title,
@@ -73,6 +76,7 @@ def load_document(path: Path, root: Path, source: str, store_id: str | None) -> 
         source=source,
         version=hashlib.sha256(f"{store_id}\n{raw}".encode()).hexdigest(),
         chunks=chunk_markdown(title, body),
+        audience=audience,
     )
 
 

@@ -27,7 +27,7 @@ from notion_client import AsyncClient
 from notion_client.client import ClientOptions, RetryOptions
 from notion_client.errors import HTTPResponseError
 
-from persistence.knowledge import IngestReport, KnowledgeDocument, KnowledgeIndexer
+from persistence.knowledge import AUDIENCES, IngestReport, KnowledgeDocument, KnowledgeIndexer
 from server.integrations.ingest import chunk_markdown
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class NotionPage:
     last_edited_time: str
     store_id: str | None
     archived: bool
+    audience: str = "all"  # the page's audience property, lower-cased (checked when the page is indexed)
 
     @property
     def doc_id(self) -> str:
@@ -51,7 +52,7 @@ class NotionPage:
 
     @property
     def version(self) -> str:
-        return f"{self.last_edited_time}|{self.store_id or ''}"
+        return f"{self.last_edited_time}|{self.store_id or ''}|{self.audience}"
 
 
 def plain_text(rich_text: list[dict[str, Any]] | None) -> str:
@@ -74,7 +75,7 @@ def _property_text(prop: dict[str, Any] | None) -> str | None:
     return text.strip() or None
 
 
-def parse_page(page: dict[str, Any], store_property: str) -> NotionPage:
+def parse_page(page: dict[str, Any], store_property: str, audience_property: str = "Audience") -> NotionPage:
     props: dict[str, Any] = page.get("properties") or {}
     title_prop = next((p for p in props.values() if p.get("type") == "title"), None)
     return NotionPage(
@@ -84,6 +85,7 @@ def parse_page(page: dict[str, Any], store_property: str) -> NotionPage:
         last_edited_time=str(page.get("last_edited_time") or ""),
         store_id=_property_text(props.get(store_property)),
         archived=bool(page.get("archived") or page.get("in_trash") or page.get("is_archived")),
+        audience=(_property_text(props.get(audience_property)) or "all").lower(),
     )
 
 
@@ -158,10 +160,12 @@ def blocks_to_markdown(blocks: list[dict[str, Any]], depth: int = 0) -> str:
 
 
 def page_document(page: NotionPage, blocks: list[dict[str, Any]], source: str) -> KnowledgeDocument:
+    if page.audience not in AUDIENCES:  # a misspelt seller page must not reach shoppers as `all`
+        raise ValueError(f"audience {page.audience!r} is not one of {', '.join(AUDIENCES)}")
     body = blocks_to_markdown(blocks)
     return KnowledgeDocument(
         doc_id=page.doc_id, title=page.title, url=page.url, store_id=page.store_id, source=source,
-        version=page.version, chunks=chunk_markdown(page.title, body),
+        version=page.version, chunks=chunk_markdown(page.title, body), audience=page.audience,
     )
 
 
@@ -179,10 +183,11 @@ def make_client(token: str, *, base_url: str | None = None, retry_delay_ms: int 
 
 class NotionReader:
     def __init__(self, client: AsyncClient, database_id: str, *, store_property: str = "Store",
-                 retry_delay_s: float = 1.0) -> None:
+                 audience_property: str = "Audience", retry_delay_s: float = 1.0) -> None:
         self.client = client
         self.database_id = database_id
         self.store_property = store_property
+        self.audience_property = audience_property
         self.retry_delay_s = retry_delay_s
 
     async def _query(self, data_source_id: str, cursor: str | None) -> dict[str, Any]:
@@ -216,7 +221,7 @@ class NotionReader:
                 result = await self._query(data_source_id, cursor)
                 for page in result.get("results") or []:
                     if page.get("object") == "page":
-                        yield parse_page(page, self.store_property)
+                        yield parse_page(page, self.store_property, self.audience_property)
                 if not result.get("has_more") or not result.get("next_cursor"):
                     break
                 cursor = str(result["next_cursor"])

@@ -74,6 +74,7 @@ ERROR_TEXTS = {
 
 
 RUNNING = ("streaming", "queued")  # an answer's statuses until it ends
+DEFAULT_AUDIENCE = "shopper"  # a session whose metadata names no audience is a shopper's
 
 
 def error_data(code: str, message_id: UUID | str) -> dict[str, Any]:
@@ -172,6 +173,7 @@ class Turn:
     model: str
     prompt_variant: str
     started: float
+    audience: str = DEFAULT_AUDIENCE  # the session's (metadata.audience): which pages it is answered from
     on_disconnect: OnDisconnect = "continue"  # what happens when the client reading the stream leaves
     run_id: UUID | None = None  # this attempt's run (LangSmith, the row's run_id); the first is the message id
     attempt: int = 1  # > 1: re-run after its replica died (its events are numbered from attempt × ATTEMPT_IDS)
@@ -395,6 +397,7 @@ class IntegratedChatService:
             session_id=session_id,
             store_id=claim.store_id,
             user_id=claim.user_id,
+            audience=claim.audience or DEFAULT_AUDIENCE,
             user_message_id=user_message_id,
             message_id=message_id,
             content=text,
@@ -565,12 +568,14 @@ class IntegratedChatService:
                 prompt_variant=turn.prompt_variant,
                 model=turn.model,
                 attempt=turn.attempt,
+                audience=turn.audience,
             ),
             "tags": self.tracing.tags,
             "callbacks": self.tracing.callbacks(),
         }
         context = ChatContext(
             store_id=turn.store_id,
+            audience=turn.audience,
             model=self.model,
             retriever=self.retriever,
             k=self.retrieval_k,
@@ -780,7 +785,8 @@ class IntegratedChatService:
                         user_message_id=taken.user_message_id, message_id=taken.message_id, content=taken.content,
                         model=self.model_name,
                         prompt_variant=taken.prompt_variant or self.variants.pick(taken.session_id),
-                        started=time.perf_counter(), run_id=taken.run_id, attempt=taken.attempt)
+                        started=time.perf_counter(), run_id=taken.run_id, attempt=taken.attempt,
+                        audience=taken.audience or DEFAULT_AUDIENCE)
             log.warning("re-running a turn whose replica died (attempt %d)", taken.attempt,
                         extra={"session_id": str(taken.session_id), "run_id": str(taken.run_id)})
             turn.emit("restart", restart_data(turn.attempt, taken.run_id))

@@ -28,6 +28,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         raise ValidationFailed("cursor is not one this service issued", {"field": "cursor"}) from exc
 
 
+SESSION_AUDIENCES = ("shopper", "seller")  # who a session answers: the help pages for them and for all
+
+
 class SessionService:
     def __init__(self, repo: SessionRepository, *, expire_after: timedelta, max_metadata_bytes: int) -> None:
         self.repo = repo
@@ -39,6 +42,10 @@ class SessionService:
         """A new session; `session_id` lets a client choose it (Agent Protocol threads): a taken id
         raises psycopg.errors.UniqueViolation for the caller to answer."""
         check_metadata_size(metadata, self.max_metadata_bytes)
+        audience = metadata.get("audience")
+        if audience is not None and audience not in SESSION_AUDIENCES:
+            raise ValidationFailed(f"metadata.audience must be one of {', '.join(SESSION_AUDIENCES)}",
+                                   {"field": "metadata.audience", "value": str(audience)[:40]})
         row = await self.repo.create(session_id or uuid4(), store_id, user_id, metadata)
         return session_out(row, self.expire_after)
 
