@@ -1,4 +1,4 @@
-"""The chat turn as a LangGraph state graph: retrieve, then generate.
+"""The chat turn as a LangGraph state graph: condense (the search query from the conversation), retrieve, generate.
 
 The server compiles it with its PostgreSQL checkpointer (thread_id = session_id) and passes a
 ChatContext holding the model and retriever. `langgraph dev` / Studio load it through
@@ -20,8 +20,9 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 
-from graph.models import content_text, make_chat_model
-from graph.prompts import system_prompt
+from graph.condense import needs_condensing, speaks_of, standalone_question
+from graph.models import ExtractiveChatModel, content_text, make_chat_model
+from graph.prompts import CONDENSE_PROMPT, system_prompt
 from graph.retrieval import Passage
 from graph.state import ChatContext, ChatState
 
@@ -49,15 +50,52 @@ def _last_question(messages: list[AnyMessage]) -> str:
     return ""
 
 
+def _transcript(messages: list[AnyMessage]) -> str:
+    lines = []
+    for message in messages:
+        role = "Shopper" if isinstance(message, HumanMessage) else "Assistant"
+        lines.append(f"{role}: {content_text(message.content)}")
+    return "\n".join(lines)
+
+
+async def condense(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
+    """The search query: the question itself on a session's first turn and when it stands alone; for a follow-up,
+    the model's rewrite (a short call traced as `condense`), or offline the rule of graph/condense.py."""
+    ctx = runtime.context or ChatContext()
+    messages = state.get("messages", [])
+    question = _last_question(messages)
+    if not needs_condensing(messages):
+        return {"search_query": question}
+    model = ctx.model or default_model()
+    if isinstance(model, ExtractiveChatModel):
+        return {"search_query": standalone_question(messages)}
+    prompt: list[BaseMessage] = [
+        SystemMessage(CONDENSE_PROMPT),
+        HumanMessage(f"{_transcript(messages[-ctx.history_messages:-1])}\n\nLast message: {question}"),
+    ]
+    try:
+        response = await model.ainvoke(prompt, {"run_name": "condense", "tags": ["condense"]})
+    except Exception:  # the answer's own call will say whether the model is down; search with the rule meanwhile
+        return {"search_query": standalone_question(messages)}
+    return {"search_query": content_text(response.content).strip() or standalone_question(messages)}
+
+
 async def retrieve(state: ChatState, runtime: Runtime[ChatContext],
                    default_retriever: BaseRetriever | None = None) -> dict[str, Any]:
     ctx = runtime.context or ChatContext()
     retriever = ctx.retriever or default_retriever
-    question = _last_question(state.get("messages", []))
+    question = state.get("search_query") or _last_question(state.get("messages", []))
     if retriever is None or not question.strip():
         return {"passages": []}
     found = await retriever.ainvoke(question, k=ctx.k, store_id=ctx.store_id, audience=ctx.audience)
-    return {"passages": [Passage.from_document(doc).as_dict() for doc in found]}
+    asked = _last_question(state.get("messages", []))
+    if question != asked and not any(speaks_of(asked, f"{d.metadata.get('title', '')} {d.page_content}")
+                                     for d in found):
+        # the carried-over topic drowned the question itself: if a search for it alone finds it, it was a new topic
+        alone = await retriever.ainvoke(asked, k=ctx.k, store_id=ctx.store_id, audience=ctx.audience)
+        if any(speaks_of(asked, f"{d.metadata.get('title', '')} {d.page_content}") for d in alone):
+            found, question = alone, asked
+    return {"passages": [Passage.from_document(doc).as_dict() for doc in found], "search_query": question}
 
 
 async def generate(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
@@ -84,9 +122,11 @@ def build_graph(
     async def retrieve_node(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
         return await retrieve(state, runtime, default_retriever)
 
+    builder.add_node("condense", condense)
     builder.add_node("retrieve", retrieve_node)
     builder.add_node("generate", generate)
-    builder.add_edge(START, "retrieve")
+    builder.add_edge(START, "condense")
+    builder.add_edge("condense", "retrieve")
     builder.add_edge("retrieve", "generate")
     builder.add_edge("generate", END)
     return builder.compile(checkpointer=checkpointer, name="sixshop-support-agent")

@@ -6,6 +6,7 @@ import asyncio
 import math
 import re
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from html import unescape
 from typing import Any
 
@@ -15,12 +16,14 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Huma
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
+from graph.condense import speaks_of, standalone_question
 from graph.text import is_korean, terms
 
 OFFLINE_MODEL_NAME = "offline-extractive-v1"
 
 _PASSAGE = re.compile(r'<passage id="[^"]*" title="([^"]*)"(?: url="[^"]*")?>\n(.*?)\n</passage>', re.S)
-_SENTENCE = re.compile(r"[^.!?。\n]+[.!?。]?")
+_SENTENCE_END = re.compile(r"(?<=[.!?。])\s+|\n+")
+_ABBREVIATION = re.compile(r"(?:\b[a-z]\.){2}$|\b(?:e\.g|i\.e|etc|vs|no)\.$", re.I)  # "p.m." "e.g." do not end one
 _PIECE = re.compile(r"\S+\s*|\s+")
 _MARKUP = re.compile(r"^\s*(?:[#>*|\-]+|\d+[.)])\s+")
 _SOFT_BREAK = re.compile(r"(?<!\n)\n(?!\n)")
@@ -44,6 +47,80 @@ def _text_of(message: BaseMessage) -> str:
     return content_text(message.content)
 
 
+MIN_COVERAGE = 0.15
+# Hangul bigrams of question endings and question words: they say how something is asked, not what about
+_ASKING = frozenset("""
+나요 어요 해요 세요 까요 는데 은데 습니 니다 있나 있어 되나 돼요 되요 에요 예요 이에 인가 건가
+하나 하는 어떻 떻게 어디 언제 얼마 뭐에 뭐예 무엇 엇인 려면 으면 하면 가요 는지 은지 을까 할까
+수있 할수 는거 거에 싶어 고싶 아요 해주 주세 드려 려요 인데 한데 했는 했어 었어
+""".split())
+# how a question's term counts towards coverage: a whole word more than a Hangul bigram (a syllable pair
+# also matches inside unrelated words)
+_WORD_WEIGHT, _BIGRAM_WEIGHT, _TITLE_BONUS = 1.0, 0.6, 0.5
+_RANK_PRIOR = (0.15, 0.08, 0.04)  # the retriever's order, as a tie-breaker between sections
+
+
+def sentences_of(text: str) -> list[str]:
+    """Sentences of a passage: wrapped lines inside a paragraph are one text; a period ends a sentence only
+    before a space or a line end, and not in "p.m." or "e.g." ("yourshop.sixshop.example" stays whole)."""
+    text = _SOFT_BREAK.sub(" ", text)
+    out: list[str] = []
+    start = 0
+    for m in _SENTENCE_END.finditer(text):
+        piece = text[start:m.start()]
+        if m.group().strip() == "" and "\n" not in m.group() and _ABBREVIATION.search(piece):
+            continue
+        out.append(piece)
+        start = m.end()
+    out.append(text[start:])
+    return [p.strip() for p in out if p.strip()]
+
+
+# English words of asking: light verbs and quantity words that any section may contain
+_ASKING_EN = frozenset("take get have make need want know tell say let see much many long there any".split())
+
+
+# Kiwi morphemes of asking (question words, light verbs)
+_ASKING_KO = frozenset(f"@{m}" for m in """
+얼마 언제 어디 무엇 뭐 어떻 어떡 되 하 있 싶 알 주 보 가 수 것 거 이 그
+""".split())
+
+
+def question_terms(question: str) -> set[str]:
+    return {t for t in terms(question) if t not in _ASKING and t not in _ASKING_EN and t not in _ASKING_KO}
+
+
+def _weight(term: str) -> float:
+    """A word (Latin, or a Kiwi morpheme "@…") counts more than a Hangul bigram."""
+    return _BIGRAM_WEIGHT if is_korean(term) and not term.startswith("@") else _WORD_WEIGHT
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    body: str
+    coverage: float  # weighted share of the question's terms found in the section (title included)
+    score: float  # coverage, a bonus for terms in its title, and the retriever's rank as a tie-breaker
+
+
+def best_section(question: str, passages: list[tuple[str, str]]) -> Section | None:
+    """The passage (one section of a page) that covers the question best, or None when no passage was given
+    or the question has no content terms."""
+    wanted = question_terms(question)
+    total = sum(_weight(t) for t in wanted)
+    if not passages or not total:
+        return None
+    sections = []
+    for rank, (title, body) in enumerate(passages):
+        # the page's title is on each of its sections: only the section's own heading says what it is about
+        have, in_title = terms(f"{title} {body}"), terms(title.rsplit(" › ", 1)[-1])
+        coverage = sum(_weight(t) for t in wanted & have) / total
+        bonus = _TITLE_BONUS * sum(_weight(t) for t in wanted & in_title) / total
+        prior = _RANK_PRIOR[rank] if rank < len(_RANK_PRIOR) else 0.0
+        sections.append(Section(title, body, coverage, coverage + bonus + prior))
+    return max(sections, key=lambda sec: sec.score)
+
+
 class ExtractiveChatModel(BaseChatModel):
     """A deterministic, offline stand-in for an LLM: it quotes the best-matching passage sentences.
 
@@ -55,6 +132,9 @@ class ExtractiveChatModel(BaseChatModel):
 
     model_name: str = OFFLINE_MODEL_NAME
     max_sentences: int = 3
+    # below this share of the question's (weighted) terms found in the best section, it says it does not know;
+    # calibrated on knowledge/eval/cases.json with bench/abstention.py
+    min_coverage: float = MIN_COVERAGE
     chunk_delay_s: float = 0.0
 
     @property
@@ -66,38 +146,39 @@ class ExtractiveChatModel(BaseChatModel):
         return {"model_name": self.model_name}
 
     def answer(self, messages: list[BaseMessage]) -> str:
+        """The best passage's section, quoted: the sentences of that one section that share a term with the
+        question (all of it when it is short), never sentences of other sections; or that the help centre does
+        not say, when no section covers enough of the question (`min_coverage`)."""
         question = next((_text_of(m) for m in reversed(messages) if isinstance(m, HumanMessage)), "")
         system = "\n".join(_text_of(m) for m in messages if isinstance(m, SystemMessage))
         passages = [(unescape(t), body) for t, body in _PASSAGE.findall(system)]
         korean = is_korean(question)
-        wanted = terms(question)
-        scored: list[tuple[float, int, int, str, str]] = []
-        for rank, (title, body) in enumerate(passages):
-            # wrapped lines inside a paragraph are one text; blank lines still end sentences
-            for pos, raw in enumerate(_SENTENCE.findall(_SOFT_BREAK.sub(" ", body))):
-                sentence = _MARKUP.sub("", raw).strip()
-                if len(sentence) < 8:
-                    continue
-                have = terms(sentence)
-                overlap = len(wanted & have)
-                if overlap == 0:
-                    continue
-                score = overlap / math.sqrt(len(have)) + 0.1 / (rank + 1)
-                scored.append((score, rank, pos, title, sentence))
-        best = sorted(scored, key=lambda s: -s[0])[: self.max_sentences]
-        if not best:
+        # a follow-up ("And to Jeju?") is read with the question it follows, as the retriever searched it, unless
+        # the section that reading picks says nothing of the question itself (a new topic)
+        carried = standalone_question([m for m in messages if not isinstance(m, SystemMessage)]) or question
+        best = best_section(carried, passages)
+        if carried != question and best is not None and not speaks_of(question, f"{best.title} {best.body}"):
+            alone = best_section(question, passages)
+            if alone is not None and speaks_of(question, f"{alone.title} {alone.body}"):
+                best = alone
+        if best is None or best.coverage < self.min_coverage:
             if korean:
                 return "죄송합니다. 도움말 센터에서 이 질문에 대한 답을 찾지 못했습니다. 상점에 직접 문의해 주세요."
             return (
                 "Sorry, I could not find the answer to that in the help centre. "
                 "Please contact the store directly."
             )
-        best.sort(key=lambda s: (s[1], s[2]))
-        title = best[0][3]
-        body = " ".join(s[4] for s in best)
+        sentences = [x for x in (_MARKUP.sub("", raw).strip() for raw in sentences_of(best.body)) if len(x) >= 8]
+        if len(sentences) > self.max_sentences:
+            wanted = question_terms(question)
+            scored = sorted(((len(wanted & terms(x)) / math.sqrt(len(terms(x)) or 1), i)
+                             for i, x in enumerate(sentences)), reverse=True)
+            keep = sorted(i for score, i in scored[: self.max_sentences] if score > 0) or [0]
+            sentences = [sentences[i] for i in keep]
+        body = " ".join(sentences)
         if korean:
-            return f"도움말 「{title}」에 따르면: {body}"
-        return f"According to our help centre ({title}): {body}"
+            return f"도움말 「{best.title}」에 따르면: {body}"
+        return f"According to our help centre ({best.title}): {body}"
 
     def _usage(self, messages: list[BaseMessage], output: list[str]) -> UsageMetadata:
         prompt_units = sum(len(_pieces(_text_of(m))) for m in messages)

@@ -29,6 +29,14 @@ SYSTEM_PROMPTS: dict[str, str] = {
     ),
 }
 
+# history-aware retrieval (graph/condense.py): a follow-up rewritten as a question that stands alone
+CONDENSE_PROMPT = (
+    "You rewrite a shopper's last message to an online store's help chat as one search query that can be "
+    "understood without the conversation: bring in the topic it refers to (the order, product or policy talked "
+    "about before), keep the shopper's language (Korean or English) and wording, add nothing else. If the last "
+    "message already stands alone, return it unchanged. Answer with the query only."
+)
+
 NO_PASSAGES = "(no passage matched the question)"
 
 

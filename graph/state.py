@@ -16,6 +16,8 @@ from graph.prompts import DEFAULT_VARIANT
 class ChatState(TypedDict, total=False):
     # the conversation: kept in the thread's checkpoint, so it is the session's memory
     messages: Annotated[list[AnyMessage], add_messages]
+    # what the latest question was searched for: the question itself, or a follow-up made to stand alone
+    search_query: str
     # passages retrieved for the latest question (Passage.as_dict())
     passages: list[dict[str, Any]]
 

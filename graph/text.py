@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import re
+from typing import Any
 
 _HANGUL_RUN = re.compile(r"[\uac00-\ud7a3]+")
 _HANGUL_CHAR = re.compile(r"[\uac00-\ud7a3]")
 _LATIN_WORD = re.compile(r"[a-z0-9]+")
 _STOP = frozenset(
-    "a an and are as at be by can do does for from how i if in is it my of on or our the this to "
-    "was what when where which who why will with you your me we".split()
+    "a an and are as at be by can do does did for from how i if in is it my of on or our the this to "
+    "was what when where which who why will with you your me we about that those these there have has had "
+    "been would could should any some than then just also very not no yes please pls im u".split()
 )
 
 
@@ -24,21 +27,54 @@ def hangul_bigrams(text: str) -> list[str]:
     return grams
 
 
-def search_text(text: str) -> str:
-    """What the full-text index sees: the text plus its Hangul bigrams.
+# How Korean is cut for the full-text index (KOREAN_ANALYZER): Hangul character bigrams, Kiwi's morphemes, or both
+ANALYZERS = ("bigrams", "kiwi", "kiwi+bigrams")
+DEFAULT_ANALYZER = "kiwi"  # measured on knowledge/eval/cases.json (README, "Answer quality")
+# content morphemes: nouns, verb and adjective stems, roots, foreign words and Hanja (particles and endings
+# say how something is asked, not what about)
+_CONTENT_TAGS = frozenset({"NNG", "NNP", "NR", "VV", "VA", "XR", "SL", "SH"})
 
-    PostgreSQL has no Korean dictionary and Korean glues particles to words ("배송비는"), so the
-    bigrams let "배송비" match; Latin words are stemmed by the english configuration.
+
+@functools.cache
+def _kiwi() -> Any:
+    from kiwipiepy import Kiwi  # its model ships in the kiwipiepy-model wheel: nothing is downloaded
+
+    return Kiwi()
+
+
+def korean_morphemes(text: str) -> list[str]:
+    """Kiwi's content morphemes of the Hangul in `text` ("배송비는 얼마인가요" → 배송비, 얼마; "걸려요" → 걸리)."""
+    if not _HANGUL_CHAR.search(text):
+        return []
+    return [t.form for t in _kiwi().tokenize(text) if t.tag in _CONTENT_TAGS and _HANGUL_CHAR.search(t.form)]
+
+
+def search_text(text: str, analyzer: str = DEFAULT_ANALYZER) -> str:
+    """What the full-text index sees (and a query is searched as): the text plus its Korean terms.
+
+    PostgreSQL has no Korean dictionary and Korean glues particles to words ("배송비는"): Kiwi's morphemes
+    give the words themselves ("배송비", and "걸리" for "걸립니다"/"걸려요"), the bigrams catch what it does
+    not split alike; Latin words are stemmed by the english configuration.
     """
-    grams = hangul_bigrams(text)
-    return f"{text} {' '.join(grams)}" if grams else text
+    extra: list[str] = []
+    if "kiwi" in analyzer:
+        extra += korean_morphemes(text)
+    if "bigrams" in analyzer:
+        extra += hangul_bigrams(text)
+    return f"{text} {' '.join(extra)}" if extra else text
 
 
-def terms(text: str) -> set[str]:
-    """Content terms for overlap scoring: Latin words (no stop words, crude plural folding) and bigrams."""
+@functools.lru_cache(maxsize=4096)  # the same passages come back turn after turn
+def terms(text: str) -> frozenset[str]:
+    """Content terms for overlap scoring: Latin words (no stop words, crude plural folding), Hangul bigrams and
+    Kiwi's Korean morphemes (prefixed "@", so that a one-syllable morpheme never equals a bigram)."""
     lowered = text.lower()
     words = {w.removesuffix("s") if len(w) > 3 else w for w in _LATIN_WORD.findall(lowered)}
-    return {w for w in words if w not in _STOP and len(w) > 1} | set(hangul_bigrams(lowered))
+    morphemes = {f"@{m}" for m in korean_morphemes(text)} if TERMS_USE_KIWI else set()
+    return frozenset({w for w in words if w not in _STOP and len(w) > 1} | set(hangul_bigrams(lowered)) | morphemes)
+
+
+TERMS_USE_KIWI = True
 
 
 def is_korean(text: str) -> bool:

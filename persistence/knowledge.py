@@ -22,7 +22,7 @@ from langchain_core.vectorstores import VectorStore
 from pydantic import Field
 
 from graph.retrieval import ScopedRetriever, passage_metadata
-from graph.text import search_text
+from graph.text import DEFAULT_ANALYZER, search_text
 from persistence.db import Pool, async_connection, sync_connection
 
 SEARCH_SQL = "select chunk_id, doc_id, title, url, content, score from kb_search(%s, %s, %s, %s)"
@@ -105,8 +105,9 @@ class IngestReport:
 
 
 class KnowledgeRepository:
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, analyzer: str = DEFAULT_ANALYZER) -> None:
         self.pool = pool
+        self.analyzer = analyzer  # how Korean text is cut for the full-text index (graph/text.py)
 
     async def chunk_count(self) -> int:
         async with self.pool.connection() as conn:
@@ -142,7 +143,7 @@ class KnowledgeRepository:
                     INSERT_CHUNK_SQL,
                     [
                         (doc.chunk_id(i), doc.doc_id, doc.store_id, i, c.title, doc.url, c.content,
-                         search_text(f"{c.title}\n{c.content}"), doc.audience)
+                         search_text(f"{c.title}\n{c.content}", self.analyzer), doc.audience)
                         for i, c in enumerate(doc.chunks)
                     ],
                 )
@@ -167,7 +168,9 @@ class KnowledgeIndexer:
         self.index_label = index_label
 
     def fingerprint(self, version: str) -> str:
-        return hashlib.sha256(f"{version}|{self.index_label}|chunker-{CHUNKER_VERSION}".encode()).hexdigest()
+        """What a document was indexed from and how: another analyzer or index re-indexes it."""
+        recipe = f"{version}|{self.index_label}|chunker-{CHUNKER_VERSION}|analyzer-{self.repo.analyzer}"
+        return hashlib.sha256(recipe.encode()).hexdigest()
 
     async def is_current(self, doc_id: str, version: str, known: dict[str, str]) -> bool:
         return known.get(doc_id) == self.fingerprint(version)
@@ -221,6 +224,7 @@ class FullTextRetriever(ScopedRetriever):
     """
 
     name: str | None = "postgres-fts"
+    analyzer: str = DEFAULT_ANALYZER  # the index's (KnowledgeRepository.analyzer): a query is cut the same way
     pool: Any = Field(default=None, exclude=True)
     conninfo: str | None = Field(default=None, exclude=True, repr=False)
 
@@ -247,7 +251,8 @@ class FullTextRetriever(ScopedRetriever):
     ) -> list[Document]:
         k, store_id = self._args(kwargs)
         with self._sync_conn() as conn:
-            rows = conn.execute(SEARCH_SQL, (search_text(query), store_id, k, self._audience(kwargs))).fetchall()
+            rows = conn.execute(SEARCH_SQL, (search_text(query, self.analyzer), store_id, k,
+                                             self._audience(kwargs))).fetchall()
         return self._documents(rows)
 
     async def _aget_relevant_documents(
@@ -255,6 +260,7 @@ class FullTextRetriever(ScopedRetriever):
     ) -> list[Document]:
         k, store_id = self._args(kwargs)
         async with self._async_conn() as conn:
-            cur = await conn.execute(SEARCH_SQL, (search_text(query), store_id, k, self._audience(kwargs)))
+            cur = await conn.execute(SEARCH_SQL, (search_text(query, self.analyzer), store_id, k,
+                                                  self._audience(kwargs)))
             rows = await cur.fetchall()
         return self._documents(rows)

@@ -112,6 +112,8 @@ class Settings(BaseSettings):
     # server/integrations/knowledge.py): VECTOR_STORE=auto picks pinecone with PINECONE_API_KEY, else pgvector with
     # OPENAI_API_KEY, else none; RETRIEVAL_MODE=hybrid fuses vector and full-text rankings (RRF)
     retrieval_k: int = 4
+    # how Korean is cut for the full-text index: bigrams, kiwi (morphemes) or kiwi+bigrams; a change re-indexes
+    korean_analyzer: Literal["bigrams", "kiwi", "kiwi+bigrams"] = "kiwi"
     retrieval_candidates: int = 10
     retrieval_mode: Literal["hybrid", "vector", "fulltext"] = "hybrid"
     vector_store: Literal["auto", "pgvector", "pinecone", "none"] = "auto"

@@ -70,10 +70,19 @@ def embed_text(text: str, dimensions: int) -> list[float]:
     return [v / norm for v in vec]
 
 
+CONDENSE_MARK = "You rewrite a shopper's last message"  # graph/prompts.py CONDENSE_PROMPT
+
+
 def answer_for(messages: list[dict[str, Any]]) -> list[str]:
-    """Deterministic answer pieces: how many user turns the model saw, and the last question."""
+    """Deterministic answer pieces: how many user turns the model saw, and the last question. Asked to condense a
+    follow-up (the service's CONDENSE_PROMPT), it answers the first shopper line of the transcript followed by
+    the last message, as a model carrying the topic over would."""
     users = [m for m in messages if m.get("role") == "user"]
     last = str(users[-1]["content"]) if users else ""
+    if any(m.get("role") == "system" and str(m.get("content", "")).startswith(CONDENSE_MARK) for m in messages):
+        shopper = [line[len("Shopper: "):] for line in last.splitlines() if line.startswith("Shopper: ")]
+        follow_up = last.rsplit("Last message: ", 1)[-1]
+        return [f"{shopper[-1] if shopper else ''} ", follow_up]
     if "[[slow]]" in last:
         return [f"tok{i} " for i in range(60)]
     return ["I ", "saw ", f"{len(users)} ", "user ", "messages; ", "last: ", last.replace("[[fail]]", "").strip()]

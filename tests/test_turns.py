@@ -12,11 +12,12 @@ import pytest
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
+from graph.prompts import CONDENSE_PROMPT
 from server.errors import ValidationFailed
 from server.resources import Resources, open_resources
 from server.settings import Settings
 from tests.conftest import fetch_all
-from tests.fake_openai import MODEL_REPORTED, FakeOpenAIServer
+from tests.fake_openai import CONDENSE_MARK, MODEL_REPORTED, FakeOpenAIServer
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,17 @@ async def test_three_turns_keep_history_in_checkpoint_and_rows(
         assert events[-1][0] == "done"
         answers.append(events[-1][1]["message"].content)
 
+    # "And to Jeju?" leans on the question before: one short call rewrote it before the search (history-aware
+    # retrieval); the first turn had none, and the answers' requests are the other three
+    asked = [r["body"] for r in fake_openai.chat_requests[before:]]
+    condensing = [b for b in asked if b["messages"][0]["content"].startswith(CONDENSE_MARK)]
+    answering = [b for b in asked if b not in condensing]
+    assert len(answering) == 3 and len(condensing) <= 2
+    assert condensing[0]["messages"][0]["content"] == CONDENSE_PROMPT
+    assert condensing[0]["messages"][1]["content"].endswith("Last message: And to Jeju?")
+    assert "Shopper: How much is shipping?" in condensing[0]["messages"][1]["content"]
     # the model saw the earlier turns: the third request carries both earlier Q&A pairs
-    third = fake_openai.chat_requests[before + 2]["body"]
+    third = answering[2]
     roles = [m["role"] for m in third["messages"]]
     assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
     assert [m["content"] for m in third["messages"] if m["role"] == "user"] == questions
@@ -65,6 +75,7 @@ async def test_three_turns_keep_history_in_checkpoint_and_rows(
 
     # the checkpoint holds the conversation ...
     state = await res.chat.graph.aget_state({"configurable": {"thread_id": str(session.session_id)}})
+    assert state.values["search_query"] in ("How do I return an item?", "And to Jeju? How do I return an item?")
     assert [m.type for m in state.values["messages"]] == ["human", "ai"] * 3
     # ... and chat_messages the business rows, in order
     rows = await res.messages.list(session.session_id, limit=100, before=None)
@@ -174,11 +185,10 @@ async def test_prompt_variants_split_sessions_and_stick(res: Resources, fake_ope
             break
         session = await res.sessions.create("store-ab", None, {})
         for question in ("How much is shipping?", "And returns?"):
-            before = len(fake_openai.chat_requests)
             turn = await chat.start_turn(session.session_id, question, {})
             events = [e async for e in turn.stream()]
             assert events[-1][0] == "done"
-            system = fake_openai.chat_requests[before]["body"]["messages"][0]["content"]
+            system = fake_openai.chat_requests[-1]["body"]["messages"][0]["content"]  # the answer's request
             variant = events[-1][1]["message"].prompt_variant
             assert ("cite the passage" in system) == (variant == "v2")  # the model got that variant's prompt
             seen.setdefault(str(session.session_id), []).append(variant)

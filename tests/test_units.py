@@ -184,3 +184,51 @@ def test_prompt_variants_are_sticky_and_weighted() -> None:
         VariantPicker.parse("v1:50,v9:50")
     with pytest.raises(ValueError, match="positive"):
         VariantPicker.parse("v1:0")
+
+
+def test_follow_ups_carry_the_topic_over_and_new_topics_do_not() -> None:
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    from graph.condense import is_follow_up, needs_condensing, speaks_of, standalone_question
+
+    for question in ("And to Jeju?", "what about saturdays", "can it go in the microwave", "how long do i have to pay",
+                     "배송비는 누가 내요?", "그럼 언제 없어져요", "제주도인데요", "얼마에요"):
+        assert is_follow_up(question), question
+    for question in ("Can I change the delivery address after ordering?", "When will I get my money back after a "
+                     "return?", "택배 받았는데 상자 안에 주문한 상품 하나가 빠져 있어요"):
+        assert not is_follow_up(question), question
+    talk = [HumanMessage("반품하고 싶어요"), AIMessage("..."), HumanMessage("배송비는 누가 내요?")]
+    assert standalone_question(talk) == "반품하고 싶어요 배송비는 누가 내요?" and needs_condensing(talk)
+    assert not needs_condensing(talk[:1])  # a session's first turn
+    assert standalone_question([HumanMessage("How much is shipping?"), AIMessage("..."),
+                                HumanMessage("When will I get my money back after a return?")]) == \
+        "When will I get my money back after a return?"
+    # a carried-over search that found nothing of the follow-up itself was a topic switch
+    assert not speaks_of("do you take kakaopay", "Standard shipping costs 3,000 KRW; delivery takes 1 to 3 days")
+    assert speaks_of("do you take kakaopay", "We accept KakaoPay, Naver Pay and Toss Pay")
+
+
+def test_korean_is_cut_into_morphemes_for_the_index() -> None:
+    from graph.text import korean_morphemes, search_text
+
+    assert korean_morphemes("배송비는 얼마인가요?") == ["배송비", "얼마"]
+    assert "걸리" in korean_morphemes("영업일 기준 1~3일이 걸립니다") and "걸리" in korean_morphemes("며칠 걸려요?")
+    assert search_text("환불 기간", "bigrams") == "환불 기간 환불 기간"
+    assert search_text("환불 기간", "kiwi") == "환불 기간 환불 기간"
+    assert search_text("배송비는", "kiwi+bigrams") == "배송비는 배송비 배송 송비 비는"
+    assert search_text("shipping fees") == "shipping fees"
+
+
+def test_the_offline_answer_quotes_one_section_and_knows_when_to_stop() -> None:
+    from graph.models import sentences_of
+
+    assert sentences_of("Orders before 2 p.m. (KST) leave today. Delivery takes 1 to 3 days.") == [
+        "Orders before 2 p.m. (KST) leave today.", "Delivery takes 1 to 3 days."]
+    assert sentences_of("Pick an address such as yourshop.sixshop.example, then a template.") == [
+        "Pick an address such as yourshop.sixshop.example, then a template."]
+    model = ExtractiveChatModel()
+    passages = [Passage("a#0", "Shipping › Fees", None, 1.0, "Standard shipping costs 3,000 KRW per order."),
+                Passage("b#0", "Account › Passwords", None, 0.9, "A password reset link is valid for 30 minutes.")]
+    answer = model.answer(_prompt("how much is shipping", passages))
+    assert "3,000 KRW" in answer and "password" not in answer  # never a sentence of another section
+    assert "could not find" in model.answer(_prompt("are your products vegan", passages))

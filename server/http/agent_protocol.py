@@ -33,7 +33,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
@@ -42,7 +42,7 @@ from langchain_core.messages import BaseMessage
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.params import FromPath
+from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 
 from graph.graph import build_graph
@@ -697,8 +697,9 @@ class RunController(Controller):
         return await _create(state.resources, principal, _thread_of(body), body)
 
     @get("/threads/{thread_id:str}/runs")
-    async def list_runs(self, thread_id: FromPath[str], state: State, principal: Caller, limit: int = 10,
-                        offset: int = 0, status: str | None = None) -> list[dict[str, Any]]:
+    async def list_runs(self, thread_id: FromPath[str], state: State, principal: Caller,
+                        limit: Annotated[int, QueryParameter()] = 10, offset: Annotated[int, QueryParameter()] = 0,
+                        status: Annotated[str | None, QueryParameter()] = None) -> list[dict[str, Any]]:
         return await _list(state.resources, principal, thread_id, limit, offset, status)
 
     @post("/runs/search", status_code=200)
@@ -766,7 +767,8 @@ class RunController(Controller):
 
     @post("/threads/{thread_id:str}/runs/{run_id:str}/cancel", status_code=202)
     async def cancel(self, thread_id: FromPath[str], run_id: FromPath[str], state: State, principal: Caller,
-                     wait: str = "0", action: str = "interrupt") -> Response[dict[str, Any] | None]:
+                     wait: Annotated[str, QueryParameter()] = "0",
+                     action: Annotated[str, QueryParameter()] = "interrupt") -> Response[dict[str, Any] | None]:
         res: Resources = state.resources
         row, session = await _run_row(res, principal, run_id, thread_id)
         await cancel_run(res, row, action)
@@ -777,8 +779,9 @@ class RunController(Controller):
         return Response(run_json(ended or row), status_code=200)
 
     @post("/runs/{run_id:str}/cancel", status_code=204)
-    async def cancel_ap(self, run_id: FromPath[str], state: State, principal: Caller, wait: bool = False,
-                        action: str = "interrupt") -> None:
+    async def cancel_ap(self, run_id: FromPath[str], state: State, principal: Caller,
+                        wait: Annotated[bool, QueryParameter()] = False,
+                        action: Annotated[str, QueryParameter()] = "interrupt") -> None:
         res: Resources = state.resources
         row, session = await _run_row(res, principal, run_id)
         await cancel_run(res, row, action)

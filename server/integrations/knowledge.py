@@ -103,9 +103,10 @@ async def build_knowledge(settings: Settings, pool: Pool | None, *,
                           retrieval_conninfo: str | None = None) -> KnowledgeStack:
     """The indexer on `pool`, and the retriever on `pool` too, or, given `retrieval_conninfo`, on short
     connections of its own (a retriever that outlives the pool and works from any event loop: Studio)."""
-    repo = KnowledgeRepository(pool)  # type: ignore[arg-type]  # None only for a retrieval-only stack (Studio)
+    repo = KnowledgeRepository(pool, settings.korean_analyzer)  # type: ignore[arg-type]  # None: retrieval only
     search_pool = None if retrieval_conninfo else pool
-    fulltext = FullTextRetriever(pool=search_pool, conninfo=retrieval_conninfo, k=settings.retrieval_k)
+    fulltext = FullTextRetriever(pool=search_pool, conninfo=retrieval_conninfo, k=settings.retrieval_k,
+                                 analyzer=settings.korean_analyzer)
     backend = vector_backend(settings)
     if backend == "none":
         if settings.retrieval_mode == "vector":

@@ -277,6 +277,7 @@ class _Progress:
     parts: list[str] = field(default_factory=list)
     sources: list[dict[str, Any]] = field(default_factory=list)
     usage: UsageMetadata | None = None
+    condense_usage: UsageMetadata | None = None  # the follow-up's rewrite (graph node `condense`), billed too
     model: str | None = None
     first_token_ms: int | None = None
     final: AIMessage | None = None
@@ -622,8 +623,13 @@ class IntegratedChatService:
             mode, payload = part
             if mode == "messages":
                 chunk, meta = payload
-                if meta.get("langgraph_node") == "generate" and isinstance(chunk, AIMessageChunk):
+                node = meta.get("langgraph_node")
+                if node == "generate" and isinstance(chunk, AIMessageChunk):
                     self._on_chunk(turn, progress, chunk)
+                elif node == "condense" and getattr(chunk, "usage_metadata", None):
+                    used = chunk.usage_metadata
+                    progress.condense_usage = add_usage(progress.condense_usage, used) if progress.condense_usage \
+                        else used
             elif mode == "updates":
                 if "retrieve" in payload:
                     passages = [Passage(**p) for p in payload["retrieve"].get("passages", [])]
@@ -653,6 +659,8 @@ class IntegratedChatService:
         usage = progress.usage
         if progress.final is not None and progress.final.usage_metadata:
             usage = progress.final.usage_metadata  # the provider's own total for the call
+        if progress.condense_usage:
+            usage = add_usage(usage, progress.condense_usage) if usage else progress.condense_usage
         latency_ms = int((time.perf_counter() - turn.started) * 1000)
         try:
             # the answer is in memory and the session stays claimed until this is stored: a database that is
