@@ -64,7 +64,7 @@ async def condense(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str,
     ctx = runtime.context or ChatContext()
     messages = state.get("messages", [])
     question = _last_question(messages)
-    if not needs_condensing(messages):
+    if not ctx.history_aware or not needs_condensing(messages):
         return {"search_query": question}
     model = ctx.model or default_model()
     if isinstance(model, ExtractiveChatModel):
@@ -95,6 +95,9 @@ async def retrieve(state: ChatState, runtime: Runtime[ChatContext],
         alone = await retriever.ainvoke(asked, k=ctx.k, store_id=ctx.store_id, audience=ctx.audience)
         if any(speaks_of(asked, f"{d.metadata.get('title', '')} {d.page_content}") for d in alone):
             found, question = alone, asked
+    closest = [float(d.metadata["similarity"]) for d in found if d.metadata.get("similarity") is not None]
+    if ctx.min_similarity is not None and closest and max(closest) < ctx.min_similarity:
+        found = []  # nothing in the help centre is about this: the answer says so rather than guess
     return {"passages": [Passage.from_document(doc).as_dict() for doc in found], "search_query": question}
 
 

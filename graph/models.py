@@ -115,7 +115,11 @@ def best_section(question: str, passages: list[tuple[str, str]]) -> Section | No
         # the page's title is on each of its sections: only the section's own heading says what it is about
         have, in_title = terms(f"{title} {body}"), terms(title.rsplit(" › ", 1)[-1])
         coverage = sum(_weight(t) for t in wanted & have) / total
-        bonus = _TITLE_BONUS * sum(_weight(t) for t in wanted & in_title) / total
+        # the heading that names the question's topic, and nothing else, fits best: "배송비" over "반품 배송비"
+        shared = sum(_weight(t) for t in wanted & in_title)
+        heading = sum(_weight(t) for t in in_title)
+        recall, precision = shared / total, shared / heading if heading else 0.0
+        bonus = _TITLE_BONUS * 2 * recall * precision / (recall + precision) if shared else 0.0
         prior = _RANK_PRIOR[rank] if rank < len(_RANK_PRIOR) else 0.0
         sections.append(Section(title, body, coverage, coverage + bonus + prior))
     return max(sections, key=lambda sec: sec.score)
@@ -135,6 +139,7 @@ class ExtractiveChatModel(BaseChatModel):
     # below this share of the question's (weighted) terms found in the best section, it says it does not know;
     # calibrated on knowledge/eval/cases.json with bench/abstention.py
     min_coverage: float = MIN_COVERAGE
+    read_follow_ups: bool = True  # read a follow-up with the question before it (off only to measure what it adds)
     chunk_delay_s: float = 0.0
 
     @property
@@ -155,7 +160,8 @@ class ExtractiveChatModel(BaseChatModel):
         korean = is_korean(question)
         # a follow-up ("And to Jeju?") is read with the question it follows, as the retriever searched it, unless
         # the section that reading picks says nothing of the question itself (a new topic)
-        carried = standalone_question([m for m in messages if not isinstance(m, SystemMessage)]) or question
+        talk = [m for m in messages if not isinstance(m, SystemMessage)]
+        carried = (standalone_question(talk) if self.read_follow_ups else question) or question
         best = best_section(carried, passages)
         if carried != question and best is not None and not speaks_of(question, f"{best.title} {best.body}"):
             alone = best_section(question, passages)

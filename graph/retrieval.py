@@ -101,7 +101,7 @@ class VectorRetriever(ScopedRetriever):
         k, store_id = self._args(kwargs)
         scope = store_scope(self.vectorstore, store_id, self._audience(kwargs))
         found = self.vectorstore.similarity_search_with_score(query, k, **scope)
-        return [with_score(doc, score) for doc, score in found]
+        return [with_score(doc, score, similarity=score) for doc, score in found]
 
     async def _aget_relevant_documents(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
@@ -110,7 +110,8 @@ class VectorRetriever(ScopedRetriever):
         found = await self.vectorstore.asimilarity_search_with_score(
             query, k, **store_scope(self.vectorstore, store_id, self._audience(kwargs))
         )
-        return [with_score(doc, score) for doc, score in found]
+        # `similarity` survives fusion (the score does not): how close the question came to anything
+        return [with_score(doc, score, similarity=score) for doc, score in found]
 
 
 def reciprocal_rank_fusion(rankings: list[list[Document]], *, k: int, rrf_k: int = 60) -> list[Document]:

@@ -32,6 +32,11 @@ class ChatContext:
     k: int = 4
     # who the session is: `shopper` or `seller` (the pages for them and for all); None: every page (Studio)
     audience: str | None = None
+    # below this embedding similarity for the closest passage, the help centre is taken not to cover the question:
+    # no passage goes to the model, which says so (calibrated per embedding model; None: no threshold)
+    min_similarity: float | None = None
+    # form the search query from the conversation (graph/condense.py); off only to measure what it adds
+    history_aware: bool = True
     history_messages: int = 20
     prompt_variant: str = DEFAULT_VARIANT
     # the id the answer gets in the thread's state (the service uses the assistant message's row id, so

@@ -176,7 +176,7 @@ async def _eval(settings: Settings, args: argparse.Namespace) -> int:
         def context(variant: str, case: Case) -> ChatContext:
             return ChatContext(store_id="eval", audience=case.audience, model=model, retriever=knowledge.retriever,
                                k=max(settings.retrieval_k, args.k), history_messages=settings.history_messages,
-                               prompt_variant=variant)
+                               prompt_variant=variant, min_similarity=knowledge.min_similarity)
 
         try:
             reports = await evaluate_variants(graph, cases, variants, args.k, context)

@@ -242,6 +242,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             messages=messages,
             model=model,
             retriever=knowledge.retriever,
+            min_similarity=knowledge.min_similarity,
             turn_timeout=timedelta(seconds=settings.turn_timeout_seconds),
             expire_after=expire_after,
             max_message_chars=settings.max_message_chars,

