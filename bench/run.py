@@ -404,6 +404,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer requests and concurrency up to 100")
     parser.add_argument("--no-langgraph", action="store_true", help="measure only our service")
+    parser.add_argument("--embeddings", choices=["none", "local"], default="none",
+                        help="local: our service searches hybrid with the local embedding model (default: full-text "
+                             "only, as the LangGraph server side)")
     parser.add_argument("--workers", type=int, default=2, help="our server's worker processes (WEB_CONCURRENCY)")
     parser.add_argument("--server", choices=["uvicorn", "granian"], default="uvicorn",
                         help="our server's HTTP server (uvicorn with uvloop and httptools, as `serve` runs it)")
@@ -427,6 +430,10 @@ def main() -> int:
         common = {"OPENAI_API_KEY": "sk-local-bench", "OPENAI_BASE_URL": model_url, "OPENAI_MAX_RETRIES": "0",
                   "LANGSMITH_TRACING": "false", "LANGGRAPH_CLI_NO_ANALYTICS": "1", "DATABASE_URL": conninfo,
                   "VECTOR_STORE": "none"}  # both retrieve with the same full-text search
+        if args.embeddings == "local":  # ours searches hybrid with the local model (what it does with no key)
+            common_ours = {"VECTOR_STORE": "auto", "EMBEDDINGS": "local"}
+        else:
+            common_ours = {}
         key = subprocess.run([sys.executable, "-m", "server.cli", "keys", "create", "--admin",
                               "--turns-per-minute", "0"], cwd=ROOT, capture_output=True, text=True, check=True,
                              env={**os.environ, "DATABASE_URL": conninfo}).stdout.strip()
@@ -439,7 +446,7 @@ def main() -> int:
         ours_proc = ChildProcess(server_cmd,
                          {**common, "APP_ENV": "production", "LOG_LEVEL": "WARNING",
                           "CAPACITY_SAMPLE_SECONDS": "0", "DB_POOL_MAX": "20",
-                          "WEB_CONCURRENCY": str(args.workers)},
+                          "WEB_CONCURRENCY": str(args.workers), **common_ours},
                                  f"http://127.0.0.1:{port}/health")
         procs.append(ours_proc)
         lg_proc = None

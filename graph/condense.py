@@ -1,9 +1,11 @@
 """The search query of a turn, formed from the conversation (history-aware retrieval).
 
 "And to Jeju?" or "배송비는 누가 내요?" only mean something after what was asked before. The graph's `condense`
-node turns such a follow-up into a query that stands alone: with a language model, a short call with its own
-prompt (graph/prompts.py CONDENSE_PROMPT); offline, the rule below, which carries the previous question's topic
-into the follow-up. Neither runs on a session's first turn nor for a question that stands alone.
+node turns such a follow-up into a query that stands alone: a question that plainly points back ("and...",
+"it", "그럼...") is rewritten by the language model when there is one, in a short call with its own prompt
+(graph/prompts.py CONDENSE_PROMPT); a merely short one, and any follow-up offline, by the rule below, which
+carries the previous question's topic into it. Nothing runs on a session's first turn nor for a question that
+stands alone, so a turn pays for a model call only when its question needs one.
 """
 
 from __future__ import annotations
@@ -40,30 +42,54 @@ def user_questions(messages: Sequence[BaseMessage]) -> list[str]:
     return [_text(m) for m in messages if isinstance(m, HumanMessage)]
 
 
-def is_follow_up(question: str) -> bool:
-    """Whether a question leans on what came before: it starts like a follow-up, points back ("it", "그거"), or
-    is too short to name its own topic (at most three words besides function words; three Korean words)."""
+# Korean nouns that ask rather than name a topic
+_ASKING_NOUNS_KO = frozenset("얼마 언제 며칠 무엇 뭐 어디 누구 몇".split())
+
+
+def _korean_shape(question: str) -> tuple[int, int]:
+    """(words, nouns besides the asking ones) of a Korean question."""
+    from graph.text import korean_nouns
+
+    words = re.findall(r"[^\s?!.~ㅠㅜ]+", question)
+    return len(words), len([n for n in korean_nouns(question) if n not in _ASKING_NOUNS_KO])
+
+
+def points_back(question: str) -> bool:
+    """Whether a question plainly cannot stand alone: it starts like a follow-up ("and", "what about", "그럼"),
+    points back ("it", "that", "그거"), or in Korean is two words or names nothing. These are worth a model call
+    to rewrite (CONDENSE_PROMPT) when there is a model."""
     if is_korean(question):
-        if _FOLLOW_UP_KO.search(question):
-            return True
-        return len(re.findall(r"[^\s?!.~ㅠㅜ]+", question)) <= 3
-    if _FOLLOW_UP_EN.search(question) or _POINTS_BACK_EN.search(question):
+        words, nouns = _korean_shape(question)
+        return bool(_FOLLOW_UP_KO.search(question)) or words <= 2 or nouns == 0
+    return bool(_FOLLOW_UP_EN.search(question) or _POINTS_BACK_EN.search(question))
+
+
+def is_follow_up(question: str) -> bool:
+    """Whether a question may lean on what came before: it points back (above), or names at most one thing of
+    its own (one English content word; in Korean one noun, in at most four words): "how long do i have to pay",
+    "배송비는 누가 내요?". Such a short question is searched with the previous one by the rule (no model call:
+    "How much is shipping?" is short too, and stands alone), and the search falls back on the question alone
+    when the carried topic drowns it (speaks_of)."""
+    if points_back(question):
         return True
-    content = [w for w in _ENGLISH_WORD.findall(question.lower()) if w not in _FUNCTION_WORDS]
-    return len(content) <= 3
+    if is_korean(question):
+        words, nouns = _korean_shape(question)
+        return nouns <= 1 and words <= 4
+    content = [w for w in _ENGLISH_WORD.findall(question.lower()) if w not in _FUNCTION_WORDS and len(w) > 1]
+    return len(content) <= 1
 
 
 def standalone_question(messages: Sequence[BaseMessage]) -> str:
-    """The offline rule: the last question, with the previous question (itself made standalone) in front when it
-    is a follow-up. The retriever searches for every term of both (an OR query), ranking sections that match
-    the follow-up and its topic together first."""
+    """The rule: the last question, with the one before it in front when it is a follow-up (only that one: a
+    chain of short questions does not pile up). The retriever searches for every term of both (an OR query),
+    ranking sections that match the follow-up and its topic together first."""
     questions = user_questions(messages)
     if not questions:
         return ""
-    query = questions[0]
-    for question in questions[1:]:
-        query = f"{query} {question}" if is_follow_up(question) and terms(query) else question
-    return query
+    last = questions[-1]
+    if len(questions) > 1 and is_follow_up(last) and terms(questions[-2]):
+        return f"{questions[-2]} {last}"
+    return last
 
 
 def speaks_of(question: str, text: str) -> bool:
@@ -77,6 +103,12 @@ def speaks_of(question: str, text: str) -> bool:
 
 
 def needs_condensing(messages: Sequence[BaseMessage]) -> bool:
-    """A turn after the first whose question is a follow-up."""
+    """A turn after the first whose question may be a follow-up (the rule applies)."""
     questions = user_questions(messages)
     return len(questions) > 1 and is_follow_up(questions[-1])
+
+
+def worth_a_model_call(messages: Sequence[BaseMessage]) -> bool:
+    """A turn after the first whose question plainly points back: the model rewrites it."""
+    questions = user_questions(messages)
+    return len(questions) > 1 and points_back(questions[-1])

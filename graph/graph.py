@@ -20,7 +20,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 
-from graph.condense import needs_condensing, speaks_of, standalone_question
+from graph.condense import needs_condensing, speaks_of, standalone_question, worth_a_model_call
 from graph.models import ExtractiveChatModel, content_text, make_chat_model
 from graph.prompts import CONDENSE_PROMPT, system_prompt
 from graph.retrieval import Passage
@@ -59,15 +59,16 @@ def _transcript(messages: list[AnyMessage]) -> str:
 
 
 async def condense(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
-    """The search query: the question itself on a session's first turn and when it stands alone; for a follow-up,
-    the model's rewrite (a short call traced as `condense`), or offline the rule of graph/condense.py."""
+    """The search query: the question itself on a session's first turn and when it stands alone; for a question
+    that plainly points back, the model's rewrite (a short call traced as `condense`); for another short one, and
+    offline, the rule of graph/condense.py."""
     ctx = runtime.context or ChatContext()
     messages = state.get("messages", [])
     question = _last_question(messages)
     if not ctx.history_aware or not needs_condensing(messages):
         return {"search_query": question}
     model = ctx.model or default_model()
-    if isinstance(model, ExtractiveChatModel):
+    if isinstance(model, ExtractiveChatModel) or not worth_a_model_call(messages):
         return {"search_query": standalone_question(messages)}
     prompt: list[BaseMessage] = [
         SystemMessage(CONDENSE_PROMPT),

