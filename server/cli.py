@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from server.logs import configure_logging
 from server.settings import Settings, load_settings
@@ -178,17 +181,24 @@ async def _eval(settings: Settings, args: argparse.Namespace) -> int:
                                k=max(settings.retrieval_k, args.k), history_messages=settings.history_messages,
                                prompt_variant=variant, min_similarity=knowledge.min_similarity)
 
+        experiments: list[str] = []
         try:
-            reports = await evaluate_variants(graph, cases, variants, args.k, context)
+            if settings.tracing_enabled and not args.local:
+                reports, experiments = await _eval_in_langsmith(settings, args, graph, cases, variants, context,
+                                                                model_label(model), knowledge.backend)
+            else:
+                reports = await evaluate_variants(graph, cases, variants, args.k, context)
         finally:
             await knowledge.aclose()
     figures = [r.figures() for r in reports]
     if args.json:
         print(json.dumps({"dataset": args.dataset or "knowledge/eval/cases.json", "cases": len(cases),
                           "model": model_label(model), "retriever": knowledge.backend, "k": args.k,
-                          "variants": figures}, indent=2))
+                          "variants": figures, "langsmith_experiments": experiments}, indent=2))
         return 0
     print(f"{len(cases)} cases, model {model_label(model)}, retriever {knowledge.backend}, k={args.k}")
+    if experiments:
+        print("LangSmith experiments (compare them side by side on the dataset): " + ", ".join(experiments))
     keys = [key for key in figures[0] if key not in ("variant", "cases")]
     print(f"{'':<34}" + "".join(f"{f['variant']:>10}" for f in figures))
     for key in keys:
@@ -199,6 +209,44 @@ async def _eval(settings: Settings, args: argparse.Namespace) -> int:
             for line in report.misses():
                 print("  " + line)
     return 0
+
+
+def _revision() -> str:
+    """The checkout's git revision (experiments are named by it), or "unversioned" outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent.parent,
+                             capture_output=True, text=True, timeout=10)
+    except OSError:
+        return "unversioned"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unversioned"
+
+
+async def _eval_in_langsmith(settings: Settings, args: argparse.Namespace, graph: Any, cases: list[Any],
+                             variants: list[str], context: Any, model: str, retriever: str) -> tuple[Any, Any]:
+    """The variants as LangSmith experiments on the set's dataset (uploaded once per content), with openevals'
+    correctness judge when there is an OpenAI key."""
+    from langsmith import Client
+
+    from server.integrations.evaluation import dataset_name, evaluate_in_langsmith
+
+    client = Client(api_url=settings.langsmith_endpoint,
+                    api_key=settings.langsmith_api_key.get_secret_value() if settings.langsmith_api_key else None)
+    judge = None
+    if settings.openai_api_key is not None:
+        from langchain_openai import ChatOpenAI
+
+        judge = ChatOpenAI(model=settings.openai_model, api_key=settings.openai_api_key,
+                           base_url=settings.openai_base_url, temperature=0, max_retries=settings.openai_max_retries)
+    path = Path(args.dataset) if args.dataset else None
+    name = dataset_name(path) if path else dataset_name()
+    try:
+        # langsmith prints where to view each experiment: on stderr, so that stdout stays the report (--json)
+        with contextlib.redirect_stdout(sys.stderr):
+            return await evaluate_in_langsmith(client, graph, cases, variants, args.k, context, name=name,
+                                               revision=_revision(), judge=judge,
+                                               metadata={"model": model, "retriever": retriever, "k": args.k})
+    finally:
+        await asyncio.to_thread(client.flush)
 
 
 async def _capacity(settings: Settings, as_json: bool) -> int:
@@ -259,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--k", type=int, default=3, help="hit@k cut-off (default 3)")
     evaluate.add_argument("--json", action="store_true", help="the figures as JSON")
     evaluate.add_argument("--misses", action="store_true", help="list the cases each variant got wrong")
+    evaluate.add_argument("--local", action="store_true",
+                          help="do not upload to LangSmith even when it is configured (LANGSMITH_API_KEY)")
     return parser
 
 

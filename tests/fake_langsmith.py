@@ -7,7 +7,12 @@
   serialized), plus `feedback.<id>` parts; POST /runs/batch ({"post": [...], "patch": [...]}),
   POST /runs and PATCH /runs/<id> are accepted too.
 - POST /feedback, PATCH /feedback/<id>.
-Runs are merged by id into `runs`; feedback into `feedback`. `delay_s` makes every answer slow
+- Datasets and experiments, as `Client.create_dataset` / `create_examples` / `list_examples` and
+  `langsmith.evaluation.aevaluate` use them: POST/GET /datasets (by name), GET /datasets/<id>, POST
+  /examples/bulk, GET /examples (by dataset), POST /sessions (an experiment: a project with a
+  reference_dataset_id), GET /sessions (by name or id), PATCH /sessions/<id>.
+Runs are merged by id into `runs`; feedback into `feedback`; datasets, examples and experiments into
+`datasets`, `examples` and `experiments`. `delay_s` makes every answer slow
 (for "LangSmith is slow" tests); `first_answer_done` is set when the first answer has been sent.
 """
 
@@ -99,11 +104,16 @@ class _Handler(JsonHandler):
         if method == "GET" and path == "/info":
             self._answer(200, INFO)
             return
+        query = parse_qs(urlparse(self.path).query)
         if method == "GET" and path == "/sessions":  # projects are created by the first run that names them
-            name = parse_qs(urlparse(self.path).query).get("name", [""])[0]
+            name = query.get("name", [""])[0]
+            ids = query.get("id", [])
             with srv.lock:
+                found = [e for e in srv.experiments.values() if e["name"] == name or e["id"] in ids]
                 known = any(r.get("session_name") == name for r in srv.runs.values())
-            self._answer(200, [project(name)] if known else [])  # type: ignore[arg-type]
+            self._answer(200, found or ([project(name)] if known else []))  # type: ignore[arg-type]
+            return
+        if self._datasets(method, path, query, raw):
             return
         if method == "POST" and path == "/runs/multipart":
             if self.headers.get("Content-Encoding") == "zstd":
@@ -148,6 +158,75 @@ class _Handler(JsonHandler):
             return
         self._answer(404, {"detail": f"no route {method} {path}"})
 
+    def _datasets(self, method: str, path: str, query: dict[str, list[str]], raw: bytes) -> bool:
+        """The dataset and experiment routes; False when the path is not one of them."""
+        srv = self.server
+        now = "2026-11-29T00:00:00+00:00"
+        if method == "POST" and path == "/datasets":
+            body = json.loads(raw)
+            with srv.lock:
+                if any(d["name"] == body["name"] for d in srv.datasets.values()):
+                    self._answer(409, {"detail": "Dataset already exists"})
+                    return True
+                dataset = {"id": str(uuid.uuid4()), "name": body["name"], "description": body.get("description"),
+                           "data_type": body.get("data_type") or "kv", "created_at": now, "modified_at": now,
+                           "example_count": 0, "metadata": body.get("extra", {}).get("metadata")
+                           if body.get("extra") else None, "tenant_id": TENANT}
+                srv.datasets[dataset["id"]] = dataset
+            self._answer(200, dataset)
+            return True
+        if method == "GET" and path == "/datasets":
+            names, ids = query.get("name", []), query.get("id", [])
+            with srv.lock:
+                found = [d for d in srv.datasets.values() if (not names or d["name"] in names)
+                         and (not ids or d["id"] in ids)]
+            self._answer(200, found)
+            return True
+        if method == "GET" and path.startswith("/datasets/") and path.count("/") == 2:
+            dataset = srv.datasets.get(path.rsplit("/", 1)[1])
+            self._answer(200 if dataset else 404, dataset or {"detail": "Dataset not found"})
+            return True
+        if method == "POST" and path == "/examples/bulk":
+            created = []
+            with srv.lock:
+                for item in json.loads(raw):
+                    example = {"id": str(item.get("id") or uuid.uuid4()), "dataset_id": str(item["dataset_id"]),
+                               "inputs": item.get("inputs"), "outputs": item.get("outputs"),
+                               "metadata": item.get("metadata"), "created_at": now, "modified_at": now}
+                    srv.examples[example["id"]] = example
+                    srv.datasets[example["dataset_id"]]["example_count"] += 1
+                    created.append(example)
+            self._answer(200, created)
+            return True
+        if method == "GET" and path == "/examples":
+            datasets = query.get("dataset", [])
+            offset, limit = int(query.get("offset", ["0"])[0]), int(query.get("limit", ["100"])[0])
+            with srv.lock:
+                found = [e for e in srv.examples.values() if not datasets or e["dataset_id"] in datasets]
+            self._answer(200, found[offset:offset + limit])
+            return True
+        if method == "POST" and path == "/sessions":
+            body = json.loads(raw)
+            experiment = {"id": str(body.get("id") or uuid.uuid4()), "name": body["name"], "tenant_id": TENANT,
+                          "start_time": body.get("start_time") or now, "end_time": body.get("end_time"),
+                          "description": body.get("description"), "extra": body.get("extra"),
+                          "reference_dataset_id": body.get("reference_dataset_id")}
+            with srv.lock:
+                if any(e["name"] == experiment["name"] for e in srv.experiments.values()):
+                    self._answer(409, {"detail": "Session already exists"})
+                    return True
+                srv.experiments[experiment["id"]] = experiment
+            self._answer(200, experiment)
+            return True
+        if method == "PATCH" and path.startswith("/sessions/"):
+            with srv.lock:
+                experiment = srv.experiments.get(path.rsplit("/", 1)[1])
+                if experiment is not None:
+                    experiment.update({k: v for k, v in json.loads(raw).items() if v is not None})
+            self._answer(200 if experiment else 404, experiment or {"detail": "Session not found"})
+            return True
+        return False
+
     def do_GET(self) -> None:
         self._route("GET")
 
@@ -167,6 +246,9 @@ class FakeLangSmithServer(LocalServer):
         self.runs: dict[str, dict[str, Any]] = {}
         self.feedback: dict[str, dict[str, Any]] = {}
         self.feedback_updates = 0
+        self.datasets: dict[str, dict[str, Any]] = {}
+        self.examples: dict[str, dict[str, Any]] = {}
+        self.experiments: dict[str, dict[str, Any]] = {}
         self.first_answer_done = threading.Event()
         self.answered: list[str] = []  # paths, once their answer was sent
 

@@ -88,6 +88,12 @@ def answer_for(messages: list[dict[str, Any]]) -> list[str]:
     return ["I ", "saw ", f"{len(users)} ", "user ", "messages; ", "last: ", last.replace("[[fail]]", "").strip()]
 
 
+def structured_answer(schema: dict[str, Any]) -> dict[str, Any]:
+    """A value for each property of a JSON schema: what a model constrained by `response_format` returns."""
+    values = {"string": "judged by the local fake", "boolean": True, "number": 1.0, "integer": 1}
+    return {name: values.get(str(prop.get("type")), None) for name, prop in schema.get("properties", {}).items()}
+
+
 def usage_for(messages: list[dict[str, Any]], pieces: list[str]) -> dict[str, Any]:
     # not a tokenizer: just distinct, checkable numbers the test compares with what was stored
     prompt = sum(len(str(m.get("content", ""))) for m in messages) // 3 + 7
@@ -145,6 +151,9 @@ class _Handler(JsonHandler):
             return
         pace = self.server.pace
         pieces = [f"tok{i} " for i in range(pace.tokens)] if pace else answer_for(messages)
+        schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("schema")
+        if schema:  # structured output (an LLM-as-judge): a JSON object of the schema's shape, as the API returns
+            pieces = [json.dumps(structured_answer(schema))]
         usage = usage_for(messages, pieces)
         self.server.usages.append(usage)
         cid = f"chatcmpl-{len(self.server.requests)}"

@@ -7,9 +7,13 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from server.integrations.evaluation import CaseResult, facts_present, load_cases, normalized
 from tests.conftest import ROOT
+from tests.fake_langsmith import API_KEY as LS_KEY
+from tests.fake_langsmith import FakeLangSmithServer
+from tests.fake_openai import FakeOpenAIServer
 
 SAMPLE = ROOT / "knowledge" / "sample"
 
@@ -75,3 +79,43 @@ def test_eval_command_reports_every_figure_per_variant(database_url: str) -> Non
 # what the offline default reaches today; raised as retrieval and the answerer improve (never lowered)
 FLOORS = {"hit@3": 0.92, "facts": 0.82, "followup_hit@3": 0.9, "abstention_f1": 0.6,
           "seller_pages_in_shopper_answers": 0}
+
+
+def test_eval_runs_each_variant_as_a_langsmith_experiment(database_url: str, fake_openai: FakeOpenAIServer,
+                                                            tmp_path: Path) -> None:
+    """With LangSmith configured (the fake) the set is uploaded once as a dataset named by its content, each
+    variant runs as an experiment `<variant>-<revision>` with the per-case figures as feedback, and with an OpenAI
+    key (the fake) openevals' correctness judge scores every answer too."""
+    cases = json.loads((ROOT / "knowledge" / "eval" / "cases.json").read_text(encoding="utf-8"))
+    keep = {"en-01", "ko-10", "fu-02", "na-03", "se-05"}
+    subset = tmp_path / "cases.json"
+    subset.write_text(json.dumps({"cases": [c for c in cases["cases"] if c["id"] in keep]}), encoding="utf-8")
+    with FakeLangSmithServer() as langsmith:
+        env = {**os.environ, "DATABASE_URL": database_url, "OPENAI_API_KEY": "sk-local-test",
+               "OPENAI_BASE_URL": fake_openai.base_url, "OPENAI_MAX_RETRIES": "0", "LANGSMITH_API_KEY": LS_KEY,
+               "LANGSMITH_ENDPOINT": langsmith.api_url, "LANGSMITH_PROJECT": "sixshop-eval-test"}
+        runs = []
+        for _ in range(2):
+            out = subprocess.run([sys.executable, "-m", "server.cli", "eval", "--json", "--variants", "v1,v2",
+                                  "--dataset", str(subset)], cwd=ROOT, env=env, capture_output=True, text=True,
+                                 timeout=300)
+            assert out.returncode == 0, out.stderr[-3000:]
+            runs.append(json.loads(out.stdout))
+        (dataset,) = langsmith.datasets.values()  # the second run found it: uploaded once
+        assert dataset["name"].startswith("sixshop-eval-") and dataset["example_count"] == len(keep)
+        assert {e["inputs"]["case_id"] for e in langsmith.examples.values()} == keep
+        names = [n for r in runs for n in r["langsmith_experiments"]]
+        assert len(names) == 4 and len(set(names)) == 4
+        assert [n.split("-")[0] for n in names] == ["v1", "v2", "v1", "v2"]
+        experiments = {e["name"]: e for e in langsmith.experiments.values()}
+        assert set(experiments) == set(names)
+        assert all(e["reference_dataset_id"] == dataset["id"] for e in experiments.values())
+        meta = experiments[names[0]]["extra"]["metadata"]
+        assert meta["variant"] == "v1" and meta["revision"] and meta["model"] == runs[0]["model"]
+        assert langsmith.wait_for(lambda s: {f.get("key") for f in s.feedback.values()} >= {
+            "hit@3", "reciprocal_rank", "facts", "citation", "abstention", "correctness"}, timeout=20)
+        judged = [f for f in langsmith.feedback.values() if f.get("key") == "correctness"]
+        assert len(judged) >= len(keep) * 2
+        assert any("I saw" in str(r.get("outputs", {}).get("answer", "")) for r in langsmith.runs.values()
+                   if r.get("outputs"))  # the model's answers were traced as the experiment's runs
+    assert runs[0]["variants"][0]["variant"] == "v1" and runs[0]["variants"][0]["cases"] == len(keep)

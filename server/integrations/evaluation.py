@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import re
 import time
@@ -228,3 +230,110 @@ async def evaluate_variants(graph: Any, cases: list[Case], variants: list[str], 
             report.results.append(await run_case(graph, case, make_context(variant, case)))
         reports.append(report)
     return reports
+
+
+# -- the same in LangSmith: a dataset per version of the set, an experiment per prompt variant ------------------
+
+def dataset_name(path: Path = EVAL_CASES) -> str:
+    """The dataset's name carries a hash of the set's content: an unchanged set is uploaded once, an edited one
+    becomes a new dataset (experiments stay comparable within one)."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return f"sixshop-eval-{digest}"
+
+
+def ensure_dataset(client: Any, cases: list[Case], name: str) -> Any:
+    """The dataset `name`, created with one example per case unless it exists (idempotent)."""
+    if client.has_dataset(dataset_name=name):
+        return client.read_dataset(dataset_name=name)
+    dataset = client.create_dataset(name, description="sixshop-ai-agent evaluation set (knowledge/eval/cases.json)")
+    client.create_examples(dataset_id=dataset.id, examples=[
+        {"inputs": {"case_id": c.id, "turns": list(c.turns), "audience": c.audience},
+         "outputs": {"pages": list(c.pages), "facts": [list(f) for f in c.facts], "kind": c.kind},
+         "metadata": {"case_id": c.id, "kind": c.kind}}
+        for c in cases])
+    return dataset
+
+
+def _result(case: Case, outputs: dict[str, Any]) -> CaseResult:
+    return CaseResult(case, outputs["answer"], outputs["pages"], outputs["titles"], outputs["latency_ms"])
+
+
+def row_evaluators(by_id: dict[str, Case], k: int) -> list[Any]:
+    """Per-case feedback in LangSmith: the figures of VariantReport, case by case (None where one does not apply)."""
+
+    def hit(inputs: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
+        result = _result(by_id[inputs["case_id"]], outputs)
+        score = None if not result.case.answerable else int(result.rank is not None and result.rank <= k)
+        return {"key": f"hit@{k}", "score": score}
+
+    def reciprocal_rank(inputs: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
+        result = _result(by_id[inputs["case_id"]], outputs)
+        score = None if not result.case.answerable else (1 / result.rank if result.rank else 0.0)
+        return {"key": "reciprocal_rank", "score": score}
+
+    def facts(inputs: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
+        result = _result(by_id[inputs["case_id"]], outputs)
+        return {"key": "facts", "score": int(result.facts_ok) if result.case.answerable else None}
+
+    def citation(inputs: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
+        result = _result(by_id[inputs["case_id"]], outputs)
+        return {"key": "citation",
+                "score": int(result.cited_page in result.case.pages) if result.case.answerable else None}
+
+    def abstention(inputs: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
+        result = _result(by_id[inputs["case_id"]], outputs)
+        return {"key": "abstention", "score": int(result.abstained == (not result.case.answerable))}
+
+    return [hit, reciprocal_rank, facts, citation, abstention]
+
+
+def correctness_judge(model: Any) -> Any:
+    """openevals' LLM-as-judge with its CORRECTNESS_PROMPT, judging the answer against the facts the case names
+    (or, for a question the help centre cannot answer, against saying so)."""
+    from openevals.llm import create_async_llm_as_judge
+    from openevals.prompts import CORRECTNESS_PROMPT
+
+    judge = create_async_llm_as_judge(prompt=CORRECTNESS_PROMPT, judge=model, feedback_key="correctness")
+
+    async def correctness(inputs: dict[str, Any], outputs: dict[str, Any],
+                          reference_outputs: dict[str, Any]) -> Any:
+        facts = ["/".join(f) for f in reference_outputs["facts"]]
+        reference = (f"An answer from the help page(s) {', '.join(reference_outputs['pages'])} stating: "
+                     f"{'; '.join(facts) or 'what the page says'}" if reference_outputs["pages"] else
+                     "The help centre does not answer this: a correct answer says so and suggests contacting the "
+                     "store, without inventing anything.")
+        return await judge(inputs=" / ".join(inputs["turns"]), outputs=outputs["answer"], reference_outputs=reference)
+
+    return correctness
+
+
+async def evaluate_in_langsmith(client: Any, graph: Any, cases: list[Case], variants: list[str], k: int,
+                                make_context: Any, *, name: str, revision: str, metadata: dict[str, Any],
+                                judge: Any = None) -> tuple[list[VariantReport], list[str]]:
+    """Each variant as a LangSmith experiment (`<variant>-<revision>`) on the set's dataset: every case through
+    the graph as the target, the row evaluators above (and the judge, given a model) as feedback. Returns the
+    same reports as `evaluate_variants` (from the very runs) and the experiments' names."""
+    from langsmith.evaluation import aevaluate
+
+    await asyncio.to_thread(ensure_dataset, client, cases, name)
+    by_id = {c.id: c for c in cases}
+    evaluators = row_evaluators(by_id, k) + ([correctness_judge(judge)] if judge is not None else [])
+    reports, experiments = [], []
+    for variant in variants:
+        report = VariantReport(variant, k)
+
+        async def target(inputs: dict[str, Any], variant: str = variant, report: VariantReport = report
+                         ) -> dict[str, Any]:
+            case = by_id[inputs["case_id"]]
+            result = await run_case(graph, case, make_context(variant, case))
+            report.results.append(result)
+            return {"answer": result.answer, "pages": result.pages, "titles": result.titles,
+                    "latency_ms": result.latency_ms}
+
+        results = await aevaluate(target, data=name, evaluators=evaluators, client=client, max_concurrency=1,
+                                  experiment_prefix=f"{variant}-{revision}",
+                                  metadata={**metadata, "variant": variant, "revision": revision})
+        experiments.append(results.experiment_name)
+        report.results.sort(key=lambda r: list(by_id).index(r.case.id))
+        reports.append(report)
+    return reports, experiments
