@@ -1,7 +1,7 @@
 """What each part of answer quality adds, offline with no key: knowledge/eval/cases.json through the graph with
 the parts switched on one after another.
 
-    python bench/ablation.py
+    python bench/ablation.py [--openai]
 
 Rows, each adding to the one above: before (the question alone, every page for everyone, Hangul bigrams,
 full-text search; the one-section answerer throughout); + history (a follow-up searched and read with the
@@ -10,7 +10,8 @@ morphemes in the index and the answerer's terms); + local embeddings (multilingu
 pgvector, hybrid with full-text); + similarity threshold (below the calibrated similarity nothing goes to the
 answerer, which says the help centre does not have it) — the service's default. Columns: hit@3, MRR,
 follow-up hit@3, facts, citation, abstention F1, seller pages shown to shoppers, latency p50/p95 of the judged
-turn. Everything runs on a throwaway embedded PostgreSQL.
+turn. `--openai` adds a row with OpenAI's chat model and embeddings (OPENAI_API_KEY, OPENAI_MODEL), or says it
+cannot. Everything runs on a throwaway embedded PostgreSQL.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ COLUMNS = ["hit@3", "mrr", "followup_hit@3", "facts", "citation", "abstention_f1
            "seller_pages_in_shopper_answers", "latency_ms_p50", "latency_ms_p95"]
 
 
-async def measure(conninfo: str) -> None:
+async def measure(conninfo: str, openai: bool) -> None:
     pool = await open_pool(PoolConfig(conninfo=conninfo, min_size=1, max_size=4))
     try:
         await migrate(pool)
@@ -98,15 +99,43 @@ async def measure(conninfo: str) -> None:
             figures = report.figures()
             print(f"| {row.name} | " + " | ".join(str(figures[c]) for c in COLUMNS) + " |", flush=True)
             await stack.aclose()
+        if openai:
+            await openai_row(pool, cases, graph_)
     finally:
         await pool.close()
 
 
+async def openai_row(pool: object, cases: list[Case], graph_: object) -> None:
+    """The default pipeline with OpenAI's model (answers, follow-up rewrites) and embeddings, when there is a key."""
+    settings = Settings()
+    if settings.openai_api_key is None:
+        print("| with OpenAI (--openai) | not measured: no OPENAI_API_KEY on this machine |")
+        return
+    from server.resources import chat_model
+
+    graph.text.TERMS_USE_KIWI = True
+    graph.text.terms.cache_clear()
+    stack = await build_knowledge(settings, pool)  # type: ignore[arg-type]
+    await ingest_path(stack.indexer, ROOT / "knowledge" / "sample", source="sample")
+    model = chat_model(settings)
+
+    def context(variant: str, case: Case) -> ChatContext:
+        return ChatContext(store_id="eval", audience=case.audience, model=model, retriever=stack.retriever, k=4,
+                           prompt_variant=variant, min_similarity=stack.min_similarity)
+
+    (report,) = await evaluate_variants(graph_, cases, ["v1"], 3, context)
+    figures = report.figures()
+    print(f"| with OpenAI ({settings.openai_model}) | " + " | ".join(str(figures[c]) for c in COLUMNS) + " |")
+    await stack.aclose()
+
+
 def main() -> int:
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--openai", action="store_true", help="add a row with OpenAI's model and embeddings")
+    args = parser.parse_args()
     server = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
     try:
-        asyncio.run(measure(embedded_conninfo(server)))
+        asyncio.run(measure(embedded_conninfo(server), args.openai))
     finally:
         server.cleanup()
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -72,6 +73,27 @@ async def test_a_streamed_turn_is_one_trace_with_its_metadata_and_usage(
     usage = llm["extra"]["metadata"]["usage_metadata"]
     assert (usage["input_tokens"], usage["output_tokens"]) == (stored.input_tokens, stored.output_tokens)
     assert all(r["api_key_ok"] for r in langsmith.requests)
+
+
+async def test_a_follow_up_is_condensed_in_a_child_run_of_its_own(res: Resources,
+                                                                  langsmith: FakeLangSmithServer) -> None:
+    """History-aware retrieval with a model: "And to Jeju?" is rewritten by a short model call, traced as its own
+    `condense` run inside the turn's trace (beside retrieve and generate), and its tokens are billed on the turn."""
+    session = await res.sessions.create("store-t", "shopper-9", {})
+    for question in ("How long does delivery take?", "And to Jeju?"):
+        turn = await res.chat.start_turn(session.session_id, question, {})
+        events = [e async for e in turn.stream()]
+        assert events[-1][0] == "done"
+    await _flush(res)
+    trace = langsmith.runs_of_trace(str(turn.message_id))
+    names = [r["name"] for r in trace]
+    assert "condense" in names and "retrieve" in names and "generate" in names
+    (condensing,) = [r for r in trace if r["name"] == "condense" and r["run_type"] == "llm"]
+    assert "Last message: And to Jeju?" in json.dumps(condensing["inputs"])
+    generated = [r for r in trace if r["run_type"] == "llm" and r["name"] != "condense"]
+    stored = events[-1][1]["message"]
+    billed = sum(r["extra"]["metadata"]["usage_metadata"]["output_tokens"] for r in [condensing, *generated])
+    assert stored.output_tokens == billed  # the rewrite's tokens are on the turn too
 
 
 async def test_the_operator_transcript_links_each_answer_to_its_trace(res: Resources) -> None:
