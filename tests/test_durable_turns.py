@@ -236,10 +236,10 @@ async def test_a_dead_replicas_turn_is_re_run_by_another(
         assert rows[3]["content"] == "".join(d["delta"] for _, e, d in rerun if e == "token")
         assert str(rows[3]["run_id"]) == run_id != mid and rows[3]["attempt"] == 2
         # the re-run asked the model with the history before the turn: the question once, the first exchange
-        asked_twice = [r["body"]["messages"] for r in slow_model.answer_requests
-                       if r["body"]["messages"][-1]["content"] == "and another long one"]
-        assert len(asked_twice) == 2  # by the dead replica, then by the re-run
-        rerun_request = asked_twice[1]
+        asked = [r["body"]["messages"] for r in slow_model.answer_requests
+                 if r["body"]["messages"][-1]["content"] == "and another long one"]
+        assert 1 <= len(asked) <= 2, asked  # the re-run's, after the dead replica's when it got that far
+        rerun_request = asked[-1]
         user_turns = [m["content"] for m in rerun_request if m["role"] == "user"]
         assert user_turns.count("and another long one") == 1 and "a long answer please" in user_turns
         # rejoining the ended turn from anywhere before the re-run gives the same: restart, then the new answer
