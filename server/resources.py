@@ -15,6 +15,7 @@ from langchain_core.language_models import BaseChatModel
 
 from graph.graph import build_graph
 from graph.models import make_chat_model
+from graph.text import korean_morphemes
 from persistence.capacity import CapacityRepository
 from persistence.checkpointer import make_checkpointer
 from persistence.db import Pool, PoolConfig, TimedPool, open_pool
@@ -231,6 +232,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         # a process killed mid-turn left rows 'streaming' and sessions claimed: close what is past the timeout
         await LifecycleJob(pool, settings).recover()
         knowledge = await prepare_knowledge(settings, pool)
+        # Kiwi takes ~1 s to load: at start, not in the first Korean turn
+        await asyncio.to_thread(korean_morphemes, "준비")
         model = chat_model(settings)
         graph = build_graph(make_checkpointer(pool))
         tracing = Tracing.from_settings(settings)
