@@ -107,7 +107,7 @@ async def generate(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str,
     model = ctx.model or default_model()
     passages = [Passage(**p) for p in state.get("passages", [])]
     history = state.get("messages", [])[-ctx.history_messages :]
-    prompt: list[BaseMessage] = [SystemMessage(system_prompt(passages, ctx.prompt_variant)), *history]
+    prompt: list[BaseMessage] = [SystemMessage(system_prompt(passages, ctx.prompt_variant, ctx.store_voice)), *history]
     try:
         response = await model.ainvoke(prompt)
     except Exception as exc:  # the caller must tell a model failure from a failure of ours

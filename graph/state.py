@@ -37,6 +37,8 @@ class ChatContext:
     min_similarity: float | None = None
     # form the search query from the conversation (graph/condense.py); off only to measure what it adds
     history_aware: bool = True
+    # the store's own words for the prompt (display_name, language, instructions); None: none
+    store_voice: dict[str, str] | None = None
     history_messages: int = 20
     prompt_variant: str = DEFAULT_VARIANT
     # the id the answer gets in the thread's state (the service uses the assistant message's row id, so

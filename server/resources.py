@@ -23,9 +23,10 @@ from persistence.embedded import embedded_conninfo, start_embedded
 from persistence.keys import KeyRepository
 from persistence.messages import MessageRepository
 from persistence.migrations import xact_advisory_lock
-from persistence.notify import SESSION_FREE, TURN_CONTROL, TURN_EVENTS, Listener, publish
+from persistence.notify import SESSION_FREE, TURN_CONTROL, TURN_EVENTS, Handler, Listener, publish
 from persistence.sessions import SessionRepository
 from persistence.stats import StatsRepository
+from persistence.store_settings import STORE_SETTINGS, StoreSettingsRepository
 from server import metrics
 from server.integrations.knowledge import KnowledgeStack, build_knowledge
 from server.integrations.tracing import Tracing
@@ -44,6 +45,7 @@ from server.services.capacity import CapacityService, Limits
 from server.services.chat import IntegratedChatService
 from server.services.lifecycle import LifecycleJob
 from server.services.sessions import SessionService
+from server.services.stores import StoreSettingsService
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class Resources:
     tracing: Tracing
     capacity: CapacityService
     auth: Authenticator
+    store_settings: StoreSettingsService
     embedded: Any = None
     drain_started: float | None = None  # time.monotonic() of SIGTERM
 
@@ -161,8 +164,11 @@ async def open_turn_control(settings: Settings, pool: TimedPool, chat: Integrate
     async def notify(channel: str, message: dict[str, Any] | str) -> None:
         await publish(pool, channel, message)
 
-    listener = Listener(conninfo, {TURN_CONTROL: chat.on_control, TURN_EVENTS: chat.on_events,
-                                   SESSION_FREE: chat.on_session_free})
+    handlers: dict[str, Handler] = {TURN_CONTROL: chat.on_control, TURN_EVENTS: chat.on_events,
+                                    SESSION_FREE: chat.on_session_free}
+    if chat.store_settings is not None:  # a store's settings changed on some replica: drop the cached copy
+        handlers[STORE_SETTINGS] = chat.store_settings.on_change
+    listener = Listener(conninfo, handlers)
     await listener.start()
     chat.notify = notify
     return listener
@@ -240,6 +246,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         expire_after = timedelta(hours=settings.session_expire_hours)
         session_repo = SessionRepository(pool)
         messages = MessageRepository(pool)
+        store_settings = StoreSettingsService(StoreSettingsRepository(pool))
         chat = IntegratedChatService(
             graph=graph,
             messages=messages,
@@ -256,11 +263,13 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             tracing=tracing,
             on_disconnect=settings.turn_on_disconnect,
             max_queued=settings.max_queued_turns,
+            store_settings=store_settings,
             lease=timedelta(seconds=settings.turn_lease_seconds) if settings.turn_lease_seconds > 0 else None,
         )
         listener = await open_turn_control(settings, pool, chat)
         capacity = make_capacity(settings, pool)
         resources = Resources(
+            store_settings=store_settings,
             settings=settings,
             pool=pool,
             sessions=SessionService(session_repo, expire_after=expire_after,

@@ -30,6 +30,7 @@ from server.http.agent_protocol import AgentProtocolController, RunController
 from server.http.operations import VERSION, MetricsController, health, live, ready
 from server.http.pages import operator_page, shopper_page, static_files
 from server.http.sessions import SessionController
+from server.http.stores import StoreSettingsController
 from server.resources import open_resources
 from server.settings import Settings, load_settings
 from server.shutdown import drain_on_signals
@@ -85,7 +86,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     prometheus = PrometheusConfig(app_name="sixshop-ai-agent", prefix="sixshop", group_path=True,
                                   exclude=["/metrics"])
     return Litestar(
-        route_handlers=[SessionController, AdminController, AgentProtocolController, RunController, health, live, ready,
+        route_handlers=[SessionController, AdminController, StoreSettingsController, AgentProtocolController,
+                        RunController, health, live, ready,
                         MetricsController, shopper_page, operator_page, static_files],
         middleware=[prometheus.middleware],
         lifespan=[lifespan],

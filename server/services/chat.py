@@ -53,6 +53,7 @@ from server.errors import (
 )
 from server.integrations.tracing import Tracing
 from server.schemas import Message, check_metadata_size, message_out
+from server.services.stores import StoreSettingsService
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +307,7 @@ class IntegratedChatService:
         lease: timedelta | None = None,
         max_attempts: int = 2,
         min_similarity: float | None = None,
+        store_settings: StoreSettingsService | None = None,
     ) -> None:
         self.graph = graph
         self.messages = messages
@@ -313,6 +315,7 @@ class IntegratedChatService:
         self.model_name = model_label(model)
         self.retriever = retriever
         self.min_similarity = min_similarity  # the knowledge stack's (server/integrations/knowledge.py)
+        self.store_settings = store_settings  # each store's own assistant (server/services/stores.py)
         self.turn_timeout = turn_timeout
         self.expire_after = expire_after
         self.max_message_chars = max_message_chars
@@ -576,13 +579,16 @@ class IntegratedChatService:
             "tags": self.tracing.tags,
             "callbacks": self.tracing.callbacks(),
         }
+        # the store's own settings: from this process's cache, dropped on every replica when they change
+        store = await self.store_settings.for_turn(turn.store_id) if self.store_settings is not None else {}
         context = ChatContext(
             store_id=turn.store_id,
             audience=turn.audience,
             model=self.model,
             retriever=self.retriever,
             min_similarity=self.min_similarity,
-            k=self.retrieval_k,
+            k=int(store.get("retrieval_k") or self.retrieval_k),
+            store_voice={k: str(store[k]) for k in ("display_name", "language", "instructions") if store.get(k)},
             history_messages=self.history_messages,
             prompt_variant=turn.prompt_variant,
             answer_id=str(turn.message_id),
