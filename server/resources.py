@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -214,6 +215,19 @@ def chat_model(settings: Settings) -> BaseChatModel:
     )
 
 
+def store_model_factory(settings: Settings) -> Callable[[str], BaseChatModel] | None:
+    """A chat model by name for stores that set their own (`model` in their settings), made once per name; None
+    without an OpenAI key (the offline answerer has no models to choose from)."""
+    if settings.openai_api_key is None:
+        return None
+
+    @functools.cache
+    def model_for(name: str) -> BaseChatModel:
+        return chat_model(settings.model_copy(update={"openai_model": name}))
+
+    return model_for
+
+
 def make_capacity(settings: Settings, pool: Pool) -> CapacityService:
     return CapacityService(CapacityRepository(pool), pool, Limits(
         connections=settings.capacity_connections_limit,
@@ -264,6 +278,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             on_disconnect=settings.turn_on_disconnect,
             max_queued=settings.max_queued_turns,
             store_settings=store_settings,
+            model_for=store_model_factory(settings),
             lease=timedelta(seconds=settings.turn_lease_seconds) if settings.turn_lease_seconds > 0 else None,
         )
         listener = await open_turn_control(settings, pool, chat)
@@ -272,7 +287,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             store_settings=store_settings,
             settings=settings,
             pool=pool,
-            sessions=SessionService(session_repo, expire_after=expire_after,
+            sessions=SessionService(session_repo, expire_after=expire_after, store_settings=store_settings,
                                     max_metadata_bytes=settings.max_metadata_bytes),
             messages=messages,
             chat=chat,

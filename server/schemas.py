@@ -57,6 +57,7 @@ class Session(msgspec.Struct):
     last_activity_at: datetime
     expires_at: datetime
     turn_running: bool
+    greeting: str | None = None  # the store's greeting (its settings), in the answer that opens a session
 
 
 class Message(msgspec.Struct):

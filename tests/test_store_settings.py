@@ -29,9 +29,9 @@ def replicas(database_url: str, fake_openai: FakeOpenAIServer) -> Iterator[tuple
         yield a, b
 
 
-async def _turn(c: httpx.AsyncClient, store: str, text: str) -> None:
-    sid = (await c.post("/api/session-chat/sessions", json={"store_id": store})).json()["session_id"]
-    r = await c.post(f"/api/session-chat/sessions/{sid}/chat", json={"message": text})
+async def _turn(c: httpx.AsyncClient, store: str, text: str, headers: dict[str, str] | None = None) -> None:
+    sid = (await c.post("/api/session-chat/sessions", json={"store_id": store}, headers=headers)).json()["session_id"]
+    r = await c.post(f"/api/session-chat/sessions/{sid}/chat", json={"message": text}, headers=headers)
     assert r.status_code == 200, r.text
 
 
@@ -124,3 +124,25 @@ async def test_a_store_key_reaches_its_own_settings_only(replicas: tuple[ServerP
             r = await c.request(method, path, headers=mine, json={"greeting": "x"} if method == "PUT" else None)
             assert r.status_code == 404 and r.json()["code"] == "store_not_found", (method, path, r.text)
         assert (await c.get(SETTINGS.format("store-a"))).status_code == 401  # no credentials
+
+
+async def test_a_greeting_opens_the_session_and_a_store_model_answers(
+        replicas: tuple[ServerProcess, ServerProcess], fake_openai: FakeOpenAIServer, database_url: str) -> None:
+    """`greeting` comes back with the new session (the chat page shows it); `model` makes that store's turns use
+    that model (the request the fake model receives names it) while other stores keep the default."""
+    a, b = replicas
+    key = {"Authorization": f"Bearer {_new_key(database_url, '--admin')}"}  # keys exist now: sessions need one
+    async with httpx.AsyncClient(base_url=a.base_url, timeout=30) as on_a, \
+            httpx.AsyncClient(base_url=b.base_url, timeout=30) as on_b:
+        r = await on_a.put(SETTINGS.format("store-own-model"), headers=ADMIN,
+                           json={"greeting": "어서 오세요, 무엇을 도와드릴까요?", "model": "gpt-store-special"})
+        assert r.status_code == 200, r.text
+        opened = (await on_b.post("/api/session-chat/sessions", json={"store_id": "store-own-model"},
+                                  headers=key)).json()
+        assert opened["greeting"] == "어서 오세요, 무엇을 도와드릴까요?"
+        await _turn(on_b, "store-own-model", "How much is shipping?", key)
+        assert fake_openai.answer_requests[-1]["body"]["model"] == "gpt-store-special"
+        await _turn(on_b, "store-plain", "How much is shipping?", key)
+        assert fake_openai.answer_requests[-1]["body"]["model"] != "gpt-store-special"
+        plain = (await on_b.post("/api/session-chat/sessions", json={"store_id": "store-plain"}, headers=key)).json()
+        assert plain["greeting"] is None

@@ -308,6 +308,7 @@ class IntegratedChatService:
         max_attempts: int = 2,
         min_similarity: float | None = None,
         store_settings: StoreSettingsService | None = None,
+        model_for: Callable[[str], BaseChatModel] | None = None,
     ) -> None:
         self.graph = graph
         self.messages = messages
@@ -316,6 +317,7 @@ class IntegratedChatService:
         self.retriever = retriever
         self.min_similarity = min_similarity  # the knowledge stack's (server/integrations/knowledge.py)
         self.store_settings = store_settings  # each store's own assistant (server/services/stores.py)
+        self.model_for = model_for  # a store's own model by name (None: every store gets `model`)
         self.turn_timeout = turn_timeout
         self.expire_after = expire_after
         self.max_message_chars = max_message_chars
@@ -584,7 +586,7 @@ class IntegratedChatService:
         context = ChatContext(
             store_id=turn.store_id,
             audience=turn.audience,
-            model=self.model,
+            model=self.model_for(store["model"]) if self.model_for is not None and store.get("model") else self.model,
             retriever=self.retriever,
             min_similarity=self.min_similarity,
             k=int(store.get("retrieval_k") or self.retrieval_k),

@@ -8,10 +8,13 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
+import msgspec
+
 from persistence.sessions import SessionRepository
 from server.errors import SessionNotFound, ValidationFailed
 from server.schemas import Session, SessionPage, check_metadata_size, session_out
 from server.services.auth import Principal
+from server.services.stores import StoreSettingsService
 
 
 def encode_cursor(created_at: datetime, session_id: UUID) -> str:
@@ -32,8 +35,10 @@ SESSION_AUDIENCES = ("shopper", "seller")  # who a session answers: the help pag
 
 
 class SessionService:
-    def __init__(self, repo: SessionRepository, *, expire_after: timedelta, max_metadata_bytes: int) -> None:
+    def __init__(self, repo: SessionRepository, *, expire_after: timedelta, max_metadata_bytes: int,
+                 store_settings: StoreSettingsService | None = None) -> None:
         self.repo = repo
+        self.store_settings = store_settings
         self.expire_after = expire_after
         self.max_metadata_bytes = max_metadata_bytes
 
@@ -47,7 +52,11 @@ class SessionService:
             raise ValidationFailed(f"metadata.audience must be one of {', '.join(SESSION_AUDIENCES)}",
                                    {"field": "metadata.audience", "value": str(audience)[:40]})
         row = await self.repo.create(session_id or uuid4(), store_id, user_id, metadata)
-        return session_out(row, self.expire_after)
+        session = session_out(row, self.expire_after)
+        if self.store_settings is not None:  # the store's greeting, shown as the session opens
+            greeting = (await self.store_settings.for_turn(store_id)).get("greeting")
+            session = msgspec.structs.replace(session, greeting=greeting or None)
+        return session
 
     async def get(self, session_id: UUID) -> Session:
         row = await self.repo.get(session_id)

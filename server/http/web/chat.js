@@ -141,12 +141,17 @@ async function openSession(id) {
   state.session = id;
   localStorage.setItem(sessionKey(), id);
   const page = await api(`/sessions/${id}/messages?limit=200`);
-  if (!page.items.length) {
+  if (!page.items.length && state.greeting) {  // the store's greeting, as the session opens (not stored)
+    const el = bubble("assistant");
+    el.querySelector(".text").textContent = state.greeting;
+    el.classList.add("greeting");
+  } else if (!page.items.length) {
     const empty = document.createElement("div");
     empty.className = "empty";
     empty.textContent = "Ask a question about the store · 궁금한 점을 물어보세요";
     $("messages").appendChild(empty);
   }
+  state.greeting = null;
   page.items.forEach(renderMessage);
   $("messages").scrollTop = $("messages").scrollHeight;
   resumeRunning(id);
@@ -155,6 +160,7 @@ async function openSession(id) {
 async function newSession() {
   const s = await api("/sessions", { method: "POST", body: JSON.stringify({ store_id: state.store,
                                                                              metadata: { channel: "web" } }) });
+  state.greeting = s.greeting || null;
   await openSession(s.session_id);
   await loadSessionList();
 }
