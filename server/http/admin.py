@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated, Any
 
 from litestar import Controller, get
@@ -13,26 +12,15 @@ from litestar.handlers import BaseRouteHandler
 from litestar.params import FromPath, QueryParameter
 
 from persistence.admin import AdminRepository
-from server.errors import Forbidden, Unauthorized
-from server.http.deps import StatsRequest, parse_id, resources_of, stats_query
-from server.resources import Resources
+from server.errors import Forbidden
+from server.http.deps import StatsRequest, operator_of, parse_id, resources_of, stats_query
 from server.schemas import StoreId, StoreStats
-from server.settings import Settings
 
 
 async def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """/api/admin/*: Bearer ADMIN_TOKEN or an admin API key; open only in development before any key exists."""
-    settings: Settings = connection.app.state.settings
-    res: Resources = connection.app.state.resources
-    header = connection.headers.get("authorization", "")
-    if settings.admin_token is not None and hmac.compare_digest(
-        header.encode(), f"Bearer {settings.admin_token.get_secret_value()}".encode()
-    ):
-        return
-    principal = await res.auth.principal(header or None)  # 401 without a valid key where keys are required
-    if principal.anonymous and settings.admin_token is not None:
-        raise Unauthorized("A valid admin token is required (Authorization: Bearer ...)")
-    if not principal.anonymous and not principal.admin:
+    principal = await operator_of(connection, "A valid admin token is required (Authorization: Bearer ...)")
+    if principal is not None and not principal.anonymous and not principal.admin:
         raise Forbidden("This API key is for one store; the admin API needs an admin key")
 
 

@@ -57,7 +57,7 @@ from server.errors import (
     Unsupported,
     ValidationFailed,
 )
-from server.http.deps import SSE_HEADERS, Caller, parse_event_id, parse_id
+from server.http.deps import SSE_HEADERS, Caller, checked, parse_event_id, parse_id
 from server.resources import Resources
 from server.schemas import Session, StoreId, UserId, decode_body, sse_frame
 from server.services.auth import Principal
@@ -225,13 +225,6 @@ def assistant_json() -> dict[str, Any]:
         "created_at": _iso(STARTED),
         "updated_at": _iso(STARTED),
     }
-
-
-def _checked(value: Any, kind: Any, field: str) -> str:
-    try:
-        return str(msgspec.convert(value, kind))
-    except msgspec.ValidationError as exc:
-        raise ValidationFailed(f"{field}: {exc}", {"field": field}) from None
 
 
 def _known_assistant(assistant_id: str | None) -> None:
@@ -421,8 +414,8 @@ class AgentProtocolController(Controller):
         if store_id is None:
             raise ValidationFailed("metadata.store_id is required: the store whose knowledge the thread uses",
                                    {"field": "metadata.store_id"})
-        store_id = _checked(store_id, StoreId, "metadata.store_id")
-        user_id = None if user_id is None else _checked(user_id, UserId, "metadata.user_id")
+        store_id = checked(store_id, StoreId, "metadata.store_id")
+        user_id = None if user_id is None else checked(user_id, UserId, "metadata.user_id")
         if not principal.may_see(store_id):
             raise Forbidden("This API key belongs to another store", {"store_id": store_id})
         try:
@@ -462,8 +455,8 @@ class AgentProtocolController(Controller):
             return []  # a turn never leaves its thread interrupted or in error: the next turn may run
         metadata = dict(body.metadata)
         store_id, user_id = metadata.pop("store_id", None), metadata.pop("user_id", None)
-        store_id = None if store_id is None else _checked(store_id, StoreId, "metadata.store_id")
-        user_id = None if user_id is None else _checked(user_id, UserId, "metadata.user_id")
+        store_id = None if store_id is None else checked(store_id, StoreId, "metadata.store_id")
+        user_id = None if user_id is None else checked(user_id, UserId, "metadata.user_id")
         metadata.pop("graph_id", None)
         metadata.pop("assistant_id", None)
         if principal.store_id is not None:
@@ -538,7 +531,7 @@ async def begin_run(res: Resources, principal: Principal, thread_id: UUID, body:
         if store_id is None:
             raise ValidationFailed("if_not_exists='create' needs metadata.store_id (or a store key)",
                                    {"field": "metadata.store_id"}) from None
-        store_id = _checked(store_id, StoreId, "metadata.store_id")
+        store_id = checked(store_id, StoreId, "metadata.store_id")
         if not principal.may_see(store_id):
             raise Forbidden("This API key belongs to another store", {"store_id": store_id}) from None
         try:

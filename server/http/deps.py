@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
+import msgspec
 from litestar import Request
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
-from server.errors import ValidationFailed
+from server.errors import Unauthorized, ValidationFailed
 from server.resources import Resources
 from server.schemas import Session, StoreId, StoreStats
 from server.services.auth import Principal
@@ -83,3 +86,28 @@ def parse_event_id(value: str | None) -> int:
         raise ValidationFailed("Last-Event-ID must be a whole number", {"field": "last_event_id",
                                                                          "value": value[:20]})
     return int(value)
+
+
+async def operator_of(connection: ASGIConnection[Any, Any, Any, Any], missing: str) -> Principal | None:
+    """Who calls an operator route: None for the admin token (Bearer ADMIN_TOKEN), else the caller's key — 401 for
+    a bad key, and, with an admin token configured, for no credentials (`missing` says what is needed); without
+    one, anonymous in development before any key exists (the authenticator's rule)."""
+    settings = connection.app.state.settings
+    res: Resources = connection.app.state.resources
+    header = connection.headers.get("authorization", "")
+    if settings.admin_token is not None and hmac.compare_digest(
+        header.encode(), f"Bearer {settings.admin_token.get_secret_value()}".encode()
+    ):
+        return None
+    principal = await res.auth.principal(header or None)
+    if principal.anonymous and settings.admin_token is not None:
+        raise Unauthorized(missing)
+    return principal
+
+
+def checked(value: Any, kind: Any, field: str) -> str:
+    """`value` converted to `kind` (a constrained str such as StoreId), or 400 naming `field`."""
+    try:
+        return str(msgspec.convert(value, kind))
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed(f"{field}: {exc}", {"field": field}) from None

@@ -5,7 +5,6 @@ else (404 for another store's, as for its sessions)."""
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 import msgspec
@@ -15,11 +14,9 @@ from litestar.datastructures import State
 from litestar.handlers import BaseRouteHandler
 from litestar.params import FromPath
 
-from server.errors import NotFound, Unauthorized, ValidationFailed
-from server.http.deps import resources_of
-from server.resources import Resources
+from server.errors import NotFound, ValidationFailed
+from server.http.deps import checked, operator_of, resources_of
 from server.schemas import StoreId
-from server.settings import Settings
 
 
 class StoreNotFound(NotFound):
@@ -28,16 +25,10 @@ class StoreNotFound(NotFound):
 
 async def _actor(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     """Who is asking, as the change log records it (never a secret): admin-token, key:<id> or development."""
-    settings: Settings = connection.app.state.settings
-    res: Resources = connection.app.state.resources
-    header = connection.headers.get("authorization", "")
-    if settings.admin_token is not None and hmac.compare_digest(
-        header.encode(), f"Bearer {settings.admin_token.get_secret_value()}".encode()
-    ):
+    principal = await operator_of(connection,
+                                  "A valid admin token or API key is required (Authorization: Bearer ...)")
+    if principal is None:
         return "admin-token"
-    principal = await res.auth.principal(header or None)  # 401 for a bad key, or a missing one where required
-    if principal.anonymous and settings.admin_token is not None:
-        raise Unauthorized("A valid admin token or API key is required (Authorization: Bearer ...)")
     store_id = str(connection.path_params.get("store_id", ""))
     principal.require_store(store_id, StoreNotFound(detail={"store_id": store_id}))
     return "development" if principal.anonymous else f"key:{principal.key_id}"
@@ -48,10 +39,7 @@ async def settings_guard(connection: ASGIConnection[Any, Any, Any, Any], _: Base
 
 
 def _store(store_id: str) -> str:
-    try:
-        return str(msgspec.convert(store_id, StoreId))
-    except msgspec.ValidationError:
-        raise ValidationFailed("store_id is not a store id", {"field": "store_id"}) from None
+    return checked(store_id, StoreId, "store_id")
 
 
 class StoreSettingsController(Controller):
