@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from langchain_core.messages import BaseMessage, HumanMessage
 
-from graph.text import is_korean, terms
+from graph.text import ASKING_NOUNS_KO, is_korean, korean_nouns, question_terms, terms
 
 # how a follow-up starts, or words that point back to what was said
 _FOLLOW_UP_EN = re.compile(
@@ -42,16 +42,10 @@ def user_questions(messages: Sequence[BaseMessage]) -> list[str]:
     return [_text(m) for m in messages if isinstance(m, HumanMessage)]
 
 
-# Korean nouns that ask rather than name a topic
-_ASKING_NOUNS_KO = frozenset("얼마 언제 며칠 무엇 뭐 어디 누구 몇".split())
-
-
 def _korean_shape(question: str) -> tuple[int, int]:
     """(words, nouns besides the asking ones) of a Korean question."""
-    from graph.text import korean_nouns
-
     words = re.findall(r"[^\s?!.~ㅠㅜ]+", question)
-    return len(words), len([n for n in korean_nouns(question) if n not in _ASKING_NOUNS_KO])
+    return len(words), len([n for n in korean_nouns(question) if n not in ASKING_NOUNS_KO])
 
 
 def points_back(question: str) -> bool:
@@ -96,8 +90,6 @@ def speaks_of(question: str, text: str) -> bool:
     """Whether `text` contains a content term of `question`: a search made with a follow-up's carried-over topic
     that finds nothing about the follow-up itself was a topic switch, not a follow-up ("how much is shipping",
     then "do you take kakaopay")."""
-    from graph.models import question_terms  # the answerer's terms, without the words of asking
-
     wanted = question_terms(question)
     return not wanted or bool(wanted & terms(text))
 

@@ -17,7 +17,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
 from graph.condense import speaks_of, standalone_question
-from graph.text import is_korean, terms
+from graph.text import is_korean, question_terms, terms
 
 OFFLINE_MODEL_NAME = "offline-extractive-v1"
 
@@ -48,12 +48,6 @@ def _text_of(message: BaseMessage) -> str:
 
 
 MIN_COVERAGE = 0.15
-# Hangul bigrams of question endings and question words: they say how something is asked, not what about
-_ASKING = frozenset("""
-나요 어요 해요 세요 까요 는데 은데 습니 니다 있나 있어 되나 돼요 되요 에요 예요 이에 인가 건가
-하나 하는 어떻 떻게 어디 언제 얼마 뭐에 뭐예 무엇 엇인 려면 으면 하면 가요 는지 은지 을까 할까
-수있 할수 는거 거에 싶어 고싶 아요 해주 주세 드려 려요 인데 한데 했는 했어 었어
-""".split())
 # how a question's term counts towards coverage: a whole word more than a Hangul bigram (a syllable pair
 # also matches inside unrelated words)
 _WORD_WEIGHT, _BIGRAM_WEIGHT, _TITLE_BONUS = 1.0, 0.6, 0.5
@@ -76,18 +70,6 @@ def sentences_of(text: str) -> list[str]:
     return [p.strip() for p in out if p.strip()]
 
 
-# English words of asking: light verbs and quantity words that any section may contain
-_ASKING_EN = frozenset("take get have make need want know tell say let see much many long there any".split())
-
-
-# Kiwi morphemes of asking (question words, light verbs)
-_ASKING_KO = frozenset(f"@{m}" for m in """
-얼마 언제 어디 무엇 뭐 어떻 어떡 되 하 있 싶 알 주 보 가 수 것 거 이 그
-""".split())
-
-
-def question_terms(question: str) -> set[str]:
-    return {t for t in terms(question) if t not in _ASKING and t not in _ASKING_EN and t not in _ASKING_KO}
 
 
 def _weight(term: str) -> float:

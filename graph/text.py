@@ -88,3 +88,29 @@ def is_korean(text: str) -> bool:
     hangul = len(_HANGUL_CHAR.findall(text))
     letters = sum(ch.isalpha() for ch in text)
     return letters > 0 and hangul / letters >= 0.3
+
+
+# -- what a question asks about: its terms without the words of asking (the offline answerer's coverage, the
+#    condense rule's topic check)
+
+# Hangul bigrams of question endings and question words: they say how something is asked, not what about
+_ASKING = frozenset("""
+나요 어요 해요 세요 까요 는데 은데 습니 니다 있나 있어 되나 돼요 되요 에요 예요 이에 인가 건가
+하나 하는 어떻 떻게 어디 언제 얼마 뭐에 뭐예 무엇 엇인 려면 으면 하면 가요 는지 은지 을까 할까
+수있 할수 는거 거에 싶어 고싶 아요 해주 주세 드려 려요 인데 한데 했는 했어 었어
+""".split())
+# English words of asking: light verbs and quantity words that any section may contain
+_ASKING_EN = frozenset("take get have make need want know tell say let see much many long there any".split())
+
+
+# Kiwi morphemes of asking (question words, light verbs)
+_ASKING_KO = frozenset(f"@{m}" for m in """
+얼마 언제 어디 무엇 뭐 어떻 어떡 되 하 있 싶 알 주 보 가 수 것 거 이 그
+""".split())
+# Korean nouns that ask rather than name a topic (a question naming none of its own leans on the one before)
+ASKING_NOUNS_KO = frozenset("얼마 언제 며칠 무엇 뭐 어디 누구 몇".split())
+
+
+def question_terms(question: str) -> set[str]:
+    """`terms` of a question without the words of asking."""
+    return {t for t in terms(question) if t not in _ASKING and t not in _ASKING_EN and t not in _ASKING_KO}
