@@ -18,7 +18,12 @@ MESSAGE_COLUMNS = (
     "output_tokens, latency_ms, first_token_ms, sources, run_id, error_code, created_at, seq"
 )
 # the session's audience comes back in the same statement (its metadata is not changed by the call)
-SESSION_AUDIENCE = "(select s.metadata ->> 'audience' from chat_sessions s where s.session_id = %(session_id)s)"
+def session_audience(session: str) -> str:
+    """The subquery reading a session's audience (metadata.audience) in the statement that claims its turn."""
+    return f"(select s.metadata ->> 'audience' from chat_sessions s where s.session_id = {session})"
+
+
+SESSION_AUDIENCE = session_audience("%(session_id)s")
 BEGIN_TURN_SQL = f"""
 select outcome, store_id, user_id, {SESSION_AUDIENCE} as audience from begin_turn(
     %(session_id)s, %(user_msg_id)s, %(asst_msg_id)s, %(content)s, %(model)s, %(prompt_variant)s,
@@ -46,10 +51,9 @@ update chat_messages set lease_until = now() + %(lease)s
  where message_id = any(%(ids)s) and status = 'streaming' and run_id = any(%(runs)s)
 returning message_id
 """
-RECLAIM_TURNS_SQL = """
+RECLAIM_TURNS_SQL = f"""
 select r.message_id, r.session_id, r.store_id, r.user_id, r.user_message_id, r.content, r.model, r.prompt_variant,
-       r.attempt, r.run_id, (select s.metadata ->> 'audience' from chat_sessions s where s.session_id = r.session_id)
-       as audience
+       r.attempt, r.run_id, {session_audience("r.session_id")} as audience
   from reclaim_turns(%(lease)s, %(max_attempts)s, %(limit)s) r
 """
 GET_MESSAGE_SQL = f"""
