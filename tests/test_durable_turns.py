@@ -16,7 +16,6 @@ from uuid import uuid4
 import httpx
 import jsonschema
 import pytest
-from httpx_sse import aconnect_sse
 from langgraph_sdk import get_client
 from langgraph_sdk.errors import ConflictError, NotFoundError
 
@@ -25,7 +24,7 @@ from tests.fake_langsmith import API_KEY as LANGSMITH_KEY
 from tests.fake_langsmith import FakeLangSmithServer
 from tests.fake_openai import FakeOpenAIServer, Pace
 from tests.server_process import ServerProcess
-from tests.sse import read_sse
+from tests.sse import read_sse, stream_and_cancel
 from tests.tcp_proxy import DroppingProxy
 from tests.test_agent_protocol import conforms, response_schema
 
@@ -64,15 +63,10 @@ async def test_a_turn_is_cancelled_from_another_replica(replicas: tuple[ServerPr
     async with httpx.AsyncClient(base_url=a.base_url, timeout=30) as on_a, \
             httpx.AsyncClient(base_url=b.base_url, timeout=30) as on_b:
         sid = (await on_a.post(f"{API}/sessions", json={"store_id": "durable"})).json()["session_id"]
-        events: list[tuple[str, dict[str, Any]]] = []
-        async with aconnect_sse(on_a, "POST", f"{API}/sessions/{sid}/chat/stream",
-                                json={"message": "a long answer please"}) as source:
-            async for sse in source.aiter_sse():
-                events.append((sse.event, json.loads(sse.data)))
-                if sse.event == "token" and [e for e, _ in events].count("token") == 2:
-                    mid = events[0][1]["message_id"]
-                    r = await on_b.post(f"{API}/sessions/{sid}/messages/{mid}/cancel")  # not where it runs
-                    assert r.status_code == 202, r.text
+        # cancelled through B, not where it runs
+        events, r = await stream_and_cancel(on_a, on_b, sid, "a long answer please")
+        assert r.status_code == 202, r.text
+        mid = events[0][1]["message_id"]
         assert events[-1][0] == "error" and events[-1][1]["code"] == "cancelled"
         assert [e for e, _ in events].count("token") < 10  # stopped within moments, not after 60 tokens
         for _ in range(50):

@@ -19,6 +19,7 @@ from httpx_sse import aconnect_sse
 from tests.conftest import create_database, execute, fetch_all
 from tests.fake_openai import FakeOpenAIServer
 from tests.server_process import ServerProcess
+from tests.sse import stream_and_cancel
 
 pytestmark = pytest.mark.e2e
 API = "/api/session-chat"
@@ -201,15 +202,9 @@ async def test_client_disconnect_mid_stream_lets_the_turn_finish(
 async def test_a_running_turn_is_cancelled_on_request(client: httpx.AsyncClient) -> None:
     session = await new_session(client)
     sid = session["session_id"]
-    events = []
-    async with aconnect_sse(client, "POST", f"{API}/sessions/{sid}/chat/stream",
-                            json={"message": "[[slow]] stop me"}) as source:
-        async for sse in source.aiter_sse():
-            events.append((sse.event, json.loads(sse.data)))
-            if sse.event == "token" and [e for e, _ in events].count("token") == 2:
-                mid = events[0][1]["message_id"]
-                r = await client.post(f"{API}/sessions/{sid}/messages/{mid}/cancel")
-                assert (r.status_code, r.json()) == (202, {"message_id": mid, "status": "cancelling"})
+    events, r = await stream_and_cancel(client, client, sid, "[[slow]] stop me")
+    mid = events[0][1]["message_id"]
+    assert (r.status_code, r.json()) == (202, {"message_id": mid, "status": "cancelling"})
     assert events[-1][0] == "error" and events[-1][1]["code"] == "cancelled"
     stored = await _settled(client, sid)
     assert [(m["role"], m["status"]) for m in stored] == [("user", "complete"), ("assistant", "cancelled")]
