@@ -1,4 +1,5 @@
-"""The chat turn as a LangGraph state graph: condense (the search query from the conversation), retrieve, generate.
+"""The chat turn as a LangGraph state graph: condense (the search query from the conversation), retrieve, generate;
+and handoff → wait_for_operator (an interrupt) when the shopper asks for a person or could not be helped twice.
 
 The server compiles it with its PostgreSQL checkpointer (thread_id = session_id) and passes a
 ChatContext holding the model and retriever. `langgraph dev` / Studio load it through
@@ -10,17 +11,20 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AnyMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.retrievers import BaseRetriever
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
+from langgraph.types import interrupt
 
 from graph.condense import needs_condensing, speaks_of, standalone_question, worth_a_model_call
+from graph.handoff import UNANSWERED_LIMIT, asks_for_person, is_small_talk, language_of, notice, said_not_known
 from graph.models import ExtractiveChatModel, content_text, make_chat_model
 from graph.prompts import CONDENSE_PROMPT, system_prompt
 from graph.retrieval import Passage
@@ -102,19 +106,108 @@ async def retrieve(state: ChatState, runtime: Runtime[ChatContext],
     return {"passages": [Passage.from_document(doc).as_dict() for doc in found], "search_query": question}
 
 
+# offered to a language model (not to the offline answerer, which has the rule only): calling it hands the shopper
+# to a person, for the ways of asking the rule of graph/handoff.py does not know
+REQUEST_HUMAN = {
+    "type": "function",
+    "function": {
+        "name": "request_human",
+        "description": "Hand the conversation to a person from the store's support team. Call it only when the "
+                       "shopper asks to talk to a person (a human, an operator, staff), in any wording or language.",
+        "parameters": {"type": "object", "properties": {}},
+    },
+}
+
+
+def _answering_model(model: BaseChatModel, offer_handoff: bool) -> Any:
+    """The model with the request_human tool bound when it takes tools (the offline answerer does not)."""
+    if not offer_handoff or isinstance(model, ExtractiveChatModel):
+        return model
+    try:
+        return model.bind_tools([REQUEST_HUMAN])
+    except NotImplementedError:
+        return model
+
+
+def _histories(messages: list[AnyMessage], keep: int) -> list[AnyMessage]:
+    """The last `keep` messages, not starting inside a tool exchange (a provider refuses a tool result whose call
+    was cut off)."""
+    history = messages[-keep:]
+    while history and isinstance(history[0], ToolMessage):
+        history = history[1:]
+    return history
+
+
+def first_step(state: ChatState, runtime: Runtime[ChatContext]) -> Literal["handoff", "condense"]:
+    """A shopper who asks for a person is handed to one at once (the rule; a model may still recognise others)."""
+    ctx = runtime.context or ChatContext()
+    return "handoff" if ctx.handoff and asks_for_person(_last_question(state.get("messages", []))) else "condense"
+
+
 async def generate(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
     ctx = runtime.context or ChatContext()
     model = ctx.model or default_model()
     passages = [Passage(**p) for p in state.get("passages", [])]
-    history = state.get("messages", [])[-ctx.history_messages :]
+    history = _histories(state.get("messages", []), ctx.history_messages)
     prompt: list[BaseMessage] = [SystemMessage(system_prompt(passages, ctx.prompt_variant, ctx.store_voice)), *history]
     try:
-        response = await model.ainvoke(prompt)
+        response = await _answering_model(model, ctx.handoff).ainvoke(prompt)
     except Exception as exc:  # the caller must tell a model failure from a failure of ours
         raise ModelCallError(f"{type(exc).__name__} from the chat model") from exc
     if ctx.answer_id:
         response.id = ctx.answer_id
-    return {"messages": [response]}
+    # "had to say it does not know": the answer says so (a greeting it found nothing for does not count)
+    could_not = said_not_known(content_text(response.content))
+    if could_not and is_small_talk(_last_question(state.get("messages", []))):
+        return {"messages": [response]}
+    return {"messages": [response], "unanswered": state.get("unanswered", 0) + 1 if could_not else 0}
+
+
+def after_answer(state: ChatState, runtime: Runtime[ChatContext]) -> Literal["handoff", "__end__"]:
+    ctx = runtime.context or ChatContext()
+    last = state.get("messages", [])[-1:]
+    asked_by_model = bool(last and isinstance(last[0], AIMessage) and last[0].tool_calls)
+    if ctx.handoff and (asked_by_model or state.get("unanswered", 0) >= UNANSWERED_LIMIT):
+        return "handoff"
+    return "__end__"
+
+
+async def handoff(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str, Any]:
+    """Tell the shopper a person will reply (outside the store's hours: from when); the wait is the next node."""
+    ctx = runtime.context or ChatContext()
+    messages = state.get("messages", [])
+    last = messages[-1] if messages else None
+    out: list[BaseMessage] = []
+    if isinstance(last, AIMessage) and last.tool_calls:  # the model asked for the handoff: its call is answered
+        out += [ToolMessage("The shopper is being handed to a person.", tool_call_id=str(call["id"]))
+                for call in last.tool_calls]
+        reason = "model"
+    elif isinstance(last, HumanMessage):
+        reason = "asked"
+    else:
+        reason = "unanswered"
+    now = datetime.now(UTC)
+    language = language_of(_last_question(messages), (ctx.store_voice or {}).get("language"))
+    answered = isinstance(last, AIMessage) and reason == "unanswered"
+    # the notice is the turn's answer, or follows the answer that could not help (then it needs an id of its own)
+    notice_id = f"{ctx.answer_id}-handoff" if ctx.answer_id and answered else ctx.answer_id
+    out.append(AIMessage(notice(language, ctx.handoff_hours, now), id=notice_id))
+    return {"messages": out, "handoff": {"reason": reason, "since": now.isoformat()}, "unanswered": 0}
+
+
+async def wait_for_operator(state: ChatState) -> dict[str, Any]:
+    """The thread stops here (Studio shows the interrupt) until an operator releases the session: the resume value
+    carries what the shopper and the operator wrote meanwhile, {"messages": [{"role": "user"|"operator",
+    "content", "id"?, "author"?}]}, which joins the conversation."""
+    resumed = interrupt({"waiting_for": "operator", **(state.get("handoff") or {})})
+    added: list[BaseMessage] = []
+    for item in (resumed or {}).get("messages", []) if isinstance(resumed, dict) else []:
+        text, mid = str(item.get("content", "")), item.get("id")
+        if item.get("role") == "operator":
+            added.append(AIMessage(text, id=mid, name="operator"))
+        elif item.get("role") == "user":
+            added.append(HumanMessage(text, id=mid))
+    return {"messages": added, "handoff": None, "unanswered": 0}
 
 
 def build_graph(
@@ -129,8 +222,12 @@ def build_graph(
     builder.add_node("condense", condense)
     builder.add_node("retrieve", retrieve_node)
     builder.add_node("generate", generate)
-    builder.add_edge(START, "condense")
+    builder.add_node("handoff", handoff)
+    builder.add_node("wait_for_operator", wait_for_operator)
+    builder.add_conditional_edges(START, first_step, ["handoff", "condense"])
     builder.add_edge("condense", "retrieve")
     builder.add_edge("retrieve", "generate")
-    builder.add_edge("generate", END)
+    builder.add_conditional_edges("generate", after_answer, ["handoff", END])
+    builder.add_edge("handoff", "wait_for_operator")
+    builder.add_edge("wait_for_operator", END)
     return builder.compile(checkpointer=checkpointer, name="sixshop-support-agent")

@@ -20,6 +20,10 @@ class ChatState(TypedDict, total=False):
     search_query: str
     # passages retrieved for the latest question (Passage.as_dict())
     passages: list[dict[str, Any]]
+    # how many answers in a row said the help centre does not hold the answer (graph/handoff.py)
+    unanswered: int
+    # while the session waits for a person: {"reason": "asked"|"model"|"unanswered", "since": ISO time}; else None
+    handoff: dict[str, Any] | None
 
 
 @dataclass
@@ -40,6 +44,10 @@ class ChatContext:
     # the store's own words for the prompt (display_name, language, instructions); None: none
     store_voice: dict[str, str] | None = None
     history_messages: int = 20
+    # hand the shopper to a person on request or after two answers in a row that could not help (graph/handoff.py)
+    handoff: bool = True
+    # the store's handoff hours {"timezone", "days", "from", "to"} (None: operators always in)
+    handoff_hours: dict[str, Any] | None = None
     prompt_variant: str = DEFAULT_VARIANT
     # the id the answer gets in the thread's state (the service uses the assistant message's row id, so
     # the row, the checkpoint and every streamed chunk name the same message); None keeps the model's

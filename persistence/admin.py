@@ -35,7 +35,7 @@ select s.session_id, s.store_id, s.user_id, s.status, s.message_count, s.input_t
 """
 TRANSCRIPT_SQL = """
 select m.message_id, m.role, m.content, m.status, m.model, m.prompt_variant, m.input_tokens, m.output_tokens,
-       m.latency_ms, m.first_token_ms, m.sources, m.run_id, m.error_code, m.metadata, m.created_at,
+       m.latency_ms, m.first_token_ms, m.sources, m.run_id, m.error_code, m.metadata, m.created_at, m.author,
        f.score as feedback_score, f.comment as feedback_comment
   from chat_messages m left join message_feedback f on f.message_id = m.message_id
  where m.session_id = %s and m.deleted_at is null

@@ -15,7 +15,7 @@ Row = dict[str, Any]
 
 MESSAGE_COLUMNS = (
     "message_id, session_id, store_id, role, content, status, model, prompt_variant, input_tokens, "
-    "output_tokens, latency_ms, first_token_ms, sources, run_id, error_code, created_at, seq"
+    "output_tokens, latency_ms, first_token_ms, sources, run_id, error_code, created_at, seq, author"
 )
 # the session's audience comes back in the same statement (its metadata is not changed by the call)
 def session_audience(session: str) -> str:
@@ -199,6 +199,11 @@ class MessageRepository:
         async with self.pool.connection() as conn:
             await conn.execute(CLOSE_QUEUED_TURN_SQL, {"user_msg_id": user_msg_id, "asst_msg_id": asst_msg_id,
                                                        "status": status, "error_code": error_code})
+
+    async def set_prompt_variant(self, message_id: UUID, variant: str) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute("update chat_messages set prompt_variant = %s where message_id = %s",
+                               (variant, message_id))
 
     async def running_turn(self, session_id: UUID) -> UUID | None:
         async with self.pool.connection() as conn:

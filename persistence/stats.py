@@ -58,6 +58,7 @@ _AGGREGATES = """
         (count(*) filter (where m.role = 'assistant' and m.status = 'error'))::float8
         / nullif(count(*) filter (where m.role = 'assistant' and m.status <> 'streaming'), 0),
     0)                                                                      as error_rate,
+    (count(*) filter (where m.role = 'operator'))::int                      as operator_message_count,
     count(m.feedback_score)::int                                            as feedback_count,
     avg(m.feedback_score)::float8                                           as avg_feedback_score
 """
@@ -90,6 +91,24 @@ select grouping(m.day)::int as g_day, grouping(m.prompt_variant)::int as g_varia
  group by grouping sets ((), (m.day), (m.prompt_variant), (m.model))
 """
 
+# handoffs to a person (sql/013) started in the range: how many, and how long shoppers waited for the first
+# operator reply (those still unanswered are counted, not timed)
+HANDOFF_STATS_SQL = """
+with scoped as (
+    select h.started_at, h.first_reply_at, (h.started_at at time zone %(tz)s)::date as day
+      from handoffs h
+     where h.store_id = %(store_id)s
+       and h.started_at >= coalesce(%(from)s::timestamptz, '-infinity')
+       and h.started_at < coalesce(%(to)s::timestamptz, 'infinity')
+)
+select grouping(day)::int as g_day, day, count(*)::int as handoff_count,
+       percentile_cont(0.5) within group (order by extract(epoch from first_reply_at - started_at))
+           filter (where first_reply_at is not null) as p50_first_reply_s,
+       percentile_cont(0.95) within group (order by extract(epoch from first_reply_at - started_at))
+           filter (where first_reply_at is not null) as p95_first_reply_s
+  from scoped
+ group by grouping sets ((), (day))
+"""
 
 WORK_MEM_SQL = "select set_config('work_mem', '64MB', true)"
 
@@ -115,6 +134,7 @@ class StatsRepository:
             await conn.execute(WORK_MEM_SQL)
             cur = await conn.execute(STORE_STATS_SQL, params)
             rows = await cur.fetchall()
+            handoffs = await (await conn.execute(HANDOFF_STATS_SQL, params)).fetchall()
         out: dict[str, Any] = {"total": None, "daily": [], "by_prompt_variant": [], "by_model": []}
         for row in rows:
             g_day, g_variant, g_model = row.pop("g_day"), row.pop("g_variant"), row.pop("g_model")
@@ -129,6 +149,13 @@ class StatsRepository:
             elif not g_model and model is not None:
                 out["by_model"].append({"model": model, **row})
         assert out["total"] is not None  # the () grouping set yields a row even over no messages
+        by_day = {r["date"]: r for r in out["daily"]}
+        for h in handoffs:
+            figures = {k: h[k] for k in ("handoff_count", "p50_first_reply_s", "p95_first_reply_s")}
+            if h["g_day"]:
+                out["total"].update(figures)
+            elif h["day"] in by_day:
+                by_day[h["day"]].update(figures)
         out["daily"].sort(key=lambda r: r["date"])
         out["by_prompt_variant"].sort(key=lambda r: r["prompt_variant"])
         out["by_model"].sort(key=lambda r: r["model"])

@@ -19,8 +19,10 @@ _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 1
 
 TURNS = Counter(
     "sixshop_chat_turns", "Chat turns by outcome (complete, model_error, internal_error, cancelled) and by "
-    "refusal before any model call (busy, expired, not_found)", ["outcome"],
+    "refusal before any model call (busy, expired, not_found; held_for_operator: sent while a person is awaited)",
+    ["outcome"],
 )
+HANDOFFS = Counter("sixshop_handoffs", "Shoppers handed to a person, by reason (asked, model, unanswered)", ["reason"])
 TOKENS = Counter("sixshop_chat_tokens", "Tokens of finished turns, as reported by the model", ["direction", "model"])
 FIRST_TOKEN_SECONDS = Histogram(
     "sixshop_chat_first_token_seconds", "From the request to the first streamed token", buckets=_LATENCY_BUCKETS
@@ -51,6 +53,10 @@ def record_turn(outcome: str, model: str | None, input_tokens: int, output_token
 
 def record_refusal(outcome: str) -> None:
     TURNS.labels(outcome).inc()
+
+
+def record_handoff(reason: str) -> None:
+    HANDOFFS.labels(reason).inc()
 
 
 class RuntimeCollector(Collector):

@@ -21,6 +21,7 @@ from persistence.capacity import CapacityRepository
 from persistence.checkpointer import make_checkpointer
 from persistence.db import Pool, PoolConfig, TimedPool, open_pool
 from persistence.embedded import embedded_conninfo, start_embedded
+from persistence.handoffs import SESSION_EVENTS, HandoffRepository
 from persistence.keys import KeyRepository
 from persistence.messages import MessageRepository
 from persistence.migrations import xact_advisory_lock
@@ -28,6 +29,7 @@ from persistence.notify import SESSION_FREE, TURN_CONTROL, TURN_EVENTS, Handler,
 from persistence.sessions import SessionRepository
 from persistence.stats import StatsRepository
 from persistence.store_settings import STORE_SETTINGS, StoreSettingsRepository
+from persistence.webhooks import WEBHOOKS, WebhookRepository
 from server import metrics
 from server.integrations.knowledge import KnowledgeStack, build_knowledge
 from server.integrations.tracing import Tracing
@@ -44,9 +46,11 @@ from server.services.analytics import ChatAnalyticsService
 from server.services.auth import Authenticator
 from server.services.capacity import CapacityService, Limits
 from server.services.chat import IntegratedChatService
+from server.services.handoffs import HandoffService
 from server.services.lifecycle import LifecycleJob
 from server.services.sessions import SessionService
 from server.services.stores import StoreSettingsService
+from server.services.webhooks import WebhookDeliverer
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,8 @@ class Resources:
     capacity: CapacityService
     auth: Authenticator
     store_settings: StoreSettingsService
+    handoffs: HandoffService
+    webhooks: WebhookRepository
     embedded: Any = None
     drain_started: float | None = None  # time.monotonic() of SIGTERM
 
@@ -157,7 +163,8 @@ async def ensure_schema(settings: Settings, pool: TimedPool) -> None:
         await migrate_schema(direct_pool)
 
 
-async def open_turn_control(settings: Settings, pool: TimedPool, chat: IntegratedChatService) -> Listener:
+async def open_turn_control(settings: Settings, pool: TimedPool, chat: IntegratedChatService,
+                            more: dict[str, Handler] | None = None) -> Listener:
     """Cancel requests between replicas: NOTIFY on the pool, LISTEN on a session of this process's own — on
     PostgreSQL itself (DATABASE_DIRECT_URL) when DATABASE_URL is a transaction pooler, which carries no LISTEN."""
     conninfo = await listen_conninfo(settings, pool)
@@ -169,6 +176,7 @@ async def open_turn_control(settings: Settings, pool: TimedPool, chat: Integrate
                                     SESSION_FREE: chat.on_session_free}
     if chat.store_settings is not None:  # a store's settings changed on some replica: drop the cached copy
         handlers[STORE_SETTINGS] = chat.store_settings.on_change
+    handlers.update(more or {})
     listener = Listener(conninfo, handlers)
     await listener.start()
     chat.notify = notify
@@ -261,6 +269,9 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         session_repo = SessionRepository(pool)
         messages = MessageRepository(pool)
         store_settings = StoreSettingsService(StoreSettingsRepository(pool))
+        handoff_repo = HandoffRepository(pool)
+        handoffs = HandoffService(handoff_repo, graph, max_message_chars=settings.max_message_chars,
+                                  stale_after=timedelta(seconds=settings.turn_timeout_seconds))
         chat = IntegratedChatService(
             graph=graph,
             messages=messages,
@@ -279,12 +290,19 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             max_queued=settings.max_queued_turns,
             store_settings=store_settings,
             model_for=store_model_factory(settings),
+            handoffs=handoff_repo if settings.handoff_enabled else None,
             lease=timedelta(seconds=settings.turn_lease_seconds) if settings.turn_lease_seconds > 0 else None,
         )
-        listener = await open_turn_control(settings, pool, chat)
+        webhook_repo = WebhookRepository(pool)
+        deliverer = WebhookDeliverer(webhook_repo, retry_for=timedelta(minutes=settings.webhook_retry_minutes),
+                                     first_wait=timedelta(seconds=settings.webhook_first_retry_seconds))
+        listener = await open_turn_control(settings, pool, chat, {SESSION_EVENTS: handoffs.on_event,
+                                                                  WEBHOOKS: deliverer.on_queued})
         capacity = make_capacity(settings, pool)
         resources = Resources(
             store_settings=store_settings,
+            handoffs=handoffs,
+            webhooks=webhook_repo,
             settings=settings,
             pool=pool,
             sessions=SessionService(session_repo, expire_after=expire_after, store_settings=store_settings,
@@ -303,7 +321,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         )
         observe_pool(pool)
         metrics.RUNTIME.resources = resources
-        background = []
+        # handoff notifications, sent in the background by whichever replica claims each
+        background = [asyncio.create_task(deliverer.run_forever(), name="webhooks")]
         if settings.capacity_sample_seconds > 0:
             background.append(asyncio.create_task(capacity.run_sampler(settings.capacity_sample_seconds),
                                                   name="capacity-sampler"))

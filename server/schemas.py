@@ -48,7 +48,7 @@ class Session(msgspec.Struct):
     session_id: UUID
     store_id: str
     user_id: str | None
-    status: Literal["active", "expired"]
+    status: Literal["active", "expired", "handoff"]
     metadata: dict[str, Any]
     message_count: int
     input_tokens: int
@@ -63,7 +63,7 @@ class Session(msgspec.Struct):
 class Message(msgspec.Struct):
     message_id: UUID
     session_id: UUID
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "operator"]
     content: str
     status: Literal["complete", "streaming", "error", "cancelled", "queued"]
     model: str | None
@@ -76,6 +76,7 @@ class Message(msgspec.Struct):
     created_at: datetime
     prompt_variant: str | None = None
     error_code: str | None = None
+    author: str | None = None  # an operator message's operator
 
 
 class SessionPage(msgspec.Struct):
@@ -90,6 +91,24 @@ class MessagePage(msgspec.Struct):
 class ChatResponse(msgspec.Struct):
     message: Message
     user_message: Message
+
+
+class HandoffInfo(msgspec.Struct):
+    since: str  # when the session was handed to a person
+    operator_hours_open: bool  # whether operators are in now (the store's handoff hours)
+    opens_at: str | None = None  # outside the hours: when they will be
+
+
+class HandoffResponse(msgspec.Struct):
+    """`/chat` to a session waiting for a person (202): the message is kept for the operator; no answer."""
+    user_message: Message
+    handoff: HandoffInfo
+
+
+class OperatorReply(msgspec.Struct, forbid_unknown_fields=True):
+    content: str
+    # who replies, as the transcript shows it (default: the caller's key or token)
+    operator: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = None
 
 
 class FeedbackResponse(msgspec.Struct):
@@ -113,6 +132,7 @@ class StatsFigures(msgspec.Struct, kw_only=True):
     error_rate: float = 0.0
     feedback_count: int = 0
     avg_feedback_score: float | None = None
+    operator_message_count: int = 0  # messages written by a person (role operator)
 
 
 class SessionStats(StatsFigures, kw_only=True):
@@ -123,7 +143,16 @@ class GroupFigures(StatsFigures, kw_only=True):
     session_count: int = 0
 
 
-class DailyStats(GroupFigures, kw_only=True):
+class HandoffFigures(GroupFigures, kw_only=True):
+    """A store's and a day's figures add the handoffs to a person started in the period, and the wait for an
+    operator's first reply in seconds (handoffs still unanswered are counted, not timed)."""
+
+    handoff_count: int = 0
+    p50_first_reply_s: float | None = None
+    p95_first_reply_s: float | None = None
+
+
+class DailyStats(HandoffFigures, kw_only=True):
     date: date
 
 
@@ -135,7 +164,7 @@ class ModelStats(GroupFigures, kw_only=True):
     model: str
 
 
-class StoreStats(GroupFigures, kw_only=True):
+class StoreStats(HandoffFigures, kw_only=True):
     store_id: str
     from_: datetime | None = msgspec.field(default=None, name="from")
     to: datetime | None = None
@@ -222,6 +251,7 @@ def message_out(row: dict[str, Any]) -> Message:
         created_at=row["created_at"],
         prompt_variant=row["prompt_variant"],
         error_code=row["error_code"],
+        author=row.get("author"),
     )
 
 

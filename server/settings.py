@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     turn_lease_seconds: float = Field(15, ge=0)
     # messages waiting behind a running turn in one session (on_busy=enqueue); one more answers 429
     max_queued_turns: int = Field(3, ge=0, le=20)
+    # hand a shopper to a person when they ask for one or could not be helped twice in a row (graph/handoff.py);
+    # false: the assistant always answers (a deployment with no one reading /admin)
+    handoff_enabled: bool = True
+    # how long a store's webhook is retried (with back-off) before a notification is given up; and the first wait
+    webhook_retry_minutes: float = Field(60, gt=0)
+    webhook_first_retry_seconds: float = Field(10, gt=0)
     max_message_chars: int = 4000
     max_body_bytes: int = 64 * 1024
     max_metadata_bytes: int = 4096

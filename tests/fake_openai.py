@@ -11,6 +11,8 @@ Behaviour is chosen by markers in the last user message, so one server serves ev
   [[slow]]   60 chunks, 50 ms apart (for 409 and disconnect tests)
   [[http500]] an HTTP 500 error body before any stream starts
   [[stall]]  two content chunks, then nothing for 5 s before the rest (a model hanging mid-stream)
+  [[human]]  when the request offers a `request_human` tool: a streamed call of it, no content (a model
+             recognising a request for a person that the service's rule does not)
 Every request body is recorded in `requests` (the tests read what the model was shown).
 
 Embeddings (`embedding.create` wire format: float or base64 float32 data, usage) come from
@@ -85,7 +87,12 @@ def answer_for(messages: list[dict[str, Any]]) -> list[str]:
         return [f"{shopper[-1] if shopper else ''} ", follow_up]
     if "[[slow]]" in last:
         return [f"tok{i} " for i in range(60)]
-    return ["I ", "saw ", f"{len(users)} ", "user ", "messages; ", "last: ", last.replace("[[fail]]", "").strip()]
+    said = ["I ", "saw ", f"{len(users)} ", "user ", "messages; ", "last: ", last.replace("[[fail]]", "").strip()]
+    # a person from the store wrote in this conversation (the service sends them as assistant messages named
+    # "operator"): the answer says what it was given, so a test can see it on the page
+    operators = [str(m.get("content")) for m in messages
+                 if m.get("role") == "assistant" and m.get("name") == "operator"]
+    return said + ([f"; the operator said: {operators[-1]}"] if operators else [])
 
 
 def structured_answer(schema: dict[str, Any]) -> dict[str, Any]:
@@ -183,7 +190,23 @@ class _Handler(JsonHandler):
             send(f"data: {json.dumps(obj)}\n\n".encode())
 
         start = time.monotonic()
+        offered = {str((t.get("function") or {}).get("name")) for t in body.get("tools") or []}
         try:
+            if "[[human]]" in last_user and "request_human" in offered:
+                # a tool call streams as the API does: its id and name first, the arguments in pieces, then
+                # finish_reason "tool_calls"
+                chunk({"role": "assistant", "content": None, "tool_calls": [{
+                    "index": 0, "id": f"call_{len(self.server.requests)}", "type": "function",
+                    "function": {"name": "request_human", "arguments": ""}}]}, None)
+                chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}, None)
+                chunk({}, "tool_calls")
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    final = {"id": cid, "object": "chat.completion.chunk", "created": created,
+                             "model": MODEL_REPORTED, "choices": [], "usage": usage}
+                    send(f"data: {json.dumps(final)}\n\n".encode())
+                send(b"data: [DONE]\n\n")
+                send(b"")
+                return
             chunk({"role": "assistant", "content": ""}, None)
             for i, piece in enumerate(pieces):
                 if "[[fail]]" in last_user and i == 2:

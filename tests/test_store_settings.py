@@ -146,3 +146,24 @@ async def test_a_greeting_opens_the_session_and_a_store_model_answers(
         assert fake_openai.answer_requests[-1]["body"]["model"] != "gpt-store-special"
         plain = (await on_b.post("/api/session-chat/sessions", json={"store_id": "store-plain"}, headers=key)).json()
         assert plain["greeting"] is None
+
+
+async def test_a_store_weighs_its_own_prompt_variants(
+        replicas: tuple[ServerProcess, ServerProcess], fake_openai: FakeOpenAIServer, database_url: str) -> None:
+    """`prompt_variants` replaces the service's weights for that store: all its sessions get v2 (stored on the
+    answer, and v2's prompt is what the model receives), other stores keep the default v1."""
+    a, b = replicas
+    key = {"Authorization": f"Bearer {_new_key(database_url, '--admin')}"}
+    async with httpx.AsyncClient(base_url=a.base_url, timeout=30) as on_a, \
+            httpx.AsyncClient(base_url=b.base_url, timeout=30) as on_b:
+        r = await on_a.put(SETTINGS.format("store-v2"), headers=ADMIN, json={"prompt_variants": {"v2": 1}})
+        assert r.status_code == 200 and r.json()["prompt_variants"] == {"v2": 1}, r.text
+        for _ in range(3):
+            await _turn(on_b, "store-v2", "How much is shipping?", key)
+            assert "cite the passage" in _system_prompt(fake_openai)
+        await _turn(on_b, "store-v1", "How much is shipping?", key)
+        assert "cite the passage" not in _system_prompt(fake_openai)
+    rows = fetch_all(database_url, "select store_id, prompt_variant from chat_messages where role = 'assistant' "
+                                   "and store_id in ('store-v2', 'store-v1')")
+    assert sorted((r["store_id"], r["prompt_variant"]) for r in rows) == [
+        ("store-v1", "v1"), ("store-v2", "v2"), ("store-v2", "v2"), ("store-v2", "v2")]

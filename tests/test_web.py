@@ -229,3 +229,59 @@ def test_a_message_sent_while_answering_is_queued_then_answered(slow_server: Ser
     assert shown == [r["content"].strip() for r in rows if r["role"] == "assistant"]  # both, in order
     assert page.locator(".msg.assistant.queued").count() == 0
     context.close()
+
+
+@pytest.fixture(scope="module")
+def model_server(database_url: str, fake_openai: Any) -> Iterator[ServerProcess]:
+    """A replica answering with the fake OpenAI model, which says in its answer what an operator wrote."""
+    with ServerProcess({"DATABASE_URL": database_url, "OPENAI_API_KEY": "sk-local-test",
+                        "OPENAI_BASE_URL": fake_openai.base_url, "OPENAI_MAX_RETRIES": "0",
+                        "ADMIN_TOKEN": ADMIN_TOKEN, "CAPACITY_SAMPLE_SECONDS": "0"}) as proc:
+        yield proc
+
+
+def test_an_operator_reply_reaches_the_shoppers_open_page(model_server: ServerProcess, browser: Any,
+                                                          fake_openai: Any) -> None:
+    store, reply = "web-handoff", "안녕하세요, 상담원 김하늘입니다. 교환 접수해 드렸어요."
+    errors: list[str] = []
+    shopper = browser.new_page(viewport={"width": 900, "height": 700}, locale="ko-KR")
+    shopper.on("pageerror", lambda exc: errors.append(str(exc)))
+    shopper.goto(f"{model_server.base_url}/?store={store}")
+    shopper.wait_for_selector("#sessions option", state="attached")
+    session_id = shopper.evaluate(f"localStorage.getItem('sixshop.session.{store}')")
+    shopper.fill("#input", "상담원 연결해 주세요")
+    shopper.press("#input", "Enter")
+    shopper.wait_for_selector("#handoff", timeout=20_000)  # the banner: waiting for a person
+    assert "상담원" in shopper.inner_text(".msg.assistant .text")
+    shopper.evaluate("window.__notReloaded = true")
+
+    admin = browser.new_page(viewport={"width": 1400, "height": 1000})
+    admin.on("pageerror", lambda exc: errors.append(str(exc)))
+    admin.goto(f"{model_server.base_url}/admin#store={store}")
+    admin.fill("#token", ADMIN_TOKEN)
+    admin.dispatch_event("#token", "change")
+    admin.click(f"#handoffs tr[data-session-id='{session_id}']", timeout=20_000)  # waiting for a person
+    admin.wait_for_selector("#reply-form:not([hidden])")
+    admin.fill("#reply", reply)
+    admin.fill("#operator-name", "김하늘")
+    admin.click("#reply-form button[type='submit']")
+
+    # on the shopper's page, live: no reload, the operator's message under its name
+    shopper.wait_for_selector(".msg.operator", timeout=10_000)
+    assert reply in shopper.inner_text(".msg.operator .text")
+    assert "김하늘" in shopper.inner_text(".msg.operator")
+    assert shopper.evaluate("window.__notReloaded") is True
+    admin.wait_for_selector("#turns .turn.operator")
+    admin.screenshot(path=str(SHOTS / "admin-handoff.png"), full_page=True)
+
+    admin.click("#release")
+    shopper.wait_for_selector("#handoff", state="detached", timeout=10_000)  # released: the banner goes
+    shopper.fill("#input", "교환은 언제 도착하나요?")
+    shopper.press("#input", "Enter")
+    shopper.wait_for_function("() => document.querySelectorAll('.msg.assistant .foot button').length >= 4",
+                              timeout=20_000)  # the notice's footer, then the new answer's
+    answer = shopper.locator(".msg.assistant .text").last.inner_text()
+    # the model was given the whole conversation, the operator's message included, and says so
+    assert f"the operator said: {reply}" in answer
+    shopper.screenshot(path=str(SHOTS / "chat-handoff.png"))
+    assert not errors, errors

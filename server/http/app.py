@@ -28,6 +28,7 @@ from server.errors import (
 from server.http.admin import AdminController
 from server.http.agent_protocol import AgentProtocolController, RunController
 from server.http.operations import VERSION, MetricsController, health, live, ready
+from server.http.operators import OperatorController
 from server.http.pages import operator_page, shopper_page, static_files
 from server.http.sessions import SessionController
 from server.http.stores import StoreSettingsController
@@ -86,8 +87,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     prometheus = PrometheusConfig(app_name="sixshop-ai-agent", prefix="sixshop", group_path=True,
                                   exclude=["/metrics"])
     return Litestar(
-        route_handlers=[SessionController, AdminController, StoreSettingsController, AgentProtocolController,
-                        RunController, health, live, ready,
+        route_handlers=[SessionController, AdminController, StoreSettingsController, OperatorController,
+                        AgentProtocolController, RunController, health, live, ready,
                         MetricsController, shopper_page, operator_page, static_files],
         middleware=[prometheus.middleware],
         lifespan=[lifespan],

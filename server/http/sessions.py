@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from litestar import Controller, Request, delete, get, post
+import msgspec
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 
@@ -34,6 +36,8 @@ from server.schemas import (
     CreateSessionRequest,
     FeedbackRequest,
     FeedbackResponse,
+    HandoffInfo,
+    HandoffResponse,
     MessagePage,
     Session,
     SessionPage,
@@ -81,7 +85,7 @@ class SessionController(Controller):
         state: State,
         store_id: Annotated[StoreId | None, QueryParameter(name="store_id")] = None,
         user_id: Annotated[str | None, QueryParameter(name="user_id", max_length=256)] = None,
-        status: Annotated[Literal["active", "expired"] | None, QueryParameter(name="status")] = None,
+        status: Annotated[Literal["active", "expired", "handoff"] | None, QueryParameter(name="status")] = None,
         limit: Annotated[int, QueryParameter(name="limit", ge=1, le=100)] = 20,
         cursor: Annotated[str | None, QueryParameter(name="cursor", max_length=512)] = None,
         *,
@@ -119,12 +123,19 @@ class SessionController(Controller):
         rows = await res.messages.list(session.session_id, limit=limit, before=before)
         return MessagePage(items=[message_out(r) for r in rows])
 
-    @post("/sessions/{session_id:str}/chat", status_code=200)
+    @post("/sessions/{session_id:str}/chat", status_code=200,
+          responses={202: ResponseSpec(HandoffResponse, description="The session waits for a person: the message "
+                                                                    "is kept for the operator, no answer")})
     async def chat(self, session_id: FromPath[str], data: JSONBody[ChatRequest], state: State,
-                   principal: Caller) -> ChatResponse:
+                   principal: Caller) -> ChatResponse | Response[HandoffResponse]:
         res = resources_of(state)
         sid = await _turn_session(res, principal, session_id)
-        message, user_message = await res.chat.run_to_end(sid, data.message, data.metadata, on_busy=data.on_busy)
+        message, user_message, handoff = await res.chat.run_to_end(sid, data.message, data.metadata,
+                                                                   on_busy=data.on_busy)
+        if message is None:
+            assert handoff is not None
+            return Response(HandoffResponse(user_message=user_message, handoff=msgspec.convert(handoff, HandoffInfo)),
+                            status_code=202)
         return ChatResponse(message=message, user_message=user_message)
 
     @post(
@@ -171,6 +182,33 @@ class SessionController(Controller):
         async def frames() -> AsyncIterator[bytes]:
             async for n, event, payload in events:
                 yield sse_frame(n, event, payload)
+
+        return Stream(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    @get(
+        "/sessions/{session_id:str}/events",
+        media_type="text/event-stream",
+        description="The session's events as they happen, on any replica, resumable with Last-Event-ID: `message` "
+                    "{message} for operator messages, messages kept for a person and finished answers; `status` "
+                    "{status} on handoff and release (API.md).",
+    )
+    async def session_events(
+        self,
+        session_id: FromPath[str],
+        state: State,
+        request: Request[Any, Any, Any],
+        last_event_id: Annotated[str | None, QueryParameter(name="last_event_id", max_length=20)] = None,
+        *,
+        principal: Caller,
+    ) -> Stream:
+        res = resources_of(state)
+        session = await owned_session(res, principal, session_id)
+        after = parse_event_id(request.headers.get("last-event-id") or last_event_id)
+
+        async def frames() -> AsyncIterator[bytes]:
+            async with contextlib.aclosing(res.handoffs.events(session.session_id, after)) as events:
+                async for n, event, payload in events:
+                    yield b": keepalive\n\n" if n is None else sse_frame(n, event, payload)
 
         return Stream(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
 

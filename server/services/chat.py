@@ -30,11 +30,13 @@ from langgraph.types import Durability, StreamMode
 from psycopg_pool import PoolTimeout
 
 from graph.graph import ModelCallError
+from graph.handoff import opens_at
 from graph.models import content_text, model_label
 from graph.prompts import VariantPicker
 from graph.retrieval import Passage
 from graph.state import ChatContext
 from persistence.db import POOL_WAIT_S, retry_unavailable
+from persistence.handoffs import HandoffRepository
 from persistence.messages import MessageRepository, TurnStart
 from persistence.notify import MAX_PAYLOAD, TURN_CONTROL, TURN_EVENTS
 from server import metrics
@@ -74,7 +76,13 @@ ERROR_TEXTS = {
 }
 
 
+@functools.cache
+def _picker(weights: tuple[tuple[str, float], ...]) -> VariantPicker:
+    return VariantPicker(dict(weights))
+
+
 RUNNING = ("streaming", "queued")  # an answer's statuses until it ends
+HANDOFF_MODEL = "handoff"  # the `model` of an answer that is only the handoff notice (no model was called)
 DEFAULT_AUDIENCE = "shopper"  # a session whose metadata names no audience is a shopper's
 
 
@@ -185,6 +193,9 @@ class Turn:
     log: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
     holds_lease: bool = False  # between its claim and its end: renewed by keep_leases
+    # the session waits for a person (graph/handoff.py): {"since", "operator_hours_open", "opens_at"}; a message
+    # sent then gets no answer (no assistant row: message_id is not stored)
+    handoff: dict[str, Any] | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)  # set by end(), after the last event
     _waiters: list[asyncio.Future[None]] = field(default_factory=list)  # one per reader waiting for more
 
@@ -282,6 +293,7 @@ class _Progress:
     model: str | None = None
     first_token_ms: int | None = None
     final: AIMessage | None = None
+    handoff: dict[str, Any] | None = None  # the graph handed the shopper to a person: {"reason", "since"}
 
 
 class IntegratedChatService:
@@ -309,6 +321,7 @@ class IntegratedChatService:
         min_similarity: float | None = None,
         store_settings: StoreSettingsService | None = None,
         model_for: Callable[[str], BaseChatModel] | None = None,
+        handoffs: HandoffRepository | None = None,
     ) -> None:
         self.graph = graph
         self.messages = messages
@@ -318,6 +331,7 @@ class IntegratedChatService:
         self.min_similarity = min_similarity  # the knowledge stack's (server/integrations/knowledge.py)
         self.store_settings = store_settings  # each store's own assistant (server/services/stores.py)
         self.model_for = model_for  # a store's own model by name (None: every store gets `model`)
+        self.handoffs = handoffs  # handing shoppers to a person (None: never; graph/handoff.py)
         self.turn_timeout = turn_timeout
         self.expire_after = expire_after
         self.max_message_chars = max_message_chars
@@ -390,6 +404,8 @@ class IntegratedChatService:
                 model=self.model_name, metadata=metadata, max_queued=self.max_queued,
                 expire_after=self.expire_after)
         detail = {"session_id": str(session_id)}
+        if claim.outcome == "handoff":
+            return await self._held_for_operator(claim, session_id, user_message_id, text, started)
         if claim.outcome not in ("ok", "queued"):
             metrics.record_refusal(claim.outcome)
         if claim.outcome == "not_found":
@@ -401,6 +417,11 @@ class IntegratedChatService:
         if claim.outcome == "full":
             raise QueueFull(detail={**detail, "max_queued": self.max_queued})
         assert claim.store_id is not None
+        chosen = await self.store_variant(claim.store_id, session_id)
+        if chosen is not None and chosen != variant:  # the store weighs the variants its own way
+            variant = chosen
+            if claim.outcome == "ok":  # (a queued turn's row gets its variant when it is claimed)
+                await self.messages.set_prompt_variant(message_id, variant)
         turn = Turn(
             session_id=session_id,
             store_id=claim.store_id,
@@ -419,6 +440,41 @@ class IntegratedChatService:
         if claim.outcome == "queued":
             turn.emit("queued", {"position": position})
         self._launch(turn, self._run(turn) if claim.outcome == "ok" else self._run_when_free(turn))
+        return turn
+
+    async def store_variant(self, store_id: str, session_id: UUID) -> str | None:
+        """The prompt variant a store's own weights (its settings' prompt_variants) give this session; None: the
+        service's weights (PROMPT_VARIANT) apply."""
+        store = await self.store_settings.for_turn(store_id) if self.store_settings is not None else {}
+        weights = store.get("prompt_variants")
+        if not weights:
+            return None
+        return _picker(tuple(sorted((str(k), float(v)) for k, v in weights.items()))).pick(session_id)
+
+    async def handoff_info(self, session_id: UUID, store_id: str, since: datetime | None) -> dict[str, Any]:
+        """What a shopper is told while their session waits for a person: since when, and whether operators are
+        in now (the store's handoff hours), else when they will be."""
+        store = await self.store_settings.for_turn(store_id) if self.store_settings is not None else {}
+        now = datetime.now(UTC)
+        at = opens_at(store.get("handoff_hours"), now)
+        return {"since": (since or now).isoformat(), "operator_hours_open": at is None or at <= now,
+                "opens_at": at.isoformat() if at is not None and at > now else None}
+
+    async def _held_for_operator(self, claim: TurnStart, session_id: UUID, user_message_id: UUID, text: str,
+                                 started: float) -> Turn:
+        """A message to a session waiting for a person: stored (begin_turn did), no answer; its stream is
+        `metadata` then `handoff`."""
+        assert claim.store_id is not None
+        opened = await self.handoffs.open(session_id) if self.handoffs is not None else None
+        turn = Turn(session_id=session_id, store_id=claim.store_id, user_id=claim.user_id,
+                    user_message_id=user_message_id, message_id=user_message_id, content=text, model="operator",
+                    prompt_variant="", started=started)
+        turn.handoff = await self.handoff_info(session_id, claim.store_id, opened["started_at"] if opened else None)
+        turn.emit("metadata", {"session_id": str(session_id), "user_message_id": str(user_message_id),
+                               "message_id": None, "run_id": None, "model": None})
+        turn.emit("handoff", turn.handoff)
+        turn.end()
+        metrics.record_refusal("held_for_operator")
         return turn
 
     def _launch(self, turn: Turn, work: Awaitable[None]) -> None:
@@ -508,9 +564,14 @@ class IntegratedChatService:
         self._turns.pop(message_id, None)
 
     async def run_to_end(self, session_id: UUID, text: str, metadata: dict[str, Any],
-                         on_busy: OnBusy = "reject") -> tuple[Message, Message]:
-        """The non-streaming turn: (assistant message, user message); a failed model is a 502."""
+                         on_busy: OnBusy = "reject") -> tuple[Message | None, Message, dict[str, Any] | None]:
+        """The non-streaming turn: (assistant message, user message, handoff); a failed model is a 502. A session
+        waiting for a person gives no assistant message, and what the shopper is told (handoff_info)."""
         turn = await self.start_turn(session_id, text, metadata, on_busy=on_busy)
+        if turn.handoff is not None and turn.task is None:
+            row = await self.messages.get(turn.user_message_id)
+            assert row is not None
+            return None, message_out(row), turn.handoff
         done: Message | None = None
         error: dict[str, Any] = {}
         async for event, data in turn.stream():
@@ -526,7 +587,7 @@ class IntegratedChatService:
             raise AppError(detail=detail)
         user_row = await self.messages.get(turn.user_message_id)
         assert user_row is not None
-        return done, message_out(user_row)
+        return done, message_out(user_row), turn.handoff
 
     # -- the turn itself
 
@@ -594,6 +655,8 @@ class IntegratedChatService:
             history_messages=self.history_messages,
             prompt_variant=turn.prompt_variant,
             answer_id=str(turn.message_id),
+            handoff=self.handoffs is not None,
+            handoff_hours=store.get("handoff_hours"),
         )
         graph_input = {"messages": [*turn.prelude, HumanMessage(content=turn.content, id=str(turn.user_message_id))]}
         if turn.attempt > 1:
@@ -606,6 +669,13 @@ class IntegratedChatService:
         if not progress.parts and progress.final is not None and content_text(progress.final.content):
             # a model that does not stream: its whole answer is one token event
             self._on_chunk(turn, progress, AIMessageChunk(content=content_text(progress.final.content)))
+        if progress.handoff is not None and self.handoffs is not None:
+            # the graph waits for a person (interrupt): the session says so before its claim is let go, so the
+            # shopper's next message is kept for the operator, not answered
+            _, since = await self.handoffs.start(turn.session_id, turn.message_id, str(progress.handoff["reason"]))
+            turn.handoff = await self.handoff_info(turn.session_id, turn.store_id, since)
+            turn.emit("handoff", turn.handoff)
+            metrics.record_handoff(str(progress.handoff["reason"]))
 
     async def _rewind(self, turn: Turn, config: RunnableConfig) -> None:
         """A re-run starts from the checkpoint taken before the turn. With durability 'exit' the dead run wrote
@@ -648,6 +718,13 @@ class IntegratedChatService:
                     turn.emit("sources", {"sources": progress.sources})
                 if "generate" in payload:
                     progress.final = payload["generate"]["messages"][-1]
+                if "handoff" in payload:  # the shopper is told a person will reply: part of this turn's answer
+                    said = payload["handoff"]
+                    progress.handoff = said["handoff"]
+                    if progress.final is None:  # no model spoke in this turn: the notice is the rule's words
+                        progress.model = HANDOFF_MODEL
+                    text = content_text(said["messages"][-1].content)
+                    self._on_chunk(turn, progress, AIMessageChunk(content=f"\n\n{text}" if progress.parts else text))
 
     def _on_chunk(self, turn: Turn, progress: _Progress, chunk: AIMessageChunk) -> None:
         if chunk.usage_metadata:

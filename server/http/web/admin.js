@@ -1,5 +1,6 @@
 // The operator page: a store's statistics with charts (plain SVG), its sessions found by text, and a
-// session's transcript with usage, timings, sources, feedback and the LangSmith trace link.
+// session's transcript with usage, timings, sources, feedback and the LangSmith trace link; the sessions waiting
+// for a person, with a reply box and the release; the store's settings, their change log and its webhook log.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -11,12 +12,17 @@ function headers() {
   return token ? { Authorization: `Bearer ${token}` } : {};
 }
 
-async function api(path) {
-  const r = await fetch(`/api/admin${path}`, { headers: headers() });
+async function api(path, { method = "GET", body } = {}) {
+  const r = await fetch(`/api/admin${path}`, {
+    method, headers: body === undefined ? headers() : { ...headers(), "Content-Type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
   if (!r.ok) {
     let body = {};
     try { body = await r.json(); } catch (_) { /* not JSON */ }
-    throw new Error(`${body.code || r.status}: ${body.message || "request failed"}`);
+    const err = new Error(`${body.code || r.status}: ${body.message || "request failed"}`);
+    err.detail = body.detail || {};
+    throw err;
   }
   return r.json();
 }
@@ -117,6 +123,10 @@ async function loadStats() {
     ["latency p50", `${fmt(s.p50_latency_ms)} ms`], ["latency p95", `${fmt(s.p95_latency_ms)} ms`],
     ["error rate", pct(s.error_rate)],
     ["feedback", s.feedback_count ? `${fmt(s.avg_feedback_score, 2)} (${s.feedback_count})` : "–"],
+    ["handoffs", fmt(s.handoff_count)],
+    ["first reply p50 / p95", s.p50_first_reply_s === null ? "–"
+      : `${fmt(s.p50_first_reply_s)} / ${fmt(s.p95_first_reply_s)} s`],
+    ["operator messages", fmt(s.operator_message_count)],
   ];
   $("figures").replaceChildren(...figures.map(([k, v]) => {
     const box = el("div", null, "figure");
@@ -169,11 +179,14 @@ async function loadTranscript(id) {
   const box = $("turns");
   box.className = "";
   const head = el("p", `${t.session.session_id} · store ${t.session.store_id} · user ${t.session.user_id || "–"} · `
-    + `${t.session.message_count} messages`, "muted");
+    + `${t.session.message_count} messages · ${t.session.status}`, "muted");
+  current = t.session;
+  $("reply-form").hidden = t.session.status !== "handoff";
   box.replaceChildren(head, ...t.messages.map((m) => {
     const turn = el("div", null, `turn ${m.role}`);
     turn.dataset.messageId = m.message_id;
-    turn.append(el("div", `${m.role} · ${new Date(m.created_at).toLocaleString()} · ${m.status}`, "who"),
+    const who = m.role === "operator" ? `operator ${m.author || ""}` : m.role;
+    turn.append(el("div", `${who} · ${new Date(m.created_at).toLocaleString()} · ${m.status}`, "who"),
                 el("div", m.content, "content"));
     const meta = el("div", null, "meta");
     if (m.role === "assistant") {
@@ -204,6 +217,127 @@ async function loadTranscript(id) {
   }));
 }
 
+// -- people behind the assistant: who waits, a reply, the release ----------------------------------
+
+let current = null;  // the session whose transcript is open
+
+const waited = (s) => (s < 90 ? `${Math.round(s)} s` : s < 5400 ? `${Math.round(s / 60)} min` : `${(s / 3600).toFixed(1)} h`);
+
+async function loadHandoffs() {
+  const page = await api(`/handoffs?store_id=${encodeURIComponent($("store").value)}`);
+  $("handoffs").tBodies[0].replaceChildren(...page.items.map((h) => {
+    const tr = el("tr", null, "pick");
+    tr.dataset.sessionId = h.session_id;
+    tr.append(el("td", waited(h.waiting_seconds)), el("td", h.user_id || "–"),
+              el("td", h.first_reply_at ? `${h.reason} · answered` : h.reason), el("td", h.last_shopper_message || ""));
+    tr.addEventListener("click", () => { location.hash = `store=${encodeURIComponent($("store").value)}&session=${h.session_id}`; });
+    return tr;
+  }));
+}
+
+$("reply-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const content = $("reply").value.trim();
+  if (!content || !current) return;
+  try {
+    const name = $("operator-name").value.trim();
+    await api(`/sessions/${current.session_id}/reply`, { method: "POST",
+                                                         body: name ? { content, operator: name } : { content } });
+    $("reply").value = "";
+    await Promise.all([loadTranscript(current.session_id), loadHandoffs()]);
+    status("reply sent");
+  } catch (e) { status(e.message, true); }
+});
+$("release").addEventListener("click", async () => {
+  if (!current) return;
+  try {
+    await api(`/sessions/${current.session_id}/release`, { method: "POST" });
+    await Promise.all([loadTranscript(current.session_id), loadHandoffs()]);
+    status("released to the assistant");
+  } catch (e) { status(e.message, true); }
+});
+
+// -- the store's settings, their change log, the webhook log -----------------------------------------
+
+const DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+const PLAIN = ["display_name", "greeting", "language", "model", "instructions", "webhook_url"];
+$("hours-days").replaceChildren(...DAYS.map((d) => {
+  const label = el("label", null, "day");
+  const box = document.createElement("input");
+  box.type = "checkbox"; box.name = `day_${d}`;
+  label.append(box, ` ${d}`);
+  return label;
+}));
+
+let loaded = {};  // the settings as read: a PUT sends only what changed
+
+async function loadSettings() {
+  const store = encodeURIComponent($("store").value);
+  const [s, changes, hooks] = await Promise.all([api(`/stores/${store}/settings`), api(`/stores/${store}/settings/changes`),
+                                                 api(`/stores/${store}/webhooks`)]);
+  loaded = s;
+  const f = $("settings-form").elements;
+  for (const k of PLAIN) f[k].value = s[k] ?? "";
+  f.retrieval_k.value = s.retrieval_k ?? "";
+  f.prompt_variants.value = s.prompt_variants ? JSON.stringify(s.prompt_variants) : "";
+  f.webhook_secret.value = "";
+  f.webhook_secret.placeholder = s.webhook_secret_set ? "set (unchanged)" : "not set";
+  const h = s.handoff_hours || {};
+  f.hours_timezone.value = h.timezone || ""; f.hours_from.value = h.from || ""; f.hours_to.value = h.to || "";
+  for (const d of DAYS) f[`day_${d}`].checked = (h.days || []).includes(d);
+  const show = (v) => (v === null || v === undefined ? "–" : typeof v === "string" ? v : JSON.stringify(v));
+  $("changes").tBodies[0].replaceChildren(...changes.items.map((c) => {
+    const tr = el("tr");
+    tr.append(el("td", new Date(c.changed_at).toLocaleString()), el("td", c.changed_by || "–"), el("td", c.field),
+              el("td", `${show(c.old_value)} → ${show(c.new_value)}`));
+    return tr;
+  }));
+  $("webhooks").tBodies[0].replaceChildren(...hooks.items.map((d) => {
+    const tr = el("tr");
+    tr.dataset.deliveryId = d.delivery_id;
+    tr.append(el("td", new Date(d.created_at).toLocaleString()), el("td", d.event), el("td", d.status),
+              el("td", d.attempt_log.map((a) => a.status_code || a.error).join(", ") || "–"));
+    return tr;
+  }));
+}
+
+function settingsPatch() {
+  const f = $("settings-form").elements;
+  const patch = {};
+  for (const k of PLAIN) {
+    const v = f[k].value.trim() || null;
+    if (v !== (loaded[k] ?? null)) patch[k] = v;
+  }
+  const k = f.retrieval_k.value ? Number(f.retrieval_k.value) : null;
+  if (k !== (loaded.retrieval_k ?? null)) patch.retrieval_k = k;
+  const variants = f.prompt_variants.value.trim();
+  if (variants !== (loaded.prompt_variants ? JSON.stringify(loaded.prompt_variants) : "")) {
+    try { patch.prompt_variants = variants ? JSON.parse(variants) : null; }
+    catch (_) { patch.prompt_variants = variants; }  // the service says what is wrong with it
+  }
+  const days = DAYS.filter((d) => f[`day_${d}`].checked);
+  const hours = f.hours_timezone.value.trim() || days.length || f.hours_from.value || f.hours_to.value
+    ? { timezone: f.hours_timezone.value.trim(), days, from: f.hours_from.value, to: f.hours_to.value } : null;
+  if (JSON.stringify(hours) !== JSON.stringify(loaded.handoff_hours ?? null)) patch.handoff_hours = hours;
+  if (f.webhook_secret.value) patch.webhook_secret = f.webhook_secret.value;
+  return patch;
+}
+
+$("settings-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const patch = settingsPatch();
+  $("settings-status").className = "muted";
+  if (!Object.keys(patch).length) { $("settings-status").textContent = "nothing changed"; return; }
+  try {
+    await api(`/stores/${encodeURIComponent($("store").value)}/settings`, { method: "PUT", body: patch });
+    $("settings-status").textContent = `saved: ${Object.keys(patch).join(", ")}`;
+    await loadSettings();
+  } catch (e) {
+    $("settings-status").textContent = e.message;
+    $("settings-status").className = "error";
+  }
+});
+
 // -- wiring ---------------------------------------------------------------------------------------
 
 async function refresh() {
@@ -217,7 +351,7 @@ async function refresh() {
       return o;
     }));
     if (wanted) $("store").value = wanted;
-    await Promise.all([loadStats(), loadSessions()]);
+    await Promise.all([loadStats(), loadSessions(), loadHandoffs(), loadSettings()]);
     const session = hashParams().get("session");
     if (session) await loadTranscript(session);
     status(`updated ${new Date().toLocaleTimeString()}`);
@@ -235,4 +369,10 @@ $("from").addEventListener("change", () => loadStats().catch((e) => status(e.mes
 $("to").addEventListener("change", () => loadStats().catch((e) => status(e.message, true)));
 $("search-form").addEventListener("submit", (ev) => { ev.preventDefault(); loadSessions().catch((e) => status(e.message, true)); });
 window.addEventListener("hashchange", refresh);
+// who waits, and the open transcript while it waits for a person, are looked at again every few seconds
+setInterval(() => {
+  if (document.hidden || !$("store").value) return;
+  loadHandoffs().catch(() => {});
+  if (current && current.status === "handoff") loadTranscript(current.session_id).catch(() => {});
+}, 3000);
 refresh();

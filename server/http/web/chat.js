@@ -2,6 +2,8 @@
 // EventSource), show sources as links, rate answers. The current session survives reloads (localStorage),
 // and so does an answer being streamed: its id and the last event seen are kept, and after a network drop
 // or a reload the page rejoins the answer (GET .../messages/{id}/stream, Last-Event-ID) where it was.
+// The session's own event stream (GET .../sessions/{id}/events) brings what others write: an operator's replies
+// while the session waits for a person, and the handoff and release themselves.
 "use strict";
 
 const API = "/api/session-chat";
@@ -98,6 +100,13 @@ function showFooter(el, message) {
 function renderMessage(message) {
   const el = bubble(message.role);
   el.querySelector(".text").textContent = message.content;
+  if (message.message_id) el.dataset.messageId = message.message_id;
+  if (message.role === "operator") {  // a person from the store, by name
+    const who = document.createElement("div");
+    who.className = "who muted";
+    who.textContent = `${message.author || "operator"} · 상담원`;
+    el.prepend(who);
+  }
   if (message.role === "assistant") {
     el.dataset.status = message.status;
     showSources(el, message.sources);
@@ -112,6 +121,51 @@ async function rate(el, messageId, score, button) {
     el.querySelectorAll(".foot button").forEach((b) => b.classList.toggle("chosen", b === button));
     status("Thanks for the feedback · 감사합니다");
   } catch (e) { status(`Feedback failed: ${e.message}`, true); }
+}
+
+// While the session waits for a person: a banner saying so (and, outside the store's hours, from when).
+function showHandoff(info) {
+  let bar = $("handoff");
+  if (!info) { bar?.remove(); return; }
+  if (!bar) {
+    bar = document.createElement("div");
+    bar.id = "handoff"; bar.className = "handoff"; bar.setAttribute("role", "status");
+    $("messages").before(bar);
+  }
+  const later = info.opens_at ? ` · ${new Date(info.opens_at).toLocaleString()}부터 답변 (replies from then)` : "";
+  bar.textContent = `상담원 연결 중 · Waiting for a person${later}`;
+}
+
+// -- the session's events: an operator's messages and the handoff's start and end, live ----------------
+
+let watching = null;  // {session, controller}
+
+async function watchSession(id) {
+  watching?.controller.abort();
+  const controller = new AbortController();
+  watching = { session: id, controller };
+  let last = 0;
+  for (let attempt = 0; !controller.signal.aborted; attempt++) {
+    try {
+      const r = await fetch(`${API}/sessions/${id}/events`, { headers: { ...headers(false), "Last-Event-ID": String(last) },
+                                                             signal: controller.signal });
+      if (r.status === 404) return;
+      if (!r.ok) throw new Error(`HTTP ${r.status}`);
+      attempt = 0;
+      for await (const [event, data, n] of sseEvents(r)) {
+        last = n;
+        if (event === "status") showHandoff(data.status === "handoff" ? (state.handoff || {}) : null);
+        if (event === "message" && data.message.role === "operator"
+            && !document.querySelector(`.msg[data-message-id="${data.message.message_id}"]`)) {
+          renderMessage(data.message);
+          $("messages").scrollTop = $("messages").scrollHeight;
+        }
+      }
+    } catch (e) {
+      if (controller.signal.aborted) return;
+    }
+    await sleep(Math.min(500 * 2 ** attempt, 5000));
+  }
 }
 
 // -- sessions -------------------------------------------------------------------------------------
@@ -155,6 +209,8 @@ async function openSession(id) {
   page.items.forEach(renderMessage);
   $("messages").scrollTop = $("messages").scrollHeight;
   resumeRunning(id);
+  showHandoff(null);
+  watchSession(id);
 }
 
 async function newSession() {
@@ -209,7 +265,10 @@ async function* sseEvents(response) {
 // One answer's events onto its bubble; true once it has ended (done or error).
 function apply(el, event, data) {
   const textEl = el.querySelector(".text");
-  if (event === "queued") {
+  if (event === "handoff") {  // the answer hands the shopper to a person (its text says so)
+    state.handoff = data;
+    showHandoff(data);
+  } else if (event === "queued") {
     el.classList.add("queued");
     showFooter(el, { message_id: el.dataset.messageId || "", status: `queued · 대기 중 (${data.position})` });
   } else if (event === "restart") {  // the server running it died: it is answered again from the start
@@ -293,6 +352,10 @@ async function send(text) {
       throw new Error(body.message || `HTTP ${r.status}`);
     }
     for await (const [event, data, id] of sseEvents(r)) {
+      if (event === "metadata" && !data.message_id) {  // kept for the person the session waits for: no answer
+        el.remove();
+        continue;
+      }
       if (event === "metadata") {
         el.dataset.messageId = data.message_id;
         running = { session: state.session, message_id: data.message_id, last: id };
