@@ -112,5 +112,10 @@ class ThreadExists(AppError):
     status_code, code, default_message = 409, "thread_exists", "A thread with this id already exists"
 
 
+class ThreadInterrupted(AppError):
+    status_code, code, default_message = (409, "thread_interrupted",
+                                          "This thread waits for a person (handoff) until an operator releases it")
+
+
 class AssistantNotFound(NotFound):
     code, default_message = "assistant_not_found", "No such assistant"

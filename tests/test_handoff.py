@@ -10,12 +10,14 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import uuid4
 from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 
 from graph.handoff import DAYS, asks_for_person, said_not_known
+from tests.conftest import execute, fetch_all
 from tests.fake_openai import FakeOpenAIServer
 from tests.server_process import ServerProcess
 from tests.sse import read_sse
@@ -95,6 +97,61 @@ async def test_asking_for_a_person_hands_the_session_over_and_holds_the_bot(
         events = await _stream(c, english, "Can I talk to a real person please?")
         assert "person" in "".join(d["delta"] for e, d in events if e == "token")
         assert await _status(c, english) == "handoff"
+
+
+async def test_a_rejoin_and_the_agent_protocol_see_the_handoff(replicas: tuple[ServerProcess, ServerProcess]) -> None:
+    a, b = replicas
+    async with httpx.AsyncClient(base_url=a.base_url, timeout=30) as on_a, \
+            httpx.AsyncClient(base_url=b.base_url, timeout=30) as on_b:
+        sid = await _session(on_a)
+        live = await _stream(on_a, sid, "사람이랑 얘기하고 싶어요")
+        mid = live[0][1]["message_id"]
+        # rejoined after the end, on another replica: the same events, the handoff included
+        async with on_b.stream("GET", f"{API}/sessions/{sid}/messages/{mid}/stream") as r:
+            again = [(e, d) async for _, e, d in read_sse(r)]
+        assert [e for e, _ in again] == ["metadata", "token", "handoff", "done"]
+        assert again[2][1] == dict(live)["handoff"]
+
+        # as an Agent Protocol thread: interrupted, and a new run is refused before anything is stored
+        thread = (await on_b.get(f"/threads/{sid}")).json()
+        assert thread["status"] == "interrupted"
+        found = (await on_b.post("/threads/search", json={"status": "interrupted", "limit": 100})).json()
+        assert sid in [t["thread_id"] for t in found]
+        before = len((await on_a.get(f"{API}/sessions/{sid}/messages")).json()["items"])
+        refused = await on_b.post(f"/threads/{sid}/runs/wait", json={
+            "assistant_id": "agent", "input": {"messages": [{"role": "user", "content": "hello?"}]}})
+        assert (refused.status_code, refused.json()["code"]) == (409, "thread_interrupted")
+        assert len((await on_a.get(f"{API}/sessions/{sid}/messages")).json()["items"]) == before
+
+        # a run that hands over ends with LangGraph's __interrupt__ update
+        other = await _session(on_a)
+        async with on_b.stream("POST", f"/threads/{other}/runs/stream", json={
+                "assistant_id": "agent", "stream_mode": ["updates"],
+                "input": {"messages": [{"role": "user", "content": "I want to talk to a human"}]}}) as r:
+            updates = [d async for _, e, d in read_sse(r) if e == "updates"]
+        (interrupt,) = [u["__interrupt__"][0]["value"] for u in updates if "__interrupt__" in u]
+        assert interrupt["waiting_for"] == "operator" and interrupt["operator_hours_open"] is True
+
+
+def test_messages_queued_behind_the_handing_over_turn_are_kept_not_answered(migrated_url: str) -> None:
+    """sql/013: a message waiting behind the turn that hands the session over keeps the shopper's words and its
+    answer is closed cancelled/handoff (so no bot turn runs for it); one queued in the moment after is born so."""
+    sid, user, answer, late_user, late_answer = (str(uuid4()) for _ in range(5))
+    execute(migrated_url, "insert into chat_sessions (session_id, store_id) values (%s, 'store-queue')", (sid,))
+    for mid, role in ((user, "user"), (answer, "assistant")):
+        execute(migrated_url, "insert into chat_messages (message_id, session_id, store_id, role, status) "
+                              "values (%s, %s, 'store-queue', %s, 'queued')", (mid, sid, role))
+    execute(migrated_url, "update chat_sessions set status = 'handoff' where session_id = %s", (sid,))
+    for mid, role in ((late_user, "user"), (late_answer, "assistant")):
+        execute(migrated_url, "insert into chat_messages (message_id, session_id, store_id, role, status) "
+                              "values (%s, %s, 'store-queue', %s, 'queued')", (mid, sid, role))
+    rows = {str(r["message_id"]): (r["status"], r["error_code"]) for r in fetch_all(
+        migrated_url, "select message_id, status, error_code from chat_messages where session_id = %s", (sid,))}
+    assert rows == {user: ("complete", None), answer: ("cancelled", "handoff"),
+                    late_user: ("complete", None), late_answer: ("cancelled", "handoff")}
+    kinds = [(r["kind"], r["status"]) for r in fetch_all(
+        migrated_url, "select kind, status from session_events where session_id = %s order by event_id", (sid,))]
+    assert ("status", "handoff") in kinds
 
 
 async def test_two_answers_that_could_not_help_hand_the_session_over(
@@ -206,12 +263,12 @@ async def test_an_operator_replies_and_releases_from_another_replica(
         transcript = (await on_a.get(f"/api/admin/sessions/{sid}/transcript", headers=ADMIN)).json()["messages"]
         assert [(m["role"], m.get("author")) for m in transcript if m["role"] == "operator"] == [("operator", "김하늘")]
 
-        # statistics: handoffs of the store (this module's four), the wait for a first reply, operator messages
+        # statistics: handoffs of the store (this module's six), the wait for a first reply, operator messages
         stats = (await on_a.get(f"{API}/stats", params={"store_id": "store-handoff"})).json()
-        assert stats["handoff_count"] == 4 and stats["operator_message_count"] == 1
+        assert stats["handoff_count"] == 6 and stats["operator_message_count"] == 1
         assert stats["p50_first_reply_s"] is not None and stats["p95_first_reply_s"] >= stats["p50_first_reply_s"]
         today = stats["daily"][-1]
-        assert today["handoff_count"] == 4 and today["operator_message_count"] == 1
+        assert today["handoff_count"] == 6 and today["operator_message_count"] == 1
 
 
 async def test_a_store_key_reaches_only_its_own_handoffs(

@@ -56,3 +56,27 @@ async def test_a_run_in_langgraph_dev_retrieves_and_answers_like_the_service(
     assert answer["response_metadata"]["model_name"] == "offline-extractive-v1"  # and says it is offline
     # the knowledge base it searched is the service's: the sample, indexed into this database
     assert fetch_all(database_url, "select count(*) as n from knowledge_documents")[0]["n"] >= 16
+
+
+async def test_a_handoff_is_an_interrupt_that_studio_shows_and_resumes(langgraph_dev: str) -> None:
+    """Asking for a person stops the thread at `wait_for_operator` (interrupt()): LangGraph's server reports the
+    thread `interrupted` with the interrupt's value, as Studio shows it; resuming with Command(resume=...) adds
+    what the operator wrote and the thread is idle again."""
+    client = get_client(url=langgraph_dev, api_key=None)
+    thread = await client.threads.create()
+    await client.runs.wait(thread["thread_id"], "agent",
+                           input={"messages": [{"role": "user", "content": "상담원 연결해 주세요"}]})
+    waiting = await client.threads.get(thread["thread_id"])
+    assert waiting["status"] == "interrupted"
+    state = await client.threads.get_state(thread["thread_id"])
+    assert state["next"] == ["wait_for_operator"]
+    (interrupt,) = [i for task in state["tasks"] for i in task["interrupts"]]
+    assert interrupt["value"]["waiting_for"] == "operator" and interrupt["value"]["reason"] == "asked"
+    assert "상담원" in state["values"]["messages"][-1]["content"]  # the shopper was told
+
+    await client.runs.wait(thread["thread_id"], "agent", command={"resume": {"messages": [
+        {"role": "operator", "content": "안녕하세요, 상담원입니다.", "id": "op-1"}]}})
+    released = await client.threads.get(thread["thread_id"])
+    assert released["status"] == "idle"
+    messages = (await client.threads.get_state(thread["thread_id"]))["values"]["messages"]
+    assert messages[-1]["content"] == "안녕하세요, 상담원입니다." and messages[-1]["name"] == "operator"

@@ -272,6 +272,19 @@ def test_an_operator_reply_reaches_the_shoppers_open_page(model_server: ServerPr
     assert "김하늘" in shopper.inner_text(".msg.operator")
     assert shopper.evaluate("window.__notReloaded") is True
     admin.wait_for_selector("#turns .turn.operator")
+
+    # the store's settings through the form: saved, recorded in the change log, a bad value refused by name
+    admin.fill("#settings-form [name='display_name']", "하늘 상점")
+    admin.fill("#settings-form [name='greeting']", "어서 오세요!")
+    admin.click("#settings-form button[type='submit']")
+    admin.wait_for_function("() => document.getElementById('settings-status').textContent.startsWith('saved')")
+    admin.wait_for_selector("#changes tbody tr")
+    logged = admin.inner_text("#changes tbody")
+    assert "display_name" in logged and "하늘 상점" in logged and "admin-token" in logged
+    admin.fill("#settings-form [name='retrieval_k']", "99")
+    admin.click("#settings-form button[type='submit']")
+    admin.wait_for_function("() => document.getElementById('settings-status').textContent.includes('retrieval_k')")
+    assert admin.get_attribute("#settings-status", "class") == "error"
     admin.screenshot(path=str(SHOTS / "admin-handoff.png"), full_page=True)
 
     admin.click("#release")

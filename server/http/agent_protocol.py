@@ -54,6 +54,7 @@ from server.errors import (
     RunNotFound,
     SessionNotFound,
     ThreadExists,
+    ThreadInterrupted,
     Unsupported,
     ValidationFailed,
 )
@@ -185,7 +186,8 @@ def thread_json(session: Session, values: dict[str, Any] | None = None) -> dict[
         "created_at": _iso(session.created_at),
         "updated_at": _iso(session.last_activity_at),
         "metadata": metadata,
-        "status": "busy" if session.turn_running else "idle",
+        # a thread handed to a person waits at its interrupt (graph/handoff.py) until an operator releases it
+        "status": "interrupted" if session.status == "handoff" else "busy" if session.turn_running else "idle",
         "interrupts": {},
     }
     if values is not None:
@@ -367,6 +369,9 @@ async def run_events(res: Resources, run: RunRef, items: Numbered,
                 frames.append(("updates", {"generate": {"messages": [final]}}))
             if "values" in modes:
                 frames.append(("values", _values(await _snapshot(res, thread_id))))
+        elif event == "handoff" and "updates" in modes:  # the run ends at the graph's interrupt: a person replies
+            frames.append(("updates", {"__interrupt__": [{"value": {"waiting_for": "operator", **data},
+                                                          "id": run_id}]}))
         elif event == "error":
             frames.append(("error", {"error": data.get("code", "internal_error"), "message": data.get("message", ""),
                                      "run_id": run_id}))
@@ -451,8 +456,8 @@ class AgentProtocolController(Controller):
             raise Unsupported("searching by state values is not supported", {"field": "values"})
         if body.sort_by not in (None, "created_at") or body.sort_order not in (None, "desc"):
             raise Unsupported("threads are listed newest first (sort_by created_at, desc)", {"field": "sort_by"})
-        if body.status in ("interrupted", "error"):
-            return []  # a turn never leaves its thread interrupted or in error: the next turn may run
+        if body.status == "error":
+            return []  # a turn never leaves its thread in error: the next turn may run
         metadata = dict(body.metadata)
         store_id, user_id = metadata.pop("store_id", None), metadata.pop("user_id", None)
         store_id = None if store_id is None else checked(store_id, StoreId, "metadata.store_id")
@@ -463,9 +468,10 @@ class AgentProtocolController(Controller):
             if store_id not in (None, principal.store_id):
                 return []
             store_id = principal.store_id
-        page = await res.sessions.list(store_id=store_id, user_id=user_id, status=None,
+        interrupted = body.status == "interrupted"  # waiting for a person: the sessions in handoff
+        page = await res.sessions.list(store_id=store_id, user_id=user_id, status="handoff" if interrupted else None,
                                        limit=body.offset + body.limit, cursor=None, metadata=metadata or None,
-                                       busy=None if body.status is None else body.status == "busy")
+                                       busy=None if body.status is None or interrupted else body.status == "busy")
         sessions = page.items[body.offset:]
         if body.select is not None and "values" in body.select:
             snapshots = await asyncio.gather(*(
@@ -522,7 +528,9 @@ async def begin_run(res: Resources, principal: Principal, thread_id: UUID, body:
     modes = stream_modes(body.stream_mode)
     text = user_text(body)
     try:
-        await _owned(res, principal, thread_id)
+        session = await _owned(res, principal, thread_id)
+        if session.status == "handoff":  # refused before anything is stored: an operator answers, not a run
+            raise ThreadInterrupted(detail={"thread_id": str(thread_id)})
     except SessionNotFound:
         if body.if_not_exists != "create":
             metrics.record_refusal("not_found")

@@ -165,6 +165,8 @@ def stored_events(row: dict[str, Any], after: int) -> list[tuple[int, str, dict[
     if ends and after < first_token + len(ends) - 1:
         start = ends[after - first_token] if after >= first_token else 0
         out.append((first_token + len(ends) - 1, "token", {"delta": row["content"][start:]}))
+    if index.get("handoff") and after < index["handoff"][0]:
+        out.append((index["handoff"][0], "handoff", index["handoff"][1]))
     if after < index["final_id"]:
         out.append((index["final_id"], *ending_event(row)))
     return out
@@ -227,6 +229,7 @@ class Turn:
         answer, so that a client rejoining after the turn ended gets the same ids (stored_events)."""
         ends: list[int] = []
         first_token_id = sources_id = None
+        handoff: list[Any] | None = None
         total = 0
         for n, (event, data) in enumerate(self.log, start=self.first_id):
             if event == "token":
@@ -235,8 +238,13 @@ class Turn:
                 ends.append(total)
             elif event == "sources":
                 sources_id = n
-        return {"first_id": self.first_id, "sources_id": sources_id, "first_token_id": first_token_id,
-                "token_ends": ends, "final_id": self.first_id + len(self.log)}
+            elif event == "handoff":
+                handoff = [n, data]
+        index = {"first_id": self.first_id, "sources_id": sources_id, "first_token_id": first_token_id,
+                 "token_ends": ends, "final_id": self.first_id + len(self.log)}
+        if handoff is not None:  # the answer handed the shopper to a person: a rejoin sees that too
+            index["handoff"] = handoff
+        return index
 
     def _wake_readers(self) -> None:
         for waiter in self._waiters:
