@@ -284,7 +284,8 @@ async def test_a_store_key_reaches_only_its_own_handoffs(
                              ("POST", f"/api/admin/sessions/{sid}/release"),
                              ("GET", f"{API}/sessions/{sid}/events"),
                              ("GET", "/api/admin/handoffs?store_id=store-k2"),
-                             ("GET", "/api/admin/stores/store-k2/settings")):
+                             ("GET", "/api/admin/stores/store-k2/settings"),
+                             ("GET", "/api/admin/stores/store-k2/webhooks")):
             denied = await c.request(method, path, headers=h1, json={"content": "hi"} if method == "POST" else None)
             assert denied.status_code == 404, (path, denied.text)
         assert [w["session_id"] for w in (await c.get("/api/admin/handoffs", headers=h1)).json()["items"]] == []

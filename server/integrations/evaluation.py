@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import re
@@ -210,6 +211,9 @@ async def run_case(graph: Any, case: Case, context: Any) -> CaseResult:
     from graph.models import content_text
 
     config = {"configurable": {"thread_id": f"eval-{case.id}-{uuid4().hex[:8]}"}}
+    # what is judged is the answer: a case whose turns could not be helped twice is not handed to a person here
+    # (the handoff has its own tests, tests/test_handoff.py)
+    context = dataclasses.replace(context, handoff=False)
     for earlier in case.turns[:-1]:
         await graph.ainvoke({"messages": [HumanMessage(content=earlier)]}, config, context=context)
     started = time.perf_counter()
