@@ -18,6 +18,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.retrievers import BaseRetriever
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
@@ -27,7 +28,7 @@ from graph.condense import needs_condensing, speaks_of, standalone_question, wor
 from graph.handoff import UNANSWERED_LIMIT, asks_for_person, is_small_talk, language_of, notice, said_not_known
 from graph.models import ExtractiveChatModel, content_text, make_chat_model
 from graph.prompts import CONDENSE_PROMPT, system_prompt
-from graph.retrieval import Passage
+from graph.retrieval import Passage, sources_event
 from graph.state import ChatContext, ChatState
 
 
@@ -103,7 +104,9 @@ async def retrieve(state: ChatState, runtime: Runtime[ChatContext],
     closest = [float(d.metadata["similarity"]) for d in found if d.metadata.get("similarity") is not None]
     if ctx.min_similarity is not None and closest and max(closest) < ctx.min_similarity:
         found = []  # nothing in the help centre is about this: the answer says so rather than guess
-    return {"passages": [Passage.from_document(doc).as_dict() for doc in found], "search_query": question}
+    passages = [Passage.from_document(doc) for doc in found]
+    get_stream_writer()(sources_event([p.as_source() for p in passages]))  # for `custom` streams (a no-op else)
+    return {"passages": [p.as_dict() for p in passages], "search_query": question}
 
 
 # offered to a language model (not to the offline answerer, which has the rule only): calling it hands the shopper

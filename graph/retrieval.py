@@ -50,6 +50,12 @@ class Passage:
                    url=meta.get("url") or None, score=float(meta.get("score") or 0.0), content=doc.page_content)
 
 
+def sources_event(sources: list[dict[str, Any]]) -> dict[str, Any]:
+    """The custom stream event the graph writes once retrieval is done (LangGraph's stream writer; clients that
+    stream mode `custom`, generative UI among them, get it): {"type": "sources", "sources": [Source]}."""
+    return {"type": "sources", "sources": sources}
+
+
 def passage_metadata(**fields: Any) -> dict[str, Any]:
     """Metadata without None values: vector stores such as Pinecone reject nulls, and a shared
     passage is one with no `store_id` key at all."""

@@ -27,11 +27,20 @@ def _env_file() -> Path:
     return ENV_DIR / f".env.{os.environ.get('APP_ENV', 'development')}"
 
 
+LOCAL_ORIGINS = r"^https?://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", env_file_encoding="utf-8", populate_by_name=True)
 
     app_env: Literal["development", "test", "production"] = "development"
     log_level: str = "INFO"
+    # browser pages on other origins that may call the API (Agent Chat UI on its own dev server): comma-separated
+    # origins, or "*"; unset: none in production, any http(s)://localhost or 127.0.0.1 port otherwise
+    cors_allow_origins: str | None = None
+    # the store of an Agent Protocol thread created with neither metadata.store_id nor a store key (a client such
+    # as Agent Chat UI cannot send metadata); unset: demo-store outside production, none (400) in production
+    default_store_id: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(8000, validation_alias=AliasChoices("PORT", "port"))
     web_concurrency: int = Field(1, ge=1, le=64)  # `serve` worker processes
@@ -200,6 +209,15 @@ class Settings(BaseSettings):
     def _with_tls(self, conninfo: str) -> str:
         tls = {k: v for k, v in (("sslmode", self.db_sslmode), ("sslrootcert", self.db_sslrootcert)) if v}
         return make_conninfo(conninfo, **tls) if tls else conninfo
+
+    def default_store(self) -> str | None:
+        return self.default_store_id or (None if self.app_env == "production" else "demo-store")
+
+    def cors_origins(self) -> tuple[list[str], str | None]:
+        """(allowed origins, an origin pattern) for CORS: CORS_ALLOW_ORIGINS, else this machine's in development."""
+        if self.cors_allow_origins is not None:
+            return [o.strip().rstrip("/") for o in self.cors_allow_origins.split(",") if o.strip()], None
+        return ([], None) if self.app_env == "production" else ([], LOCAL_ORIGINS)
 
     def conninfo(self) -> str | None:
         """A libpq connection string for the configured server, or None for the embedded one."""

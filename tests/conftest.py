@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +29,32 @@ os.environ["LANGSMITH_TRACING"] = "false"
 # the last test would go to stderr through logging's last resort (tests still see them via caplog)
 logging.getLogger("langsmith").addHandler(logging.NullHandler())
 os.environ["APP_ENV"] = "test"
+
+# screenshots of the browser tests: a temporary folder, or docs/screenshots/ with UPDATE_SCREENSHOTS=1 (a test run
+# does not rewrite tracked files)
+SHOTS = ROOT / "docs" / "screenshots" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else \
+    Path(tempfile.mkdtemp(prefix="sixshop-screenshots-"))
+
+
+def chromium_path() -> str:
+    """Debian's chromium (Playwright drives it through executable_path; nothing is downloaded), or skip."""
+    found = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if os.environ.get("CI"):
+        pytest.fail("Chromium is not installed: .ci/run installs Debian's chromium before the tests")
+    pytest.skip("no chromium on this machine (apt-get install chromium fonts-noto-cjk)")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    path = chromium_path()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
 
 
 @pytest.fixture(scope="session")

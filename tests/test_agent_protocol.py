@@ -141,7 +141,6 @@ async def test_refusals_are_clear_and_lose_nothing(server: ServerProcess, databa
         await client.threads.get(doomed["thread_id"])
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as http:
         cases = [
-            ("/threads", {"metadata": {}}, 400, "validation_error"),  # no store
             ("/threads", {"metadata": {"store_id": "bad store!"}}, 400, "validation_error"),
             (f"/threads/{tid}/runs/stream", {"assistant_id": "other", "input": {"messages": [["user", "x"]]}},
              404, "assistant_not_found"),
@@ -157,6 +156,10 @@ async def test_refusals_are_clear_and_lose_nothing(server: ServerProcess, databa
             ("/threads/search", {"metadata": {"user_id": ["x"]}}, 400, "validation_error"),
             ("/threads", {"metadata": {"store_id": "store-ap", "user_id": 7}}, 400, "validation_error"),
         ]
+        # a thread that names no store, from a caller without a store key, is DEFAULT_STORE_ID's (demo-store outside
+        # production; in production, unset, it is 400: tests/test_units.py)
+        unnamed = (await http.post("/threads", json={"metadata": {}})).json()
+        assert unnamed["metadata"]["store_id"] == "demo-store"
         for path, body, status, code in cases:
             r = await http.post(path, json=body)
             assert (r.status_code, r.json()["code"]) == (status, code), (path, body, r.text)

@@ -232,3 +232,15 @@ def test_the_offline_answer_quotes_one_section_and_knows_when_to_stop() -> None:
     answer = model.answer(_prompt("how much is shipping", passages))
     assert "3,000 KRW" in answer and "password" not in answer  # never a sentence of another section
     assert "could not find" in model.answer(_prompt("are your products vegan", passages))
+
+
+def test_cors_and_the_default_store_follow_the_environment() -> None:
+    from server.settings import LOCAL_ORIGINS, Settings
+
+    assert Settings(app_env="production").cors_origins() == ([], None)  # no other origin unless configured
+    assert Settings(app_env="development").cors_origins() == ([], LOCAL_ORIGINS)
+    assert Settings(app_env="production", cors_allow_origins="https://a.example, https://b.example/").cors_origins() \
+        == (["https://a.example", "https://b.example"], None)
+    assert Settings(app_env="production").default_store() is None  # a thread's store must be said
+    assert Settings(app_env="development").default_store() == "demo-store"
+    assert Settings(app_env="production", default_store_id="shop-1").default_store() == "shop-1"

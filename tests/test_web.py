@@ -5,33 +5,18 @@ rewrite tracked files)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, fetch_all
+from tests.conftest import SHOTS, fetch_all
 from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.e2e
-SHOTS = ROOT / "docs" / "screenshots" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else \
-    Path(tempfile.mkdtemp(prefix="sixshop-screenshots-"))
 ADMIN_TOKEN = "web-admin-token-1"
 STORE = "web-store"
 QUESTION = "배송비는 얼마인가요?"
-
-
-def chromium_path() -> str:
-    found = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if os.environ.get("CI"):
-        pytest.fail("Chromium is not installed: .ci/run installs Debian's chromium before the tests")
-    pytest.skip("no chromium on this machine (apt-get install chromium fonts-noto-cjk)")
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +25,6 @@ def server(database_url: str) -> Iterator[ServerProcess]:
     with ServerProcess({"DATABASE_URL": database_url, "OPENAI_API_KEY": "", "OFFLINE_CHUNK_DELAY_MS": "25",
                         "ADMIN_TOKEN": ADMIN_TOKEN, "CAPACITY_SAMPLE_SECONDS": "0"}) as proc:
         yield proc
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    path = chromium_path()
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, headless=True, args=["--no-sandbox"])
-        yield b
-        b.close()
 
 
 # records, in the page, the streaming answer's text at every DOM change (to see tokens arrive)

@@ -10,7 +10,7 @@ and traced like any turn of /api/session-chat. Supported (README "Agent Protocol
     POST   /threads/search               threads.search   (metadata, status, limit, offset)
     GET    /threads/{id}/state           threads.get_state
     GET|POST /threads/{id}/history       threads.get_history (the latest state: older ones are pruned)
-    POST   /threads/{id}/runs/stream     runs.stream (stream_mode messages-tuple, values, updates)
+    POST   /threads/{id}/runs/stream     runs.stream (stream_mode messages-tuple, values, updates, custom)
     POST   /runs/stream                  the Agent Protocol's form, thread_id in the body
     POST   /threads/{id}/runs, /runs     runs.create (a background run)
     GET    /threads/{id}/runs[/{run}]    runs.list, runs.get (also GET /runs/{run}, POST /runs/search)
@@ -46,6 +46,7 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 
 from graph.graph import build_graph
+from graph.retrieval import sources_event
 from server import metrics
 from server.errors import (
     AssistantNotFound,
@@ -66,7 +67,10 @@ from server.services.chat import Numbered, OnBusy, Turn
 
 ASSISTANT_ID = "agent"  # the graph's id in langgraph.json, and LangGraph's default assistant id
 GRAPH_NAME = build_graph().name
-STREAM_MODES = frozenset({"messages-tuple", "values", "updates"})
+# what useStream and Agent Chat UI send: values, updates, messages-tuple, and custom (always, as Agent Chat UI gives
+# onCustomEvent); tasks, checkpoints, debug and events come only with callbacks Agent Chat UI does not give, and are
+# refused by name
+STREAM_MODES = frozenset({"messages-tuple", "values", "updates", "custom"})
 STARTED = datetime.now(UTC)
 
 
@@ -282,7 +286,7 @@ def stream_modes(value: str | list[str]) -> set[str]:
 def refuse_unsupported(body: RunStream) -> None:
     named = {
         "command": body.command, "interrupt_before": body.interrupt_before, "interrupt_after": body.interrupt_after,
-        "checkpoint": body.checkpoint, "checkpoint_id": body.checkpoint_id, "webhook": body.webhook,
+        "webhook": body.webhook,
         "stream_subgraphs": body.stream_subgraphs or None,
     }
     for name, value in named.items():
@@ -291,6 +295,19 @@ def refuse_unsupported(body: RunStream) -> None:
     if body.multitask_strategy == "rollback":
         raise Unsupported("multitask_strategy 'rollback' is not supported (reject, enqueue or interrupt)",
                           {"field": "multitask_strategy"})
+
+
+async def _from_latest(res: Resources, thread_id: UUID, body: RunStream) -> None:
+    """A run may name the checkpoint it continues from (useStream sends the thread's head with every message); the
+    latest is the only one kept (pruned per turn), so naming another — forking from an earlier state — is refused
+    by name."""
+    named = body.checkpoint_id or (body.checkpoint or {}).get("checkpoint_id")
+    if not named:
+        return
+    latest = (await _snapshot(res, thread_id)).config.get("configurable", {}).get("checkpoint_id")
+    if named != latest:
+        raise Unsupported("'checkpoint' names an earlier state of the thread: runs continue from its latest state "
+                          "(older checkpoints are not kept)", {"field": "checkpoint", "latest": latest})
 
 
 def _chunk(message_id: str, content: str, **extra: Any) -> dict[str, Any]:
@@ -351,8 +368,13 @@ async def run_events(res: Resources, run: RunRef, items: Numbered,
                 frames.append(("metadata", {"run_id": run_id, "thread_id": thread_id, "attempt": 1}))
             if "values" in modes and before is not None:
                 frames.append(("values", before))
-        elif event == "sources" and "updates" in modes:
-            frames.append(("updates", {"retrieve": {"passages": data["sources"]}}))
+        elif event == "sources":
+            if "updates" in modes:
+                frames.append(("updates", {"retrieve": {"passages": data["sources"]}}))
+            if "custom" in modes:  # what the graph's retrieve node writes to LangGraph's stream writer
+                frames.append(("custom", sources_event(data["sources"])))
+        elif event == "custom" and "custom" in modes:  # anything else a node wrote: passed through
+            frames.append(("custom", data))
         elif event == "token" and "messages-tuple" in modes:
             frames.append(("messages", [_chunk(run_id, data["delta"]), meta]))
         elif event == "done":
@@ -412,12 +434,13 @@ class AgentProtocolController(Controller):
         if body.supersteps:
             raise Unsupported("'supersteps' is not supported by this service", {"field": "supersteps"})
         metadata = dict(body.metadata)
-        store_id = metadata.pop("store_id", None) or principal.store_id
+        store_id = metadata.pop("store_id", None) or principal.store_id or res.settings.default_store()
         user_id = metadata.pop("user_id", None)
         for key in ("graph_id", "assistant_id"):
             metadata.pop(key, None)
         if store_id is None:
-            raise ValidationFailed("metadata.store_id is required: the store whose knowledge the thread uses",
+            raise ValidationFailed("metadata.store_id is required (or a store key, or DEFAULT_STORE_ID): the store "
+                                   "whose knowledge the thread uses",
                                    {"field": "metadata.store_id"})
         store_id = checked(store_id, StoreId, "metadata.store_id")
         user_id = None if user_id is None else checked(user_id, UserId, "metadata.user_id")
@@ -531,11 +554,12 @@ async def begin_run(res: Resources, principal: Principal, thread_id: UUID, body:
         session = await _owned(res, principal, thread_id)
         if session.status == "handoff":  # refused before anything is stored: an operator answers, not a run
             raise ThreadInterrupted(detail={"thread_id": str(thread_id)})
+        await _from_latest(res, thread_id, body)
     except SessionNotFound:
         if body.if_not_exists != "create":
             metrics.record_refusal("not_found")
             raise
-        store_id = (body.metadata or {}).get("store_id") or principal.store_id
+        store_id = (body.metadata or {}).get("store_id") or principal.store_id or res.settings.default_store()
         if store_id is None:
             raise ValidationFailed("if_not_exists='create' needs metadata.store_id (or a store key)",
                                    {"field": "metadata.store_id"}) from None

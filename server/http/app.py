@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 from litestar import Litestar, Request, Response
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig
@@ -74,6 +75,19 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     return _error_response(AppError())
 
 
+def cors_config(settings: Settings) -> CORSConfig | None:
+    """Pages on other origins (Agent Chat UI, a store's own site) may call the API: Litestar's CORS, credentials off
+    (keys travel in headers), the headers LangGraph's SDK sends allowed, Content-Location (the run id) exposed."""
+    origins, pattern = settings.cors_origins()
+    if not origins and pattern is None:
+        return None
+    return CORSConfig(allow_origins=origins, allow_origin_regex=pattern, allow_credentials=False,
+                      allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+                      allow_headers=["authorization", "x-api-key", "content-type", "last-event-id",
+                                     "x-request-id"],
+                      expose_headers=["Content-Location", "Location", "Retry-After"], max_age=600)
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or load_settings()
 
@@ -91,6 +105,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                         AgentProtocolController, RunController, health, live, ready,
                         MetricsController, shopper_page, operator_page, static_files],
         middleware=[prometheus.middleware],
+        cors_config=cors_config(settings),
         lifespan=[lifespan],
         state=State({"settings": settings}),
         exception_handlers={Exception: handle_exception},

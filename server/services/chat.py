@@ -170,7 +170,7 @@ def stored_events(row: dict[str, Any], after: int) -> list[tuple[int, str, dict[
     if after < index["final_id"]:
         out.append((index["final_id"], *ending_event(row)))
     return out
-STREAM_MODES: list[StreamMode] = ["messages", "updates"]
+STREAM_MODES: list[StreamMode] = ["messages", "updates", "custom"]
 
 
 @dataclass
@@ -710,6 +710,10 @@ class IntegratedChatService:
             durability=self.durability,  # "exit": one checkpoint write per turn, not one per step
         ):
             mode, payload = part
+            if mode == "custom":  # what a node wrote to the stream writer; the sources are their own event already
+                if not (isinstance(payload, dict) and payload.get("type") == "sources"):
+                    turn.emit("custom", payload if isinstance(payload, dict) else {"value": payload})
+                continue
             if mode == "messages":
                 chunk, meta = payload
                 node = meta.get("langgraph_node")
