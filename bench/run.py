@@ -1,7 +1,9 @@
-"""The benchmark suite: our service against LangGraph's own Agent Server (`langgraph dev`) on the same graph.
+"""The benchmark suite: our service against LangGraph's own Agent Server (`langgraph dev`) and against Aegra (the
+open-source production server for LangGraph on PostgreSQL and Redis), on the same graph.
 
     python bench/run.py            # the full suite (several minutes)
     python bench/run.py --quick    # a smaller run, under two minutes
+    python bench/run.py --open-loop [--rates 1 2 5 10 20 40] [--seconds 30]   # arrivals over time (below)
 
 Starts everything itself on 127.0.0.1, each in its own process: an embedded PostgreSQL, a local
 OpenAI-compatible model with a fixed pace (first token after FIRST_TOKEN_MS, then one token every
@@ -14,11 +16,23 @@ process only drives HTTP. Prints, per system, medians and p95/p99 over all runs,
    minus the model's streaming time, sequential turns;
 3. concurrency: N simultaneous streaming turns on N sessions: turns/s, overhead p99, errors, server RSS;
 4. database cost per turn (ours): WAL bytes, transactions and rows written per turn (pg_stat_database).
+5. with --open-loop instead: shoppers arriving over time, not in a burst — Poisson arrivals at each fixed rate for
+   --seconds, each a turn in a fresh session on a model paced like the seed's 4.3 s answers (first token after
+   600 ms, then 40 tokens/s, 150 tokens). Per system and rate: first-token overhead p50/p99, errors, open streams
+   (peak and mean), CPU per turn of every process, peak RSS; and "turns/s at objective": the highest rate at which
+   the first-token overhead p99 stays <= 50 ms with no error (rates are tried in order; a system stops at its first
+   miss).
 Checkpoint bytes per turn and statistics latency have their own scripts (bench/checkpoints.py,
 bench/stats.py); the full run calls them at the end.
 
-The two systems run the same graph on the same model and retrieve from the same index: `langgraph dev`
-loads `make_graph`, whose default retriever is the service's full-text search on the same database
+Aegra (`aegra-api` 0.11, Apache-2.0; it needs Python >= 3.12) runs in a venv of its own, built by this script in
+.cache/aegra-venv from a Python 3.12 it finds (AEGRA_PYTHON, python3.12, or pyenv's 3.12.*) with aegra-api and this
+project installed, on a database of its own in the same PostgreSQL server, with Redis (Debian's `redis-server`,
+started here on a free port) as its broker and its default workers; where no Python 3.12 or no redis-server is
+found it is skipped, and the output says so.
+
+The systems run the same graph on the same model and retrieve from the same index: `langgraph dev` and Aegra
+load `make_graph`, whose default retriever is the service's full-text search on the same database
 (server/integrations/studio.py). What differs, and is reported rather than hidden: our turn also writes the business
 rows (begin_turn/finish_turn), authenticates a key and prunes checkpoints; LangGraph's server keeps
 threads and checkpoints in memory, and its retriever opens a connection per query (no pool).
@@ -48,6 +62,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from persistence.embedded import embedded_conninfo, start_embedded
 from tests.server_process import ChildProcess, free_port, process_cpu_s
@@ -55,6 +70,9 @@ from tests.server_process import ChildProcess, free_port, process_cpu_s
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_TOKEN_MS, TOKEN_MS, TOKENS = 200, 10, 20
 STREAM_MS = FIRST_TOKEN_MS + TOKEN_MS * (TOKENS - 1)
+# the open-loop model: the seed's answers (4.3 s: 600 ms to the first token, then 40 tokens/s, 150 tokens)
+OPEN_FIRST_TOKEN_MS, OPEN_TOKEN_MS, OPEN_TOKENS = 600, 25, 150
+OBJECTIVE_P99_MS = 50.0
 API = "/api/session-chat"
 
 
@@ -193,7 +211,13 @@ class Ours(System):
 
 
 class LangGraphServer(System):
+    """Any LangGraph Agent Server API: `langgraph dev`, Aegra."""
+
     name = "langgraph"
+
+    def __init__(self, base_url: str, headers: dict[str, str] | None = None, name: str = "langgraph") -> None:
+        super().__init__(base_url, headers)
+        self.name = name
 
     async def new_session(self) -> str:
         return str((await self.json.post("/threads", {}))["thread_id"])
@@ -290,6 +314,97 @@ async def concurrent_turns(system: System, n: int, proc: ChildProcess, others: d
             **{f"cpu_ms_{k}": v for k, v in cpu.items()}}
 
 
+async def open_loop(system: System, rate: float, seconds: float, proc: ChildProcess, others: dict[str, int]
+                    ) -> dict[str, Any]:
+    """Poisson arrivals at `rate` per second for `seconds`, each a turn in a fresh session (made beforehand)."""
+    import random
+
+    rng = random.Random(f"{system.name}-{rate}")
+    arrivals: list[float] = []
+    t = rng.expovariate(rate)
+    while t < seconds:
+        arrivals.append(t)
+        t += rng.expovariate(rate)
+    sessions = [await system.new_session() for _ in arrivals]
+    overheads: list[float] = []
+    errors: dict[str, int] = {}
+    open_now, open_peak, open_area = 0, 0, 0.0
+    last_change = time.perf_counter()
+    peak_rss = 0.0
+
+    def moved(by: int) -> None:
+        nonlocal open_now, open_peak, open_area, last_change
+        now = time.perf_counter()
+        open_area += open_now * (now - last_change)
+        last_change, open_now = now, open_now + by
+        open_peak = max(open_peak, open_now)
+
+    async def one(at: float, session: str, start: float) -> None:
+        await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
+        moved(+1)
+        try:
+            ttft, _ = await system.turn(session, "How do I return an item?")
+            if ttft != ttft:  # NaN: no token came
+                raise RuntimeError("no token")
+            overheads.append(ttft * 1000 - OPEN_FIRST_TOKEN_MS)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {str(exc)[:80]}"
+            errors[reason] = errors.get(reason, 0) + 1
+        finally:
+            moved(-1)
+
+    async def watch() -> None:
+        nonlocal peak_rss
+        while True:
+            peak_rss = max(peak_rss, proc.rss_mb())
+            await asyncio.sleep(0.5)
+
+    pids = {"server": proc.proc.pid, **others, "driver": os.getpid()}
+    cpu_before = {k: process_cpu_s(pid, children=k != "driver") for k, pid in pids.items()}
+    watcher = asyncio.create_task(watch())
+    start = time.perf_counter()
+    await asyncio.gather(*(one(at, s, start) for at, s in zip(arrivals, sessions, strict=True)))
+    elapsed = time.perf_counter() - start
+    watcher.cancel()
+    done = max(1, len(overheads))
+    cpu = {k: (process_cpu_s(pid, children=k != "driver") - cpu_before[k]) / done * 1000 for k, pid in pids.items()}
+    return {"arrivals": len(arrivals), "p50": pct(overheads, 0.5), "p99": pct(overheads, 0.99),
+            "errors": sum(errors.values()), "reasons": errors, "open_peak": open_peak,
+            "open_mean": open_area / elapsed, "rss_mb": peak_rss, **{f"cpu_{k}": v for k, v in cpu.items()}}
+
+
+async def drive_open_loop(args: argparse.Namespace, systems: list[tuple[System, ChildProcess]]) -> None:
+    print(f"\n## open loop: model first token {OPEN_FIRST_TOKEN_MS} ms, then {OPEN_TOKEN_MS} ms/token, {OPEN_TOKENS} "
+          f"tokens ({(OPEN_FIRST_TOKEN_MS + OPEN_TOKEN_MS * (OPEN_TOKENS - 1)) / 1000:.2f} s per answer); Poisson "
+          f"arrivals for {args.seconds:g} s per rate; objective: first-token overhead p99 <= {OBJECTIVE_P99_MS:g} ms, "
+          f"0 errors")
+    print(f"{'system':<10} {'rate/s':>7} {'turns':>6} {'ovh p50':>8} {'ovh p99':>8} {'errors':>7} {'open pk':>8} "
+          f"{'open avg':>9} {'RSS MB':>7}   CPU ms per turn: server / model / postgres / driver")
+    best: dict[str, float] = {}
+    for system, proc in systems:
+        await sequential_turns(system, 2, {})  # warm-up
+        best[system.name] = 0.0
+        for rate in args.rates:
+            r = await open_loop(system, rate, args.seconds, proc, args.pids)
+            met = r["errors"] == 0 and r["p99"] <= OBJECTIVE_P99_MS
+            print(f"{system.name:<10} {rate:>7g} {r['arrivals']:>6} {fmt(r['p50']):>8} {fmt(r['p99']):>8} "
+                  f"{r['errors']:>7} {r['open_peak']:>8} {r['open_mean']:>9.1f} {fmt(r['rss_mb']):>7}   "
+                  f"{fmt(r['cpu_server'])} / {fmt(r['cpu_model'])} / {fmt(r['cpu_postgres'])} / "
+                  f"{fmt(r['cpu_driver'])}{'' if met else '   <- objective missed'}", flush=True)
+            for reason, count in r["reasons"].items():
+                print(f"{'':<10} error x{count}: {reason}")
+            if not met:
+                break
+            best[system.name] = rate
+    print()
+    for name, rate in best.items():
+        print(f"turns/s at objective  {name:<10} {rate:g}" + ("" if rate else f" (missed at {args.rates[0]:g}/s)"))
+    ours = best.get("ours", 0.0)
+    for name, rate in best.items():
+        if name != "ours":
+            print(f"ratio ours / {name}: " + (f"{ours / rate:.1f}" if rate else "unbounded (the peer never met it)"))
+
+
 def enable_statement_stats(pg: Any) -> str:
     """pg_stat_statements needs a preload library, so restart the embedded server once with it (~0.3 s);
     pg_ctl restart reuses the socket options the server was started with."""
@@ -349,9 +464,81 @@ def fmt(v: float) -> str:
     return f"{v:,.1f}" if v == v else "n/a"
 
 
-async def drive(args: argparse.Namespace, ours: Ours, lg: LangGraphServer | None, ours_proc: ChildProcess,
-                lg_proc: ChildProcess | None, conninfo: str) -> None:
-    systems: list[tuple[System, ChildProcess]] = [(ours, ours_proc)] + ([(lg, lg_proc)] if lg and lg_proc else [])
+AEGRA_VERSION = "0.11.0"
+
+
+def python312() -> str | None:
+    """A Python >= 3.12 for Aegra that runs: AEGRA_PYTHON, pyenv's newest 3.12/3.13, python3.12/3.13 on PATH (a
+    pyenv shim on PATH may name a version that is not selected: each candidate is tried)."""
+    import shutil
+
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    candidates = [os.environ.get("AEGRA_PYTHON"), *reversed(sorted(str(p) for p in pyenv.glob(
+        "versions/3.12.*/bin/python"))), shutil.which("python3.12"), *reversed(sorted(str(p) for p in pyenv.glob(
+        "versions/3.13.*/bin/python"))), shutil.which("python3.13")]
+    for python in filter(None, candidates):
+        ok = subprocess.run([python, "-c", "import sys; sys.exit(sys.version_info < (3, 12))"],
+                            capture_output=True, check=False)
+        if ok.returncode == 0:
+            return python
+    return None
+
+
+def aegra_venv() -> Path | None:
+    """.cache/aegra-venv with aegra-api and this project (make_graph's imports), built once; None: no Python 3.12."""
+    python = python312()
+    if python is None:
+        return None
+    venv = ROOT / ".cache" / "aegra-venv"
+    stamp = venv / f".aegra-{AEGRA_VERSION}"
+    if not stamp.exists():
+        print(f"# building Aegra's venv from {python} (once)", file=sys.stderr, flush=True)
+        subprocess.run([python, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"aegra-api=={AEGRA_VERSION}", "-e", str(ROOT)],
+                       check=True)
+        stamp.touch()
+    return venv
+
+
+def start_aegra(conninfo: str, env: dict[str, str]) -> tuple[ChildProcess, subprocess.Popen[bytes], int] | str:
+    """Aegra on a database of its own in the same server, Redis as its broker: (process, redis, port), or why not."""
+    import shutil
+
+    redis = shutil.which("redis-server")
+    if redis is None:
+        return "no redis-server (apt-get install redis-server)"
+    venv = aegra_venv()
+    if venv is None:
+        return "no Python >= 3.12 (Aegra needs one; set AEGRA_PYTHON)"
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("drop database if exists aegra")
+        conn.execute("create database aegra")
+    redis_port = free_port()
+    redis_proc = subprocess.Popen([redis, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                                   "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config = Path(tempfile.mkdtemp(prefix="sixshop-aegra-")) / "aegra.json"
+    config.write_text(json.dumps({"graphs": {"agent": f"{ROOT}/server/integrations/studio.py:make_graph"}}))
+    port = free_port()
+    # Aegra's own database is DATABASE_URL; the graph's retriever reads the knowledge base's, SIXSHOP_DATABASE_URL
+    parts = conninfo_to_dict(conninfo)
+    query = f"?host={parts['host']}" if str(parts.get("host", "")).startswith("/") else ""
+    netloc = "" if query else f"{parts.get('host', '127.0.0.1')}:{parts.get('port', 5432)}"
+    own = {**env, "SIXSHOP_DATABASE_URL": conninfo,
+           "DATABASE_URL": f"postgresql://{parts.get('user', 'postgres')}:{parts.get('password', '')}@{netloc}/aegra"
+                           f"{query}",
+           "REDIS_BROKER_ENABLED": "true", "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+           "AEGRA_CONFIG": str(config), "LOG_LEVEL": "WARNING", "OTEL_SDK_DISABLED": "true"}
+    proc = ChildProcess([str(venv / "bin" / "python"), "-m", "uvicorn", "aegra_api.main:app", "--host", "127.0.0.1",
+                         "--port", str(port), "--log-level", "warning"], own, f"http://127.0.0.1:{port}/ready")
+    return proc, redis_proc, port
+
+
+async def drive(args: argparse.Namespace, ours: Ours, ours_proc: ChildProcess,
+                peers: list[tuple[System, ChildProcess]], conninfo: str) -> None:
+    systems: list[tuple[System, ChildProcess]] = [(ours, ours_proc), *peers]
+    if args.open_loop:
+        await drive_open_loop(args, systems)
+        return
     results: dict[str, Samples] = {}
     throughput: dict[str, list[float]] = {}
     for system, _ in systems:  # warm-up: imports, pools, JIT-free but cache-warm
@@ -373,10 +560,10 @@ async def drive(args: argparse.Namespace, ours: Ours, lg: LangGraphServer | None
             if s:
                 p50, p95, p99 = s.row()
                 print(f"{metric:<34} {system.name:<10} {fmt(p50):>9} {fmt(p95):>9} {fmt(p99):>9}")
-        if lg:
-            a, b = results[f"ours:{metric}"].row()[0], results[f"langgraph:{metric}"].row()[0]
+        for peer, _ in peers:
+            a, b = results[f"ours:{metric}"].row()[0], results[f"{peer.name}:{metric}"].row()[0]
             ratio = a / b if b else float("nan")
-            print(f"{metric:<34} {'ratio':<10} {ratio:>9.3f}  (ours / langgraph, p50)")
+            print(f"{metric:<34} {'ratio':<10} {ratio:>9.3f}  (ours / {peer.name}, p50)")
     for system, _ in systems:
         rate = statistics.median(throughput[system.name])
         print(f"{'sessions_per_s (10 clients)':<34} {system.name:<10} {fmt(rate):>9}")
@@ -403,7 +590,8 @@ async def drive(args: argparse.Namespace, ours: Ours, lg: LangGraphServer | None
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer requests and concurrency up to 100")
-    parser.add_argument("--no-langgraph", action="store_true", help="measure only our service")
+    parser.add_argument("--no-langgraph", action="store_true", help="leave `langgraph dev` out")
+    parser.add_argument("--no-aegra", action="store_true", help="leave Aegra out")
     parser.add_argument("--embeddings", choices=["none", "local"], default="none",
                         help="local: our service searches hybrid with the local embedding model (default: full-text "
                              "only, as the LangGraph server side)")
@@ -412,6 +600,11 @@ def main() -> int:
                         help="our server's HTTP server (uvicorn with uvloop and httptools, as `serve` runs it)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=None,
                         help="the concurrent-turn levels (default 10 100, and 500 without --quick)")
+    parser.add_argument("--open-loop", action="store_true",
+                        help="arrivals over time at fixed rates on a 4.3 s model, instead of the burst suite")
+    parser.add_argument("--rates", type=float, nargs="+", default=[1, 2, 5, 10, 20, 40, 80],
+                        help="open-loop arrival rates per second, tried in order")
+    parser.add_argument("--seconds", type=float, default=30, help="open-loop duration per rate")
     args = parser.parse_args()
     args.runs = 1 if args.quick else 3
     args.sessions = 100 if args.quick else 300
@@ -421,9 +614,11 @@ def main() -> int:
 
     pg = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
     conninfo = enable_statement_stats(pg)
-    model = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", str(FIRST_TOKEN_MS), str(TOKEN_MS),
-                              str(TOKENS)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    pace = (OPEN_FIRST_TOKEN_MS, OPEN_TOKEN_MS, OPEN_TOKENS) if args.open_loop else (FIRST_TOKEN_MS, TOKEN_MS, TOKENS)
+    model = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", *map(str, pace)], cwd=ROOT,
+                             stdout=subprocess.PIPE, text=True)
     procs: list[ChildProcess] = []
+    redis_proc: subprocess.Popen[bytes] | None = None
     try:
         assert model.stdout is not None
         model_url = model.stdout.readline().strip()
@@ -449,25 +644,35 @@ def main() -> int:
                           "WEB_CONCURRENCY": str(args.workers), **common_ours},
                                  f"http://127.0.0.1:{port}/health")
         procs.append(ours_proc)
-        lg_proc = None
+        peers: list[tuple[System, ChildProcess]] = []
         if not args.no_langgraph:
             lg_port = free_port()
             lg_proc = ChildProcess([str(Path(sys.executable).parent / "langgraph"), "dev", "--no-browser",
                                     "--no-reload", "--host", "127.0.0.1", "--port", str(lg_port)], common,
                                    f"http://127.0.0.1:{lg_port}/ok")
             procs.append(lg_proc)
+            peers.append((LangGraphServer(f"http://127.0.0.1:{lg_port}"), lg_proc))
+        if not args.no_aegra:
+            started = start_aegra(conninfo, common)
+            if isinstance(started, str):
+                print(f"# Aegra skipped: {started}", flush=True)
+            else:
+                aegra_proc, redis_proc, aegra_port = started
+                procs.append(aegra_proc)
+                peers.append((LangGraphServer(f"http://127.0.0.1:{aegra_port}", name="aegra"), aegra_proc))
         for p in procs:
-            p.wait_ready(120)
+            p.wait_ready(180)
         args.pids = {"model": model.pid, "postgres": int(pg.get_pid() or 0)}
         ours = Ours(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"})
-        lg = LangGraphServer(f"http://127.0.0.1:{lg_port}") if lg_proc else None
-        asyncio.run(drive(args, ours, lg, ours_proc, lg_proc, conninfo))
+        asyncio.run(drive(args, ours, ours_proc, peers, conninfo))
     finally:
         for p in procs:
             p.stop()
+        if redis_proc is not None:
+            redis_proc.terminate()
         model.terminate()
         pg.cleanup()
-    if not args.quick:
+    if not args.quick and not args.open_loop:
         print("\n## checkpoint bytes per turn (bench/checkpoints.py)", flush=True)
         subprocess.run([sys.executable, str(ROOT / "bench" / "checkpoints.py")], cwd=ROOT, check=False)
         for n in (10_000, 100_000):

@@ -46,7 +46,10 @@ class Settings(BaseSettings):
     web_concurrency: int = Field(1, ge=1, le=64)  # `serve` worker processes
 
     # PostgreSQL: DATABASE_URL, or the Stage 1 DB_* parts; neither -> embedded server
-    database_url: SecretStr | None = None
+    # SIXSHOP_DATABASE_URL wins over DATABASE_URL: for the graph loaded inside another server whose own
+    # DATABASE_URL is its database (Aegra, bench/run.py)
+    database_url: SecretStr | None = Field(None, validation_alias=AliasChoices(
+        "SIXSHOP_DATABASE_URL", "DATABASE_URL", "database_url"))
     db_host: str | None = None
     db_port: int = 5432
     db_name: str = "postgres"
