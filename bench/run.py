@@ -20,8 +20,8 @@ process only drives HTTP. Prints, per system, medians and p95/p99 over all runs,
    --seconds, each a turn in a fresh session on a model paced like the seed's 4.3 s answers (first token after
    600 ms, then 40 tokens/s, 150 tokens). Per system and rate: first-token overhead p50/p99, errors, open streams
    (peak and mean), CPU per turn of every process, peak RSS; and "turns/s at objective": the highest rate at which
-   the first-token overhead p99 stays <= 50 ms with no error (rates are tried in order; a system stops at its first
-   miss).
+   the first-token overhead p99 stays <= 50 ms with no error at it and every lower rate (all rates are run, to show
+   the curve, until a system's p99 passes 30 s or a tenth of its turns fail).
 Checkpoint bytes per turn and statistics latency have their own scripts (bench/checkpoints.py,
 bench/stats.py); the full run calls them at the end.
 
@@ -373,6 +373,14 @@ async def open_loop(system: System, rate: float, seconds: float, proc: ChildProc
             "open_mean": open_area / elapsed, "rss_mb": peak_rss, **{f"cpu_{k}": v for k, v in cpu.items()}}
 
 
+GIVE_UP_P99_MS = 30_000.0  # a system whose p99 passes this (or with > 10 % errors) is not tried at higher rates
+
+
+def rate_before(rates: list[float], rate: float) -> float:
+    i = rates.index(rate)
+    return rates[i - 1] if i else 0.0
+
+
 async def drive_open_loop(args: argparse.Namespace, systems: list[tuple[System, ChildProcess]]) -> None:
     print(f"\n## open loop: model first token {OPEN_FIRST_TOKEN_MS} ms, then {OPEN_TOKEN_MS} ms/token, {OPEN_TOKENS} "
           f"tokens ({(OPEN_FIRST_TOKEN_MS + OPEN_TOKEN_MS * (OPEN_TOKENS - 1)) / 1000:.2f} s per answer); Poisson "
@@ -382,7 +390,10 @@ async def drive_open_loop(args: argparse.Namespace, systems: list[tuple[System, 
           f"{'open avg':>9} {'RSS MB':>7}   CPU ms per turn: server / model / postgres / driver")
     best: dict[str, float] = {}
     for system, proc in systems:
-        await sequential_turns(system, 2, {})  # warm-up
+        # warm-up: every worker process (a cold one's first turn pays its imports and connections), then one by one
+        warm = [await system.new_session() for _ in range(8)]
+        await asyncio.gather(*(system.turn(s, "How do I return an item?") for s in warm))
+        await sequential_turns(system, 2, {})
         best[system.name] = 0.0
         for rate in args.rates:
             r = await open_loop(system, rate, args.seconds, proc, args.pids)
@@ -393,9 +404,10 @@ async def drive_open_loop(args: argparse.Namespace, systems: list[tuple[System, 
                   f"{fmt(r['cpu_driver'])}{'' if met else '   <- objective missed'}", flush=True)
             for reason, count in r["reasons"].items():
                 print(f"{'':<10} error x{count}: {reason}")
-            if not met:
-                break
-            best[system.name] = rate
+            if met and best[system.name] == rate_before(args.rates, rate):
+                best[system.name] = rate  # met at every rate so far
+            if r["errors"] > 0.1 * r["arrivals"] or r["p99"] > GIVE_UP_P99_MS:
+                break  # past saturation: higher rates only queue more
     print()
     for name, rate in best.items():
         print(f"turns/s at objective  {name:<10} {rate:g}" + ("" if rate else f" (missed at {args.rates[0]:g}/s)"))

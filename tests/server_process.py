@@ -29,7 +29,11 @@ def process_cpu_s(pid: int, children: bool = True) -> float:
     try:
         p = psutil.Process(pid)
         procs = [p, *p.children(recursive=True)] if children else [p]
-        return sum(t.user + t.system for t in (q.cpu_times() for q in procs))
+        total = sum(t.user + t.system for t in (q.cpu_times() for q in procs))
+        if children:  # children that exited and were waited for (PostgreSQL's backends): their time moved here
+            own = p.cpu_times()
+            total += own.children_user + own.children_system
+        return total
     except psutil.Error:
         return float("nan")
 

@@ -88,6 +88,17 @@ def parse_event_id(value: str | None) -> int:
     return int(value)
 
 
+async def provide_after(
+    request: Request[Any, Any, Any],
+    last_event_id: Annotated[str | None, QueryParameter(name="last_event_id", max_length=20)] = None,
+) -> int:
+    """A resumed stream's starting point: Last-Event-ID (header), else ?last_event_id=, else 0 (from the start)."""
+    return parse_event_id(request.headers.get("last-event-id") or last_event_id)
+
+
+After = NamedDependency[int]  # the `after` dependency (provide_after)
+
+
 async def operator_of(connection: ASGIConnection[Any, Any, Any, Any], missing: str) -> Principal | None:
     """Who calls an operator route: None for the admin token (Bearer ADMIN_TOKEN), else the caller's key — 401 for
     a bad key, and, with an admin token configured, for no credentials (`missing` says what is needed); without

@@ -19,11 +19,12 @@ from server import metrics
 from server.errors import Forbidden, MessageNotFound, NotFound, RateLimited, SessionNotFound
 from server.http.deps import (
     SSE_HEADERS,
+    After,
     Caller,
     StatsRequest,
     owned_session,
-    parse_event_id,
     parse_id,
+    provide_after,
     provide_principal,
     resources_of,
     stats_query,
@@ -70,7 +71,7 @@ async def _turn_session(res: Resources, principal: Principal, session_id: str) -
 class SessionController(Controller):
     path = "/api/session-chat"
     tags = ["sessions"]
-    dependencies = {"principal": Provide(provide_principal)}
+    dependencies = {"principal": Provide(provide_principal), "after": Provide(provide_after)}
 
     @post("/sessions", status_code=201)
     async def create_session(self, data: JSONBody[CreateSessionRequest], state: State,
@@ -163,20 +164,11 @@ class SessionController(Controller):
         description="Rejoin an answer's stream after Last-Event-ID (header, or ?last_event_id=), on any replica, "
                     "while it runs or after it ended (API.md, Durable turns).",
     )
-    async def rejoin_stream(
-        self,
-        session_id: FromPath[str],
-        message_id: FromPath[str],
-        state: State,
-        request: Request[Any, Any, Any],
-        last_event_id: Annotated[str | None, QueryParameter(name="last_event_id", max_length=20)] = None,
-        *,
-        principal: Caller,
-    ) -> Stream:
+    async def rejoin_stream(self, session_id: FromPath[str], message_id: FromPath[str], state: State,
+                            principal: Caller, after: After) -> Stream:
         res = resources_of(state)
         session = await owned_session(res, principal, session_id)
         mid = parse_id(message_id, "message_id")
-        after = parse_event_id(request.headers.get("last-event-id") or last_event_id)
         events = await res.chat.rejoin(session.session_id, mid, after)
 
         async def frames() -> AsyncIterator[bytes]:
@@ -192,18 +184,10 @@ class SessionController(Controller):
                     "{message} for operator messages, messages kept for a person and finished answers; `status` "
                     "{status} on handoff and release (API.md).",
     )
-    async def session_events(
-        self,
-        session_id: FromPath[str],
-        state: State,
-        request: Request[Any, Any, Any],
-        last_event_id: Annotated[str | None, QueryParameter(name="last_event_id", max_length=20)] = None,
-        *,
-        principal: Caller,
-    ) -> Stream:
+    async def session_events(self, session_id: FromPath[str], state: State, principal: Caller,
+                             after: After) -> Stream:
         res = resources_of(state)
         session = await owned_session(res, principal, session_id)
-        after = parse_event_id(request.headers.get("last-event-id") or last_event_id)
 
         async def frames() -> AsyncIterator[bytes]:
             async with contextlib.aclosing(res.handoffs.events(session.session_id, after)) as events:
