@@ -88,15 +88,17 @@ class MessagePage(msgspec.Struct):
     items: list[Message]
 
 
-class ChatResponse(msgspec.Struct):
-    message: Message
-    user_message: Message
-
-
 class HandoffInfo(msgspec.Struct):
     since: str  # when the session was handed to a person
     operator_hours_open: bool  # whether operators are in now (the store's handoff hours)
     opens_at: str | None = None  # outside the hours: when they will be
+
+
+class ChatResponse(msgspec.Struct):
+    message: Message
+    user_message: Message
+    # this answer handed the shopper to a person (the session is now `handoff`); absent otherwise
+    handoff: HandoffInfo | msgspec.UnsetType = msgspec.UNSET
 
 
 class HandoffResponse(msgspec.Struct):

@@ -166,6 +166,8 @@ async def test_two_answers_that_could_not_help_hand_the_session_over(
         assert second.status_code == 200, second.text
         answer = second.json()["message"]["content"]
         assert said_not_known(answer) and "상담원" in answer  # the answer, then the notice
+        assert second.json()["handoff"]["operator_hours_open"] is True  # and says so in its own field
+        assert "handoff" not in first.json()
         assert await _status(c, sid) == "handoff"
         waiting = (await c.get("/api/admin/handoffs", params={"store_id": "store-handoff"}, headers=ADMIN)).json()
         mine = [w for w in waiting["items"] if w["session_id"] == sid]

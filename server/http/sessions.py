@@ -137,6 +137,9 @@ class SessionController(Controller):
             assert handoff is not None
             return Response(HandoffResponse(user_message=user_message, handoff=msgspec.convert(handoff, HandoffInfo)),
                             status_code=202)
+        if handoff is not None:  # this very answer handed the shopper to a person
+            return ChatResponse(message=message, user_message=user_message,
+                                handoff=msgspec.convert(handoff, HandoffInfo))
         return ChatResponse(message=message, user_message=user_message)
 
     @post(
