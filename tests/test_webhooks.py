@@ -117,5 +117,5 @@ async def test_a_dead_webhook_leaves_the_turn_alone(server: ServerProcess) -> No
         log = await _log(c, "store-dead-hook", lambda items: items and len(items[0]["attempt_log"]) >= 2)
         assert log[0]["status"] == "pending" and log[0]["attempts"] >= 2
         assert all(a["status_code"] is None and a["error"] == "ConnectError" for a in log[0]["attempt_log"])
-        # another store's key cannot read this log
+        # the log is for operators: 401 without credentials (another store's key: 404, tests/test_handoff.py)
         assert (await c.get("/api/admin/stores/store-dead-hook/webhooks")).status_code == 401
