@@ -1,0 +1,116 @@
+"""What a streamed answer costs the client side, per layer, on this machine: CPU milliseconds for one 150-chunk
+answer read from the local paced model (tests/fake_openai.py, in its own process, no delay between chunks).
+
+    python bench/chunk_cost.py [--chunks 150] [--answers 30]
+
+Layers, each including the ones before: httpx reading the SSE lines and json.loads of each chunk; the OpenAI SDK
+(`chat.completions.create(stream=True)`); langchain-openai (`ChatOpenAI.astream`, as the graph's model); LangGraph
+running a one-node graph with the service's stream modes (`messages`, `updates`). What the service adds on top (its
+own SSE events through Litestar, the database, retrieval) is the difference to `bench/run.py`'s server CPU per turn.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _venv import reexec_in_venv
+
+    reexec_in_venv(__file__)
+
+import argparse
+import asyncio
+import json
+import resource
+import subprocess
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import openai
+from langchain_core.messages import HumanMessage
+from langgraph.graph import END, START, MessagesState, StateGraph
+
+from graph.models import make_chat_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+async def per_answer(n: int, one: Callable[[], Awaitable[None]]) -> float:
+    for _ in range(3):  # warm-up
+        await one()
+    start = cpu_s()
+    for _ in range(n):
+        await one()
+    return (cpu_s() - start) / n * 1000
+
+
+async def measure(base: str, answers: int) -> None:
+    body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with httpx.AsyncClient() as http:
+        async def raw() -> None:
+            async with http.stream("POST", f"{base}/chat/completions", json=body) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("data: {"):
+                        json.loads(line[6:])
+
+        sdk = openai.AsyncOpenAI(api_key="sk-local", base_url=base, max_retries=0)
+
+        async def with_sdk() -> None:
+            stream: Any = await sdk.chat.completions.create(model="gpt-4o-mini", stream=True,
+                                                            messages=[{"role": "user", "content": "hi"}])
+            async for _ in stream:
+                pass
+
+        model = make_chat_model(openai_api_key="sk-local", openai_base_url=base, model_name="gpt-4o-mini",
+                                max_retries=0)
+        messages = [HumanMessage("hi")]
+
+        async def with_langchain() -> None:
+            async for _ in model.astream(messages):
+                pass
+
+        async def generate(state: MessagesState) -> dict[str, Any]:
+            return {"messages": [await model.ainvoke(state["messages"])]}
+
+        builder = StateGraph(MessagesState)
+        builder.add_node("generate", generate)
+        builder.add_edge(START, "generate")
+        builder.add_edge("generate", END)
+        graph = builder.compile()
+
+        async def with_langgraph() -> None:
+            async for _ in graph.astream({"messages": messages}, stream_mode=["messages", "updates"]):
+                pass
+
+        for name, fn in (("httpx + json.loads", raw), ("OpenAI SDK", with_sdk), ("langchain-openai", with_langchain),
+                         ("LangGraph (messages, updates)", with_langgraph)):
+            print(f"{name:<32} {await per_answer(answers, fn):6.1f} ms CPU per answer", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--chunks", type=int, default=150)
+    parser.add_argument("--answers", type=int, default=30)
+    args = parser.parse_args()
+    model = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", "0", "0", str(args.chunks)], cwd=ROOT,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert model.stdout is not None
+        base = model.stdout.readline().strip()
+        print(f"{args.chunks} chunks per answer, {args.answers} answers, the model in its own process")
+        asyncio.run(measure(base, args.answers))
+    finally:
+        model.terminate()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
