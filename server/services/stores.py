@@ -10,11 +10,11 @@ from typing import Any
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from graph.handoff import DAYS  # the hours are read where they are used: graph/handoff.py opens_at
 from graph.prompts import VariantPicker
 from persistence.store_settings import StoreSettingsRepository
 from server.errors import ValidationFailed
 
-DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _MODEL = re.compile(r"^[A-Za-z0-9._:/-]{1,100}$")
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 CACHE_S = 60.0  # a safety net only: a change reaches every replica through NOTIFY at once
