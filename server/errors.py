@@ -44,6 +44,10 @@ class SessionNotFound(NotFound):
     code, default_message = "session_not_found", "No such session"
 
 
+class StoreNotFound(NotFound):
+    code, default_message = "store_not_found", "No such store"
+
+
 class MessageNotFound(NotFound):
     code, default_message = "message_not_found", "No such message"
 

@@ -15,7 +15,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
-from server.errors import Unauthorized, ValidationFailed
+from server.errors import StoreNotFound, Unauthorized, ValidationFailed
 from server.resources import Resources
 from server.schemas import Session, StoreId, StoreStats
 from server.services.auth import Principal
@@ -114,6 +114,29 @@ async def operator_of(connection: ASGIConnection[Any, Any, Any, Any], missing: s
     if principal.anonymous and settings.admin_token is not None:
         raise Unauthorized(missing)
     return principal
+
+
+@dataclass(frozen=True)
+class Operator:
+    """Who calls an operator route: what they may see, and their name in transcripts and change logs (never a
+    secret): admin-token, key:<id>, or development (no keys yet)."""
+
+    principal: Principal
+    name: str
+
+    def require_store(self, store_id: str) -> None:
+        """404 store_not_found for a store this caller's key does not reach."""
+        self.principal.require_store(store_id, StoreNotFound(detail={"store_id": store_id}))
+
+
+async def provide_operator(request: Request[Any, Any, Any]) -> Operator:
+    principal = await operator_of(request, "A valid admin token or API key is required (Authorization: Bearer ...)")
+    if principal is None:
+        return Operator(Principal(), "admin-token")
+    return Operator(principal, "development" if principal.anonymous else f"key:{principal.key_id}")
+
+
+OperatorDep = NamedDependency[Operator]  # the `operator` dependency (provide_operator)
 
 
 def checked(value: Any, kind: Any, field: str) -> str:

@@ -9,61 +9,45 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, get, put
-from litestar.connection import ASGIConnection
 from litestar.datastructures import State
-from litestar.handlers import BaseRouteHandler
+from litestar.di import Provide
 from litestar.params import FromPath
 
-from server.errors import NotFound, ValidationFailed
-from server.http.deps import checked, operator_of, resources_of
+from server.errors import ValidationFailed
+from server.http.deps import Operator, OperatorDep, checked, provide_operator, resources_of
 from server.schemas import StoreId
 
 
-class StoreNotFound(NotFound):
-    code, default_message = "store_not_found", "No such store"
-
-
-async def _actor(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
-    """Who is asking, as the change log records it (never a secret): admin-token, key:<id> or development."""
-    principal = await operator_of(connection,
-                                  "A valid admin token or API key is required (Authorization: Bearer ...)")
-    if principal is None:
-        return "admin-token"
-    store_id = str(connection.path_params.get("store_id", ""))
-    principal.require_store(store_id, StoreNotFound(detail={"store_id": store_id}))
-    return "development" if principal.anonymous else f"key:{principal.key_id}"
-
-
-async def settings_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    await _actor(connection)
-
-
-def _store(store_id: str) -> str:
-    return checked(store_id, StoreId, "store_id")
+def _store(store_id: str, operator: Operator) -> str:
+    """The store of the path, checked, and within the caller's reach (404 store_not_found otherwise)."""
+    store = checked(store_id, StoreId, "store_id")
+    operator.require_store(store)
+    return store
 
 
 class StoreSettingsController(Controller):
     path = "/api/admin/stores/{store_id:str}/settings"
     tags = ["admin"]
-    guards = [settings_guard]
+    dependencies = {"operator": Provide(provide_operator)}
 
     @get("/")
-    async def get_settings(self, store_id: FromPath[str], state: State) -> dict[str, Any]:
+    async def get_settings(self, store_id: FromPath[str], state: State, operator: OperatorDep) -> dict[str, Any]:
         """Every setting (null: the service's default), the webhook secret only as whether one is set."""
-        return await resources_of(state).store_settings.view(_store(store_id))
+        return await resources_of(state).store_settings.view(_store(store_id, operator))
 
     @put("/")
     async def put_settings(self, store_id: FromPath[str], request: Request[Any, Any, Any],
-                           state: State) -> dict[str, Any]:
+                           state: State, operator: OperatorDep) -> dict[str, Any]:
         """Any subset of the settings; null resets one to its default; unknown fields and bad values are 400
         naming the field. Reaches the next turn on every replica at once (NOTIFY)."""
+        store = _store(store_id, operator)  # another store's: 404 before the body is looked at
         try:
             patch = msgspec.json.decode(await request.body() or b"{}")
         except msgspec.DecodeError as exc:
             raise ValidationFailed(f"the body is not JSON: {exc}", {"field": "body"}) from None
-        return await resources_of(state).store_settings.update(_store(store_id), patch, await _actor(request))
+        return await resources_of(state).store_settings.update(store, patch, operator.name)
 
     @get("/changes")
-    async def changes(self, store_id: FromPath[str], state: State) -> dict[str, Any]:
+    async def changes(self, store_id: FromPath[str], state: State, operator: OperatorDep) -> dict[str, Any]:
         """The last 50 changes, newest first: when, by whom, field, old → new (secrets as set/unset)."""
-        return {"items": await resources_of(state).store_settings.changes(_store(store_id))}
+        return {"items": await resources_of(state).store_settings.changes(_store(store_id, operator))}
