@@ -212,6 +212,19 @@ class ErrorBody(msgspec.Struct):
     detail: dict[str, Any] | None = None
 
 
+def check_text(text: str, field: str, max_chars: int) -> str:
+    """A message's text as it may be stored (a shopper's or an operator's): not empty, at most `max_chars`
+    (413), no NUL character (PostgreSQL text cannot hold one); 4xx naming `field` otherwise."""
+    if not text.strip():
+        raise ValidationFailed(f"{field} must not be empty", {"field": field})
+    if len(text) > max_chars:
+        raise PayloadTooLarge(f"{field} is longer than {max_chars} characters",
+                              {"field": field, "max_chars": max_chars, "chars": len(text)})
+    if "\x00" in text:
+        raise ValidationFailed(f"{field} must not contain NUL characters", {"field": field})
+    return text
+
+
 def check_metadata_size(metadata: dict[str, Any], max_bytes: int) -> None:
     """Client metadata is stored on every row it comes with: cap its encoded size."""
     if len(msgspec.json.encode(metadata)) > max_bytes:

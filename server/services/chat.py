@@ -44,17 +44,15 @@ from server.errors import (
     AppError,
     MessageNotFound,
     ModelError,
-    PayloadTooLarge,
     QueueFull,
     SessionBusy,
     SessionExpired,
     SessionNotFound,
     ShuttingDown,
     TurnEnded,
-    ValidationFailed,
 )
 from server.integrations.tracing import Tracing
-from server.schemas import Message, check_metadata_size, message_out
+from server.schemas import Message, check_metadata_size, check_text, message_out
 from server.services.stores import StoreSettingsService
 
 log = logging.getLogger(__name__)
@@ -371,15 +369,7 @@ class IntegratedChatService:
     # -- starting a turn: everything that can be refused is refused before a response starts
 
     def _check_input(self, text: str, metadata: dict[str, Any]) -> str:
-        if not text.strip():
-            raise ValidationFailed("message must not be empty", {"field": "message"})
-        if len(text) > self.max_message_chars:
-            raise PayloadTooLarge(
-                f"message is longer than {self.max_message_chars} characters",
-                {"field": "message", "max_chars": self.max_message_chars, "chars": len(text)},
-            )
-        if "\x00" in text:
-            raise ValidationFailed("message must not contain NUL characters", {"field": "message"})
+        text = check_text(text, "message", self.max_message_chars)
         check_metadata_size(metadata, self.max_metadata_bytes)
         return text
 

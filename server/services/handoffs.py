@@ -16,8 +16,8 @@ from langgraph.types import Command
 
 from graph.state import ChatContext
 from persistence.handoffs import HandoffRepository
-from server.errors import AppError, PayloadTooLarge, ValidationFailed
-from server.schemas import Message, message_out
+from server.errors import AppError
+from server.schemas import Message, check_text, message_out
 
 SessionEvent = tuple[int | None, str, dict[str, Any]]  # (id, event, data); id None: a keep-alive comment
 KEEPALIVE_S = 15.0  # an idle event stream sends a comment this often (proxies close silent connections)
@@ -45,12 +45,7 @@ class HandoffService:
 
     async def reply(self, session_id: UUID, content: str, author: str) -> Message:
         """An operator's message, stored and sent to the shopper's open page (the session's event stream)."""
-        if not content.strip():
-            raise ValidationFailed("content must not be empty", {"field": "content"})
-        if len(content) > self.max_message_chars:
-            raise PayloadTooLarge(f"content is longer than {self.max_message_chars} characters",
-                                  {"field": "content", "max_chars": self.max_message_chars})
-        row = await self.repo.reply(session_id, content, author)
+        row = await self.repo.reply(session_id, check_text(content, "content", self.max_message_chars), author)
         if row is None:
             raise NotInHandoff(detail={"session_id": str(session_id)})
         return message_out(row)
