@@ -11,6 +11,7 @@ from persistence.db import Pool
 from persistence.messages import MESSAGE_COLUMNS
 
 Row = dict[str, Any]
+EVENTS_PAGE = 100  # session events read per statement
 SESSION_EVENTS = "sixshop_session_events"  # NOTIFY {"session", "id"} for every new session event (sql/013)
 
 START_SQL = "select outcome, started_at from start_handoff(%(session_id)s, %(answer_id)s, %(reason)s)"
@@ -126,7 +127,7 @@ class HandoffRepository:
             await conn.execute(END_RELEASE_SQL, {"session_id": session_id, "claim": claim, "by": by,
                                                  "released": released})
 
-    async def events(self, session_id: UUID, after: int, limit: int = 100) -> list[Row]:
+    async def events(self, session_id: UUID, after: int, limit: int = EVENTS_PAGE) -> list[Row]:
         async with self.pool.connection() as conn:
             return await (await conn.execute(EVENTS_SQL, {"session_id": session_id, "after": after,
                                                           "limit": limit})).fetchall()

@@ -440,11 +440,15 @@ class IntegratedChatService:
         self._launch(turn, self._run(turn) if claim.outcome == "ok" else self._run_when_free(turn))
         return turn
 
+    async def _store(self, store_id: str) -> dict[str, Any]:
+        """The store's own settings ({}: none, or no settings service): from this process's cache, dropped on every
+        replica when they change."""
+        return await self.store_settings.for_turn(store_id) if self.store_settings is not None else {}
+
     async def store_variant(self, store_id: str, session_id: UUID) -> str | None:
         """The prompt variant a store's own weights (its settings' prompt_variants) give this session; None: the
         service's weights (PROMPT_VARIANT) apply."""
-        store = await self.store_settings.for_turn(store_id) if self.store_settings is not None else {}
-        weights = store.get("prompt_variants")
+        weights = (await self._store(store_id)).get("prompt_variants")
         if not weights:
             return None
         return _picker(tuple(sorted((str(k), float(v)) for k, v in weights.items()))).pick(session_id)
@@ -452,9 +456,8 @@ class IntegratedChatService:
     async def handoff_info(self, session_id: UUID, store_id: str, since: datetime | None) -> dict[str, Any]:
         """What a shopper is told while their session waits for a person: since when, and whether operators are
         in now (the store's handoff hours), else when they will be."""
-        store = await self.store_settings.for_turn(store_id) if self.store_settings is not None else {}
         now = datetime.now(UTC)
-        at = opens_at(store.get("handoff_hours"), now)
+        at = opens_at((await self._store(store_id)).get("handoff_hours"), now)
         return {"since": (since or now).isoformat(), "operator_hours_open": at is None or at <= now,
                 "opens_at": at.isoformat() if at is not None and at > now else None}
 
@@ -640,8 +643,7 @@ class IntegratedChatService:
             "tags": self.tracing.tags,
             "callbacks": self.tracing.callbacks(),
         }
-        # the store's own settings: from this process's cache, dropped on every replica when they change
-        store = await self.store_settings.for_turn(turn.store_id) if self.store_settings is not None else {}
+        store = await self._store(turn.store_id)
         context = ChatContext(
             store_id=turn.store_id,
             audience=turn.audience,

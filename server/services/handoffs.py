@@ -15,7 +15,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 
 from graph.state import ChatContext
-from persistence.handoffs import HandoffRepository
+from persistence.handoffs import EVENTS_PAGE, HandoffRepository
 from server.errors import AppError
 from server.schemas import Message, check_text, message_out
 
@@ -97,7 +97,7 @@ class HandoffService:
                         yield after, "status", {"status": row["event_status"]}
                     elif row["message_id"] is not None:  # its message deleted since: nothing to show
                         yield after, "message", {"message": message_out(row)}
-                if len(rows) == 100:  # a page: read on before waiting
+                if len(rows) == EVENTS_PAGE:  # a full page: read on before waiting
                     continue
                 try:
                     async with asyncio.timeout(KEEPALIVE_S):
