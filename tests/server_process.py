@@ -41,6 +41,7 @@ def process_cpu_s(pid: int, children: bool = True) -> float:
 class ChildProcess:
     def __init__(self, args: list[str], env: dict[str, str], ready_url: str) -> None:
         self.ready_url = ready_url
+        self.killed = False
         self.log = tempfile.NamedTemporaryFile(prefix="sixshop-child-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env}, stdout=self.log,
                                      stderr=subprocess.STDOUT)
@@ -91,6 +92,7 @@ class ChildProcess:
         try:
             self.proc.wait(15)
         except subprocess.TimeoutExpired:
+            self.killed = True  # it did not stop in time after SIGTERM: what it flushes on the way out is lost
             self.proc.kill()
             self.proc.wait(5)
         self.log.close()

@@ -188,7 +188,7 @@ def _leased_env(database_url: str, model: FakeOpenAIServer, langsmith: FakeLangS
     return {"DATABASE_URL": database_url, "OPENAI_API_KEY": "sk-local-test", "OPENAI_BASE_URL": model.base_url,
             "OPENAI_MAX_RETRIES": "0", "CAPACITY_SAMPLE_SECONDS": "0", "TURN_LEASE_SECONDS": "3",
             "LANGSMITH_API_KEY": LANGSMITH_KEY, "LANGSMITH_ENDPOINT": langsmith.api_url,
-            "LANGSMITH_PROJECT": "sixshop-durable", "LANGSMITH_FLUSH_TIMEOUT_SECONDS": "2"}
+            "LANGSMITH_PROJECT": "sixshop-durable"}
 
 
 def _after_restart(events: list[tuple[int, str, dict[str, Any]]]) -> list[tuple[int, str, dict[str, Any]]]:
@@ -242,7 +242,8 @@ async def test_a_dead_replicas_turn_is_re_run_by_another(
         assert [e for _, e, _ in replay] == ["restart", "metadata", "sources", "token", "done"]
         assert replay[3][2]["delta"] == rows[3]["content"] and replay[0][0] == 2_000_000
     # B has stopped (SIGTERM: its tracing queue is flushed on the way out), so its traces are all sent
-    assert langsmith.wait_for(lambda s: run_id in s.runs and s.runs[run_id].get("end_time"), timeout=15)
+    assert langsmith.wait_for(lambda s: run_id in s.runs and s.runs[run_id].get("end_time"), timeout=15), \
+        (langsmith.runs.get(run_id), f"B killed after SIGTERM: {b.killed}", b.output()[-4000:])
     meta = langsmith.runs[run_id]["extra"]["metadata"]
     assert meta["attempt"] == 2 and meta["session_id"] == sid
     assert any(r["run_type"] == "llm" for r in langsmith.runs_of_trace(run_id))
