@@ -22,7 +22,7 @@ from langchain_core.vectorstores import VectorStore
 from pydantic import Field
 
 from graph.retrieval import ScopedRetriever, passage_metadata
-from graph.text import DEFAULT_ANALYZER, search_text
+from graph.text import DEFAULT_ANALYZER, KIWI_SETUP, search_text
 from persistence.db import Pool, async_connection, sync_connection
 
 SEARCH_SQL = "select chunk_id, doc_id, title, url, content, score from kb_search(%s, %s, %s, %s)"
@@ -169,7 +169,8 @@ class KnowledgeIndexer:
 
     def fingerprint(self, version: str) -> str:
         """What a document was indexed from and how: another analyzer or index re-indexes it."""
-        recipe = f"{version}|{self.index_label}|chunker-{CHUNKER_VERSION}|analyzer-{self.repo.analyzer}"
+        kiwi = f"|{KIWI_SETUP}" if "kiwi" in self.repo.analyzer else ""
+        recipe = f"{version}|{self.index_label}|chunker-{CHUNKER_VERSION}|analyzer-{self.repo.analyzer}{kiwi}"
         return hashlib.sha256(recipe.encode()).hexdigest()
 
     async def is_current(self, doc_id: str, version: str, known: dict[str, str]) -> bool:
