@@ -1,7 +1,11 @@
 """What a streamed answer costs the client side, per layer, on this machine: CPU milliseconds for one 150-chunk
-answer read from the local paced model (tests/fake_openai.py, in its own process, no delay between chunks).
+answer read from the local paced model (tests/fake_openai.py, in its own process), on uvloop as the server runs.
 
-    python bench/chunk_cost.py [--chunks 150] [--answers 30]
+    python bench/chunk_cost.py [--chunks 150] [--answers 30] [--token-ms 0]
+
+With --token-ms 0 (default) the chunks come back to back, many to a read; with --token-ms 25 (the open-loop
+model's pace, like a real model's 40 tokens/s) each chunk is a read of its own and a wake-up of the event loop, and
+the first line is the machine's floor for that: the loop waking --chunks times with nothing to do.
 
 Layers, each including the ones before: httpx reading the SSE lines and json.loads of each chunk; the OpenAI SDK
 (`chat.completions.create(stream=True)`); langchain-openai (`ChatOpenAI.astream`, as the graph's model); LangGraph
@@ -30,6 +34,7 @@ from typing import Any
 
 import httpx
 import openai
+import uvloop
 from langchain_core.messages import HumanMessage
 from langgraph.graph import END, START, MessagesState, StateGraph
 
@@ -52,7 +57,14 @@ async def per_answer(n: int, one: Callable[[], Awaitable[None]]) -> float:
     return (cpu_s() - start) / n * 1000
 
 
-async def measure(base: str, answers: int) -> None:
+async def measure(base: str, answers: int, chunks: int, token_ms: float) -> None:
+    if token_ms:
+        async def wakeups() -> None:
+            for _ in range(chunks):
+                await asyncio.sleep(token_ms / 1000)
+
+        print(f"{'event loop: ' + str(chunks) + ' wake-ups':<32} {await per_answer(answers, wakeups):6.1f} ms CPU "
+              f"per answer", flush=True)
     body = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     async with httpx.AsyncClient() as http:
         async def raw() -> None:
@@ -99,14 +111,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunks", type=int, default=150)
     parser.add_argument("--answers", type=int, default=30)
+    parser.add_argument("--token-ms", type=float, default=0, help="the model's pause between chunks")
     args = parser.parse_args()
-    model = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", "0", "0", str(args.chunks)], cwd=ROOT,
+    model = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", "0", str(args.token_ms), str(args.chunks)],
+                             cwd=ROOT,
                              stdout=subprocess.PIPE, text=True)
     try:
         assert model.stdout is not None
         base = model.stdout.readline().strip()
-        print(f"{args.chunks} chunks per answer, {args.answers} answers, the model in its own process")
-        asyncio.run(measure(base, args.answers))
+        print(f"{args.chunks} chunks per answer, {args.token_ms:g} ms apart, {args.answers} answers, the model in "
+              f"its own process, uvloop")
+        uvloop.run(measure(base, args.answers, args.chunks, args.token_ms))
     finally:
         model.terminate()
     return 0

@@ -1,0 +1,132 @@
+"""Many open streams at once: N shoppers' answers streaming together from a slow model, on one server.
+
+    python bench/streams.py [--streams 1000] [--ramp-seconds 20] [--workers 1]
+
+The model (tests/fake_openai.py, its own process) answers slowly, so that every stream is still open when the
+last one starts: first token after 1 s, then one token every 2 s, 15 tokens (29 s). N turns, each in a session of
+its own, start evenly over --ramp-seconds; each reads its SSE stream to the end. Prints the peak of streams open
+at once (a stream is open from its first event to its last), errors by reason, the server's peak RSS (its
+process and children; PostgreSQL is a separate server) and its CPU per turn. Everything binds to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _venv import reexec_in_venv
+
+    reexec_in_venv(__file__)
+
+import argparse
+import asyncio
+import os
+import subprocess
+import tempfile
+import time
+from collections import Counter
+
+from bench.run import API, ROOT, Ours, sse_lines
+from persistence.embedded import embedded_conninfo, start_embedded
+from tests.server_process import ChildProcess, free_port
+
+FIRST_TOKEN_MS, TOKEN_MS, TOKENS = 1000, 2000, 15
+
+
+async def drive(ours: Ours, server: ChildProcess, n: int, ramp_s: float) -> dict[str, object]:
+    sessions = []
+    for _ in range(n):  # sessions first, so that the ramp is turns only
+        sessions.append(await ours.new_session())
+    open_now = peak_open = done = 0
+    errors: Counter[str] = Counter()
+    peak_rss = server.rss_mb()
+
+    async def one(session: str) -> None:
+        nonlocal open_now, peak_open, done
+        opened = False
+        try:
+            async for line in sse_lines(ours.base_url, f"{API}/sessions/{session}/chat/stream",
+                                        {"message": "How much is shipping?"}, ours.headers):
+                if not opened and line.startswith(b"event:"):
+                    opened = True
+                    open_now += 1
+                    peak_open = max(peak_open, open_now)
+                if line == b"event: error":
+                    errors["error event"] += 1
+                elif line == b"event: done":
+                    done += 1
+        except Exception as exc:
+            errors[f"{type(exc).__name__}: {str(exc)[:100]}"] += 1
+        finally:
+            if opened:
+                open_now -= 1
+
+    async def watch() -> None:
+        nonlocal peak_rss
+        while True:
+            peak_rss = max(peak_rss, server.rss_mb())
+            await asyncio.sleep(0.5)
+
+    watcher = asyncio.create_task(watch())
+    cpu0, t0 = server.cpu_s(), time.perf_counter()
+    tasks = []
+    for i, session in enumerate(sessions):
+        await asyncio.sleep(max(0.0, t0 + i * ramp_s / n - time.perf_counter()))
+        tasks.append(asyncio.create_task(one(session)))
+    await asyncio.gather(*tasks)
+    watcher.cancel()
+    return {"peak_open": peak_open, "done": done, "errors": errors, "peak_rss": peak_rss,
+            "cpu_per_turn_ms": (server.cpu_s() - cpu0) / n * 1000, "seconds": time.perf_counter() - t0}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--ramp-seconds", type=float, default=20)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+
+    pg = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
+    conninfo = embedded_conninfo(pg)
+    model = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", str(FIRST_TOKEN_MS), str(TOKEN_MS),
+                              str(TOKENS)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    server: ChildProcess | None = None
+    try:
+        assert model.stdout is not None
+        model_url = model.stdout.readline().strip()
+        key = subprocess.run([sys.executable, "-m", "server.cli", "keys", "create", "--admin", "--turns-per-minute",
+                              "0"], cwd=ROOT, capture_output=True, text=True, check=True,
+                             env={**os.environ, "DATABASE_URL": conninfo}).stdout.strip()
+        port = free_port()
+        server = ChildProcess([sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
+                              {"OPENAI_API_KEY": "sk-local-bench", "OPENAI_BASE_URL": model_url,
+                               "OPENAI_MAX_RETRIES": "0", "LANGSMITH_TRACING": "false", "DATABASE_URL": conninfo,
+                               "VECTOR_STORE": "none", "APP_ENV": "production", "LOG_LEVEL": "WARNING",
+                               "CAPACITY_SAMPLE_SECONDS": "0", "WEB_CONCURRENCY": str(args.workers)},
+                              f"http://127.0.0.1:{port}/health")
+        server.wait_ready(180)
+        idle_rss = server.rss_mb()
+        r = asyncio.run(drive(Ours(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}), server,
+                              args.streams, args.ramp_seconds))
+    finally:
+        if server is not None:
+            server.stop()
+        model.terminate()
+        pg.cleanup()
+    errors = r["errors"]
+    assert isinstance(errors, Counter)
+    print(f"## {args.streams} streams started over {args.ramp_seconds:g} s, {args.workers} worker(s); model: first "
+          f"token {FIRST_TOKEN_MS} ms, then one every {TOKEN_MS} ms, {TOKENS} tokens")
+    print(f"open at once (peak)   {r['peak_open']}")
+    print(f"answers done          {r['done']}   errors {sum(errors.values())}")
+    for reason, count in errors.most_common():
+        print(f"   error x{count}: {reason}")
+    print(f"server RSS MB         idle {idle_rss:,.0f}   peak {r['peak_rss']:,.0f}")
+    print(f"server CPU per turn   {r['cpu_per_turn_ms']:.1f} ms  (all {r['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
