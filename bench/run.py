@@ -249,6 +249,28 @@ async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
     return time.perf_counter() - t
 
 
+class PeakRss:
+    """The highest RSS (MB) of a process and its children, sampled every `every_s` while in `async with`."""
+
+    def __init__(self, proc: ChildProcess, every_s: float) -> None:
+        self.proc, self.every_s = proc, every_s
+        self.mb = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        while True:
+            self.mb = max(self.mb, self.proc.rss_mb())
+            await asyncio.sleep(self.every_s)
+
+    async def __aenter__(self) -> PeakRss:
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
 async def session_creation(system: System, n: int, results: dict[str, Samples]) -> float:
     lat = results.setdefault(f"{system.name}:session_ms", Samples())
     for _ in range(n):
@@ -279,7 +301,6 @@ async def concurrent_turns(system: System, n: int, proc: ChildProcess, others: d
     errors = 0
     reasons: dict[str, int] = {}
     overheads: list[float] = []
-    peak_rss = 0.0
 
     async def one(s: str) -> None:
         nonlocal errors
@@ -291,13 +312,6 @@ async def concurrent_turns(system: System, n: int, proc: ChildProcess, others: d
             reason = f"{type(exc).__name__}: {str(exc)[:120]}"
             reasons[reason] = reasons.get(reason, 0) + 1
 
-    async def watch() -> None:
-        nonlocal peak_rss
-        while True:
-            peak_rss = max(peak_rss, proc.rss_mb())
-            await asyncio.sleep(0.2)
-
-    watcher = asyncio.create_task(watch())
     pids = {"server": proc.proc.pid, **others, "driver": os.getpid()}
 
     def cpu_of(name: str, pid: int) -> float:  # the driver's children are the systems themselves
@@ -305,12 +319,12 @@ async def concurrent_turns(system: System, n: int, proc: ChildProcess, others: d
 
     cpu_before = {k: cpu_of(k, pid) for k, pid in pids.items()}
     t = time.perf_counter()
-    await asyncio.gather(*(one(s) for s in sessions))
+    async with PeakRss(proc, 0.2) as rss:
+        await asyncio.gather(*(one(s) for s in sessions))
     elapsed = time.perf_counter() - t
-    watcher.cancel()
     cpu = {k: (cpu_of(k, pid) - cpu_before[k]) / max(1, len(overheads)) * 1000 for k, pid in pids.items()}
     return {"turns_per_s": len(overheads) / elapsed, "overhead_p50_ms": pct(overheads, 0.5),
-            "overhead_p99_ms": pct(overheads, 0.99), "errors": errors, "reasons": reasons, "rss_mb": peak_rss,
+            "overhead_p99_ms": pct(overheads, 0.99), "errors": errors, "reasons": reasons, "rss_mb": rss.mb,
             **{f"cpu_ms_{k}": v for k, v in cpu.items()}}
 
 
@@ -330,7 +344,6 @@ async def open_loop(system: System, rate: float, seconds: float, proc: ChildProc
     errors: dict[str, int] = {}
     open_now, open_peak, open_area = 0, 0, 0.0
     last_change = time.perf_counter()
-    peak_rss = 0.0
 
     def moved(by: int) -> None:
         nonlocal open_now, open_peak, open_area, last_change
@@ -353,24 +366,17 @@ async def open_loop(system: System, rate: float, seconds: float, proc: ChildProc
         finally:
             moved(-1)
 
-    async def watch() -> None:
-        nonlocal peak_rss
-        while True:
-            peak_rss = max(peak_rss, proc.rss_mb())
-            await asyncio.sleep(0.5)
-
     pids = {"server": proc.proc.pid, **others, "driver": os.getpid()}
     cpu_before = {k: process_cpu_s(pid, children=k != "driver") for k, pid in pids.items()}
-    watcher = asyncio.create_task(watch())
     start = time.perf_counter()
-    await asyncio.gather(*(one(at, s, start) for at, s in zip(arrivals, sessions, strict=True)))
+    async with PeakRss(proc, 0.5) as rss:
+        await asyncio.gather(*(one(at, s, start) for at, s in zip(arrivals, sessions, strict=True)))
     elapsed = time.perf_counter() - start
-    watcher.cancel()
     done = max(1, len(overheads))
     cpu = {k: (process_cpu_s(pid, children=k != "driver") - cpu_before[k]) / done * 1000 for k, pid in pids.items()}
     return {"arrivals": len(arrivals), "p50": pct(overheads, 0.5), "p99": pct(overheads, 0.99),
             "errors": sum(errors.values()), "reasons": errors, "open_peak": open_peak,
-            "open_mean": open_area / elapsed, "rss_mb": peak_rss, **{f"cpu_{k}": v for k, v in cpu.items()}}
+            "open_mean": open_area / elapsed, "rss_mb": rss.mb, **{f"cpu_{k}": v for k, v in cpu.items()}}
 
 
 GIVE_UP_P99_MS = 30_000.0  # a system whose p99 passes this (or with > 10 % errors) is not tried at higher rates

@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections import Counter
 
-from bench.run import API, ROOT, Ours, sse_lines
+from bench.run import API, ROOT, Ours, PeakRss, sse_lines
 from persistence.embedded import embedded_conninfo, start_embedded
 from tests.server_process import ChildProcess, free_port
 
@@ -41,7 +41,6 @@ async def drive(ours: Ours, server: ChildProcess, n: int, ramp_s: float) -> dict
         sessions.append(await ours.new_session())
     open_now = peak_open = done = 0
     errors: Counter[str] = Counter()
-    peak_rss = server.rss_mb()
 
     async def one(session: str) -> None:
         nonlocal open_now, peak_open, done
@@ -63,21 +62,14 @@ async def drive(ours: Ours, server: ChildProcess, n: int, ramp_s: float) -> dict
             if opened:
                 open_now -= 1
 
-    async def watch() -> None:
-        nonlocal peak_rss
-        while True:
-            peak_rss = max(peak_rss, server.rss_mb())
-            await asyncio.sleep(0.5)
-
-    watcher = asyncio.create_task(watch())
     cpu0, t0 = server.cpu_s(), time.perf_counter()
     tasks = []
-    for i, session in enumerate(sessions):
-        await asyncio.sleep(max(0.0, t0 + i * ramp_s / n - time.perf_counter()))
-        tasks.append(asyncio.create_task(one(session)))
-    await asyncio.gather(*tasks)
-    watcher.cancel()
-    return {"peak_open": peak_open, "done": done, "errors": errors, "peak_rss": peak_rss,
+    async with PeakRss(server, 0.5) as rss:
+        for i, session in enumerate(sessions):
+            await asyncio.sleep(max(0.0, t0 + i * ramp_s / n - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(session)))
+        await asyncio.gather(*tasks)
+    return {"peak_open": peak_open, "done": done, "errors": errors, "peak_rss": rss.mb,
             "cpu_per_turn_ms": (server.cpu_s() - cpu0) / n * 1000, "seconds": time.perf_counter() - t0}
 
 
