@@ -19,7 +19,7 @@ import pytest
 from langgraph_sdk import get_client
 from langgraph_sdk.errors import ConflictError, NotFoundError
 
-from tests.conftest import execute, fetch_all
+from tests.conftest import create_database, execute, fetch_all
 from tests.fake_langsmith import API_KEY as LANGSMITH_KEY
 from tests.fake_langsmith import FakeLangSmithServer
 from tests.fake_openai import FakeOpenAIServer, Pace
@@ -184,6 +184,14 @@ def langsmith() -> Iterator[FakeLangSmithServer]:
         yield srv
 
 
+@pytest.fixture
+def lease_database(pg_server_conninfo: str) -> str:
+    """A database of the test's own (`serve` migrates it): the module's two replicas (lease 15 s, a sweep every 5 s)
+    share the module's database, and one of them could take a dead replica's turn before the replica under test
+    does — then the re-run is theirs, untraced (CI saw it: the re-run's trace never reached the fake LangSmith)."""
+    return create_database(pg_server_conninfo, "durable_leases")
+
+
 def _leased_env(database_url: str, model: FakeOpenAIServer, langsmith: FakeLangSmithServer) -> dict[str, str]:
     return {"DATABASE_URL": database_url, "OPENAI_API_KEY": "sk-local-test", "OPENAI_BASE_URL": model.base_url,
             "OPENAI_MAX_RETRIES": "0", "CAPACITY_SAMPLE_SECONDS": "0", "TURN_LEASE_SECONDS": "3",
@@ -197,11 +205,12 @@ def _after_restart(events: list[tuple[int, str, dict[str, Any]]]) -> list[tuple[
 
 
 async def test_a_dead_replicas_turn_is_re_run_by_another(
-        database_url: str, slow_model: FakeOpenAIServer, langsmith: FakeLangSmithServer) -> None:
+        lease_database: str, slow_model: FakeOpenAIServer, langsmith: FakeLangSmithServer) -> None:
     """TURN_LEASE_SECONDS=3: a turn of 6 s keeps its lease on a live replica; after SIGKILL of its replica the
     other one re-runs it from the checkpoint before it, and the rejoined stream says `restart` then gives the
     whole new answer. One user row, one assistant row (the new answer, with the re-run's run_id), and the re-run
     traced with its attempt."""
+    database_url = lease_database
     env = _leased_env(database_url, slow_model, langsmith)
     with ServerProcess(env) as a, ServerProcess(env) as b:
         async with httpx.AsyncClient(base_url=a.base_url, timeout=30) as on_a, \
@@ -241,6 +250,7 @@ async def test_a_dead_replicas_turn_is_re_run_by_another(
             replay = await _rejoin(on_b, sid, mid, 3)
         assert [e for _, e, _ in replay] == ["restart", "metadata", "sources", "token", "done"]
         assert replay[3][2]["delta"] == rows[3]["content"] and replay[0][0] == 2_000_000
+    assert "re-running a turn whose replica died (attempt 2)" in b.output()  # B itself, no other process
     # B has stopped (SIGTERM: its tracing queue is flushed on the way out), so its traces are all sent
     assert langsmith.wait_for(lambda s: run_id in s.runs and s.runs[run_id].get("end_time"), timeout=15), \
         (langsmith.runs.get(run_id), f"B killed after SIGTERM: {b.killed}", b.output()[-4000:])
@@ -250,9 +260,10 @@ async def test_a_dead_replicas_turn_is_re_run_by_another(
 
 
 async def test_a_turn_that_dies_twice_ends_abandoned_and_frees_its_session(
-        database_url: str, quick_model: FakeOpenAIServer, langsmith: FakeLangSmithServer) -> None:
+        lease_database: str, quick_model: FakeOpenAIServer, langsmith: FakeLangSmithServer) -> None:
     """A turn whose re-run's replica died too (attempt 2, lease run out) is not run a third time: the sweep
     stores it error/abandoned, a rejoin ends with that error, and the session answers the next message."""
+    database_url = lease_database
     with ServerProcess(_leased_env(database_url, quick_model, langsmith)) as b:
         async with httpx.AsyncClient(base_url=b.base_url, timeout=30) as on_b:
             sid = (await on_b.post(f"{API}/sessions", json={"store_id": "durable"})).json()["session_id"]
