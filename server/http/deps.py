@@ -128,6 +128,12 @@ class Operator:
         """404 store_not_found for a store this caller's key does not reach."""
         self.principal.require_store(store_id, StoreNotFound(detail={"store_id": store_id}))
 
+    def path_store(self, store_id: str) -> str:
+        """A store named in the path: checked (400 naming store_id) and within this caller's reach (404)."""
+        store = checked(store_id, StoreId, "store_id")
+        self.require_store(store)
+        return store
+
 
 async def provide_operator(request: Request[Any, Any, Any]) -> Operator:
     principal = await operator_of(request, "A valid admin token or API key is required (Authorization: Bearer ...)")

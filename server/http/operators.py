@@ -13,7 +13,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.params import FromPath, QueryParameter
 
-from server.http.deps import OperatorDep, checked, owned_session, provide_operator, resources_of
+from server.http.deps import OperatorDep, owned_session, provide_operator, resources_of
 from server.schemas import Message, OperatorReply, Session, StoreId, decode_body
 
 
@@ -41,9 +41,9 @@ class OperatorController(Controller):
         """An operator's message to a session waiting for a person (409 not_in_handoff otherwise): stored with role
         `operator` and who wrote it, and shown on the shopper's open page at once (the session's event stream)."""
         body = decode_body(await request.body(), OperatorReply)
-        session = await owned_session(resources_of(state), operator.principal, session_id)
-        return await resources_of(state).handoffs.reply(session.session_id, body.content,
-                                                        body.operator or operator.name)
+        res = resources_of(state)
+        session = await owned_session(res, operator.principal, session_id)
+        return await res.handoffs.reply(session.session_id, body.content, body.operator or operator.name)
 
     @post("/sessions/{session_id:str}/release", status_code=200)
     async def release(self, session_id: FromPath[str], state: State, operator: OperatorDep) -> Session:
@@ -59,6 +59,4 @@ class OperatorController(Controller):
     async def webhooks(self, store_id: FromPath[str], state: State, operator: OperatorDep) -> dict[str, Any]:
         """The store's last 50 webhook deliveries, newest first, each with every attempt (status code or error,
         duration): what `/admin` shows."""
-        store = checked(store_id, StoreId, "store_id")
-        operator.require_store(store)
-        return {"items": await resources_of(state).webhooks.log(store)}
+        return {"items": await resources_of(state).webhooks.log(operator.path_store(store_id))}

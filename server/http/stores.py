@@ -14,15 +14,7 @@ from litestar.di import Provide
 from litestar.params import FromPath
 
 from server.errors import ValidationFailed
-from server.http.deps import Operator, OperatorDep, checked, provide_operator, resources_of
-from server.schemas import StoreId
-
-
-def _store(store_id: str, operator: Operator) -> str:
-    """The store of the path, checked, and within the caller's reach (404 store_not_found otherwise)."""
-    store = checked(store_id, StoreId, "store_id")
-    operator.require_store(store)
-    return store
+from server.http.deps import OperatorDep, provide_operator, resources_of
 
 
 class StoreSettingsController(Controller):
@@ -33,14 +25,14 @@ class StoreSettingsController(Controller):
     @get("/")
     async def get_settings(self, store_id: FromPath[str], state: State, operator: OperatorDep) -> dict[str, Any]:
         """Every setting (null: the service's default), the webhook secret only as whether one is set."""
-        return await resources_of(state).store_settings.view(_store(store_id, operator))
+        return await resources_of(state).store_settings.view(operator.path_store(store_id))
 
     @put("/")
     async def put_settings(self, store_id: FromPath[str], request: Request[Any, Any, Any],
                            state: State, operator: OperatorDep) -> dict[str, Any]:
         """Any subset of the settings; null resets one to its default; unknown fields and bad values are 400
         naming the field. Reaches the next turn on every replica at once (NOTIFY)."""
-        store = _store(store_id, operator)  # another store's: 404 before the body is looked at
+        store = operator.path_store(store_id)  # another store's: 404 before the body is looked at
         try:
             patch = msgspec.json.decode(await request.body() or b"{}")
         except msgspec.DecodeError as exc:
@@ -50,4 +42,4 @@ class StoreSettingsController(Controller):
     @get("/changes")
     async def changes(self, store_id: FromPath[str], state: State, operator: OperatorDep) -> dict[str, Any]:
         """The last 50 changes, newest first: when, by whom, field, old → new (secrets as set/unset)."""
-        return {"items": await resources_of(state).store_settings.changes(_store(store_id, operator))}
+        return {"items": await resources_of(state).store_settings.changes(operator.path_store(store_id))}
