@@ -36,18 +36,19 @@ _CONTENT_TAGS = frozenset({"NNG", "NNP", "NR", "VV", "VA", "XR", "SL", "SH"})
 
 
 # how Kiwi is set up (its dictionaries): part of an index's recipe, so a change re-indexes at the next sync
-KIWI_SETUP = "kiwi-0.24-no-multi-dict"
+KIWI_SETUP = "kiwi-0.24-model-only"
 
 
 @functools.cache
 def _kiwi() -> Any:
     from kiwipiepy import Kiwi  # its model ships in the kiwipiepy-model wheel: nothing is downloaded
 
-    # without the multi-word entity dictionary: 190 MB less per process (498 → 303 MB), and the same content
-    # morphemes for every line of the sample knowledge base and every evaluation question (1,292 lines compared;
-    # `sixshop-agent eval` gives the same figures). Leaving out the default dictionary too would save 74 MB more
-    # but splits compound nouns (개인정보 → 개인, 정보; 3 of those lines): not taken (bench/streams.py, README)
-    return Kiwi(load_multi_dict=False)
+    # Kiwi's language model alone, without its two dictionaries of proper nouns (Wikipedia and Namuwiki's
+    # titles, WikiData's multi-word names): 498 → 234 MB per process. Of the 271 distinct Korean lines of the
+    # sample help centre and the evaluation set, 3 are cut differently (배송지 → 배송, 지; 개인정보 → 개인, 정보),
+    # alike in the index and in a question; `sixshop-agent eval` gives the same result for each of the 175 cases
+    # (README, "Korean"; bench/streams.py for the memory)
+    return Kiwi(load_multi_dict=False, load_default_dict=False)
 
 
 def korean_morphemes(text: str) -> list[str]:
