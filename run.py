@@ -4,8 +4,8 @@
     python3 run.py serve     # venv + pinned install, then the service on :8000 (embedded PostgreSQL)
     python3 run.py test      # venv + pinned install, then ruff, mypy and the whole pytest suite
 
-The venv lives in .venv/ and is re-installed only when pyproject.toml or constraints.txt change
-(their hash is stamped in the venv), so the second run starts at once.
+The venv lives in .venv/ and is re-installed only when pyproject.toml or constraints.txt change, or the checkout
+moves (their hash and its path are stamped in the venv), so the second run starts at once.
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ STAMP = VENV / ".sixshop-install-stamp"
 
 
 def _stamp_value() -> str:
-    digest = hashlib.sha256()
+    # the checkout too: a venv shared through SIXSHOP_VENV with another clone had its editable install pointing
+    # there, and `sixshop-agent` ran that clone's code
+    digest = hashlib.sha256(str(ROOT).encode())
     for name in ("pyproject.toml", "constraints.txt"):
         digest.update((ROOT / name).read_bytes())
     return digest.hexdigest()
