@@ -93,7 +93,9 @@ async def retrieve(state: ChatState, runtime: Runtime[ChatContext],
     question = state.get("search_query") or _last_question(state.get("messages", []))
     if retriever is None or not question.strip():
         return {"passages": []}
-    found = await retriever.ainvoke(question, k=ctx.k, store_id=ctx.store_id, audience=ctx.audience)
+    scope: dict[str, Any] = {"k": ctx.k, "store_id": ctx.store_id, "audience": ctx.audience}
+    ahead = ctx.search_ahead.take(retriever, question, **scope) if ctx.search_ahead is not None else None
+    found = await retriever.ainvoke(question, **scope, **({"ahead": ahead} if ahead is not None else {}))
     asked = _last_question(state.get("messages", []))
     if question != asked and not any(speaks_of(asked, f"{d.metadata.get('title', '')} {d.page_content}")
                                      for d in found):
@@ -107,6 +109,16 @@ async def retrieve(state: ChatState, runtime: Runtime[ChatContext],
     passages = [Passage.from_document(doc) for doc in found]
     get_stream_writer()(sources_event([p.as_source() for p in passages]))  # for `custom` streams (a no-op else)
     return {"passages": [p.as_dict() for p in passages], "search_query": question}
+
+
+def searched_as_asked(question: str, ctx: ChatContext, before: list[BaseMessage]) -> bool:
+    """Whether a turn's retrieve node will search for `question` itself, given the conversation `before` it (the
+    thread's messages): it does not ask for a person (first_step) and condense keeps it as it is (a first turn,
+    or no follow-up). The service begins that search beside the start of the run (graph/retrieval.py
+    SearchAhead), so that the node finds it done."""
+    if not question.strip() or (ctx.handoff and asks_for_person(question)):
+        return False
+    return not (ctx.history_aware and needs_condensing([*before, HumanMessage(question)]))
 
 
 # offered to a language model (not to the offline answerer, which has the rule only): calling it hands the shopper

@@ -67,11 +67,38 @@ def with_score(doc: Document, score: float, **extra: Any) -> Document:
 
 
 class ScopedRetriever(BaseRetriever):
-    """Shared handling of the `k` and `store_id` arguments (constructor defaults, invoke overrides)."""
+    """Shared handling of the `k` and `store_id` arguments (constructor defaults, invoke overrides), and of a
+    search begun ahead (`SearchAhead`, given as `ahead=`): the run is traced as any other, its result is that
+    search's. Subclasses search in `_asearch`."""
 
     k: int = 4
     store_id: str | None = None
     audience: str | None = None
+
+    async def _aget_relevant_documents(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        ahead = kwargs.pop("ahead", None)
+        if ahead is not None:
+            return await self._from_ahead(ahead, query, run_manager=run_manager, **kwargs)
+        return await self._asearch(query, run_manager=run_manager, **kwargs)
+
+    async def _asearch(
+        self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
+    ) -> list[Document]:
+        raise NotImplementedError
+
+    def begin_search(self, query: str, **kwargs: Any) -> Any:
+        """This search, started now and untraced; given back as `ahead=` with the same query and arguments, the
+        traced run's result is its result. Anything with a `cancel()`."""
+        task = asyncio.ensure_future(
+            self._asearch(query, run_manager=AsyncCallbackManagerForRetrieverRun.get_noop_manager(), **kwargs))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a failure is the run's to see
+        return task
+
+    async def _from_ahead(self, ahead: Any, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun,
+                          **kwargs: Any) -> list[Document]:
+        return list(await ahead)
 
     def _args(self, kwargs: dict[str, Any]) -> tuple[int, str | None]:
         k = int(kwargs.get("k", self.k))
@@ -109,7 +136,7 @@ class VectorRetriever(ScopedRetriever):
         found = self.vectorstore.similarity_search_with_score(query, k, **scope)
         return [with_score(doc, score, similarity=score) for doc, score in found]
 
-    async def _aget_relevant_documents(
+    async def _asearch(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         k, store_id = self._args(kwargs)
@@ -153,7 +180,7 @@ class HybridRetriever(ScopedRetriever):
                     for r in self.retrievers]
         return reciprocal_rank_fusion(rankings, k=k, rrf_k=self.rrf_k)
 
-    async def _aget_relevant_documents(
+    async def _asearch(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         k, store_id = self._args(kwargs)
@@ -164,3 +191,58 @@ class HybridRetriever(ScopedRetriever):
               for r in self.retrievers)
         )
         return reciprocal_rank_fusion(list(rankings), k=k, rrf_k=self.rrf_k)
+
+    def begin_search(self, query: str, **kwargs: Any) -> Any:
+        """Each retriever's search begun (so that each still has its own run in the trace when taken)."""
+        k, store_id = self._args(kwargs)
+        scope = {"k": self._depth(k), "store_id": store_id, "audience": self._audience(kwargs)}
+        return _Begun([r.begin_search(query, **scope) if isinstance(r, ScopedRetriever) else None
+                       for r in self.retrievers])
+
+    async def _from_ahead(self, ahead: Any, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun,
+                          **kwargs: Any) -> list[Document]:
+        k, store_id = self._args(kwargs)
+        config = RunnableConfig(callbacks=run_manager.get_child())
+        scope = {"k": self._depth(k), "store_id": store_id, "audience": self._audience(kwargs)}
+        rankings = await asyncio.gather(
+            *(r.ainvoke(query, config, **scope, **({"ahead": begun} if begun is not None else {}))
+              for r, begun in zip(self.retrievers, ahead.parts, strict=True))
+        )
+        return reciprocal_rank_fusion(list(rankings), k=k, rrf_k=self.rrf_k)
+
+
+@dataclass
+class _Begun:
+    """A fused search begun ahead: its retrievers' searches (None: one that cannot begin ahead)."""
+
+    parts: list[Any]
+
+    def cancel(self) -> None:
+        for part in self.parts:
+            if part is not None:
+                part.cancel()
+
+
+class SearchAhead:
+    """A turn's search begun before its graph runs, beside the run's start, when the question is searched as it
+    is (graph.graph.searched_as_asked). The retrieve node takes it for the very same search (retriever, query and
+    arguments) and passes it to the retriever as `ahead`: the run is traced as ever, with the begun search's
+    result. One not taken is cancelled at the end of the run (`discard`)."""
+
+    def __init__(self, retriever: ScopedRetriever, query: str, **kwargs: Any) -> None:
+        from langsmith import tracing_context
+
+        self.retriever, self.query, self.kwargs = retriever, query, kwargs
+        self.taken = False
+        with tracing_context(enabled=False):  # nor traced by LANGSMITH_TRACING from the environment
+            self.begun = retriever.begin_search(query, **kwargs)
+
+    def take(self, retriever: BaseRetriever, query: str, **kwargs: Any) -> Any:
+        if self.taken or retriever is not self.retriever or query != self.query or kwargs != self.kwargs:
+            return None
+        self.taken = True
+        return self.begun
+
+    def discard(self) -> None:
+        if not self.taken:
+            self.begun.cancel()

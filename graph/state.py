@@ -52,3 +52,5 @@ class ChatContext:
     # the id the answer gets in the thread's state (the service uses the assistant message's row id, so
     # the row, the checkpoint and every streamed chunk name the same message); None keeps the model's
     answer_id: str | None = None
+    # the search of the question begun before the run (graph/retrieval.py SearchAhead); None: the node searches
+    search_ahead: Any = None

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Literal
 
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import CheckpointTuple, get_checkpoint_id
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from psycopg import AsyncConnection, AsyncCursor
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from persistence.db import Pool
@@ -36,6 +43,22 @@ class PooledPostgresSaver(AsyncPostgresSaver):
         if isinstance(conn, AsyncConnectionPool):
             self.lock = _NoLock()
 
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """The stock read, or, once, the thread's latest checkpoint as read beside the statement that began the
+        turn (`LatestCheckpoint`, handed over with `using_prefetched` around the run)."""
+        held = _PREFETCHED.get()
+        configurable = config.get("configurable", {})
+        if (held is not None and not held.used and held.thread_id == str(configurable.get("thread_id"))
+                and not configurable.get("checkpoint_ns") and not get_checkpoint_id(config)):
+            held.used = True
+            return held.value
+        return await super().aget_tuple(config)
+
+    def latest(self, thread_id: str) -> LatestCheckpoint:
+        """A read of the thread's latest checkpoint to send in another statement's round trip (persistence/db.py
+        `Pipelined`)."""
+        return LatestCheckpoint(self, thread_id)
+
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         """The stock `aprune`, with keep_latest in one statement per thread where the thread allows it
         (all the service's threads: one graph, no subgraphs, no DeltaChannel); the stock prune otherwise."""
@@ -50,6 +73,58 @@ class PooledPostgresSaver(AsyncPostgresSaver):
                 others.append(thread_id)
         if others:
             await super().aprune(others, strategy=strategy)
+
+
+_PREFETCHED: ContextVar[LatestCheckpoint | None] = ContextVar("sixshop_prefetched_checkpoint", default=None)
+
+
+@dataclass(eq=False)
+class LatestCheckpoint:
+    """A thread's latest checkpoint read in the round trip of the statement that begins a turn, so that the graph
+    does not wait for a read of its own (one round trip less before the first token). The statement before it
+    in the pipeline claims the session, so the read sees the thread as the run will: no other turn of the
+    session writes it until this one ends. A read that cannot stand in for the stock one (a checkpoint from
+    before v4, whose pending sends the stock read migrates) gives `ready` False and the graph reads as usual."""
+
+    saver: PooledPostgresSaver
+    thread_id: str
+    value: CheckpointTuple | None = None
+    ready: bool = False
+    used: bool = False
+    _cursor: AsyncCursor[DictRow] | None = None
+
+    def messages(self) -> list[Any]:
+        """The conversation in the checkpoint read (none before a thread's first)."""
+        return list(self.value.checkpoint["channel_values"].get("messages", [])) if self.value is not None else []
+
+    async def send(self, conn: AsyncConnection[Any]) -> None:
+        self._cursor = conn.cursor(binary=True, row_factory=dict_row)
+        await self._cursor.execute(self.saver.SELECT_SQL + _LATEST_WHERE, (self.thread_id, ""), binary=True)
+
+    async def receive(self) -> None:
+        assert self._cursor is not None
+        row = await self._cursor.fetchone()
+        if row is not None and row["checkpoint"]["v"] < 4 and row["parent_checkpoint_id"]:
+            return
+        self.value = await self.saver._load_checkpoint_tuple(row) if row is not None else None
+        self.ready = True
+
+
+# the stock saver's "latest checkpoint" clause (AsyncPostgresSaver.aget_tuple without a checkpoint_id)
+_LATEST_WHERE = "WHERE thread_id = %s AND checkpoint_ns = %s ORDER BY checkpoint_id DESC LIMIT 1"
+
+
+@contextmanager
+def using_prefetched(latest: LatestCheckpoint | None) -> Iterator[None]:
+    """Within this block (the run's task), the saver's first read of `latest`'s thread is `latest`'s value."""
+    if latest is None or not latest.ready:
+        yield
+        return
+    token = _PREFETCHED.set(latest)
+    try:
+        yield
+    finally:
+        _PREFETCHED.reset(token)
 
 
 # keep_latest for a thread whose checkpoints are all in the root namespace, in one statement (the stock

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection
@@ -19,6 +19,16 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 APPLICATION_NAME = "sixshop-ai-agent"
 T = TypeVar("T")
 UNAVAILABLE_FAST_FAIL_S = 1.0
+
+
+class Pipelined(Protocol):
+    """A read sent in the round trip of another statement (psycopg's pipeline mode): `send` queues it on the
+    connection after that statement, `receive` takes its result once the pipeline has run. In autocommit both
+    run in one implicit transaction, in order: the read sees what the statement before it wrote."""
+
+    async def send(self, conn: AsyncConnection[Any]) -> None: ...
+
+    async def receive(self) -> None: ...
 
 
 @dataclass(frozen=True)

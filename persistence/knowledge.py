@@ -256,7 +256,7 @@ class FullTextRetriever(ScopedRetriever):
                                              self._audience(kwargs))).fetchall()
         return self._documents(rows)
 
-    async def _aget_relevant_documents(
+    async def _asearch(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
         k, store_id = self._args(kwargs)

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from persistence.db import Pool
+from persistence.db import Pipelined, Pool
 
 Row = dict[str, Any]
 
@@ -152,23 +152,30 @@ class MessageRepository:
         metadata: dict[str, Any],
         stale_after: timedelta,
         expire_after: timedelta,
+        then: Pipelined | None = None,
     ) -> TurnStart:
+        """Claim the session and store the question and its answer-to-be; `then`, a read sent in the same round
+        trip, after the claim (the thread's checkpoint)."""
+        params = {
+            "session_id": session_id,
+            "user_msg_id": user_msg_id,
+            "asst_msg_id": asst_msg_id,
+            "content": content,
+            "model": model,
+            "prompt_variant": prompt_variant,
+            "metadata": Jsonb(metadata),
+            "stale_after": stale_after,
+            "expire_after": expire_after,
+        }
         async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                BEGIN_TURN_SQL,
-                {
-                    "session_id": session_id,
-                    "user_msg_id": user_msg_id,
-                    "asst_msg_id": asst_msg_id,
-                    "content": content,
-                    "model": model,
-                    "prompt_variant": prompt_variant,
-                    "metadata": Jsonb(metadata),
-                    "stale_after": stale_after,
-                    "expire_after": expire_after,
-                },
-            )
-            row = await cur.fetchone()
+            if then is None:
+                row = await (await conn.execute(BEGIN_TURN_SQL, params)).fetchone()
+            else:
+                async with conn.pipeline():
+                    cur = await conn.execute(BEGIN_TURN_SQL, params)
+                    await then.send(conn)
+                    row = await cur.fetchone()
+                    await then.receive()
         assert row is not None
         return TurnStart(row["outcome"], row["store_id"], row["user_id"], row["audience"])
 

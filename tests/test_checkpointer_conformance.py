@@ -112,3 +112,71 @@ async def test_prune_in_one_statement_keeps_what_a_next_turn_is_saving(pg_server
         assert [(r["checkpoint_ns"], r["count"]) for r in left] in ([("", 1), ("child:1", 1)], [("", 1)])
     finally:
         await pool.close()
+
+
+async def test_latest_checkpoint_read_in_another_statements_round_trip(pg_server_conninfo: str) -> None:
+    """`LatestCheckpoint`: the thread's latest checkpoint read in the pipeline of another statement (the service's
+    begin_turn), after it. The saver's next read of that thread, inside `using_prefetched`, is that value, once;
+    any other read (another thread, a checkpoint_id, a namespace, a second read, outside the block) is the stock
+    one; a thread without checkpoints prefetches None; a pre-v4 head is left to the stock read (not ready)."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from persistence.checkpointer import using_prefetched
+
+    pool = await open_pool(PoolConfig(conninfo=create_database(pg_server_conninfo, "latest"), min_size=1, max_size=4))
+    try:
+        await migrate(pool)
+        saver = make_checkpointer(pool)
+
+        async def put(thread: str, step: int, v: int = 4, parent: dict | None = None) -> dict:
+            cp = empty_checkpoint()
+            cp["v"] = v
+            cp["channel_values"] = {"messages": [f"m{i}" for i in range(step)]}
+            cp["channel_versions"] = {"messages": f"{step:032}.0"}
+            return await saver.aput(parent or {"configurable": {"thread_id": thread, "checkpoint_ns": ""}}, cp,
+                                    {"step": step}, dict(cp["channel_versions"]))
+
+        first = await put("t1", 1)
+        await put("t1", 2)
+        latest = saver.latest("t1")
+        async with pool.connection() as conn, conn.pipeline():
+            # the statement before it writes what the read must see (as begin_turn claims the session)
+            cur = await conn.execute("insert into checkpoint_migrations (v) values (-1) returning v")
+            await latest.send(conn)
+            assert await cur.fetchone() == {"v": -1}
+            await latest.receive()
+        stock = await saver.aget_tuple({"configurable": {"thread_id": "t1"}})
+        assert latest.ready and latest.value is not None and stock is not None
+        assert latest.value.checkpoint == stock.checkpoint and latest.value.config == stock.config
+        assert latest.value.checkpoint["channel_values"] == {"messages": ["m0", "m1"]}
+
+        await put("t1", 3)  # written after the read: only reads that are not the prefetched one see it
+        with using_prefetched(latest):
+            assert (await saver.aget_tuple({"configurable": {"thread_id": "t2"}})) is None
+            old = await saver.aget_tuple(first)  # a checkpoint_id: the stock read
+            assert old is not None and old.checkpoint["channel_values"] == {"messages": ["m0"]}
+            ns = await saver.aget_tuple({"configurable": {"thread_id": "t1", "checkpoint_ns": "child:1"}})
+            assert ns is None
+            once = await saver.aget_tuple({"configurable": {"thread_id": "t1"}})
+            again = await saver.aget_tuple({"configurable": {"thread_id": "t1"}})
+        assert once is latest.value and latest.used
+        assert again is not None and again.checkpoint["channel_values"] == {"messages": ["m0", "m1", "m2"]}
+
+        empty = saver.latest("nobody")
+        async with pool.connection() as conn, conn.pipeline():
+            await empty.send(conn)
+            await empty.receive()
+        assert empty.ready and empty.value is None
+
+        # an old head whose parent may hold pending sends: the stock read migrates them
+        await put("t3", 2, v=3, parent=await put("t3", 1, v=3))
+        old_head = saver.latest("t3")
+        async with pool.connection() as conn, conn.pipeline():
+            await old_head.send(conn)
+            await old_head.receive()
+        assert not old_head.ready
+        with using_prefetched(old_head):
+            stock3 = await saver.aget_tuple({"configurable": {"thread_id": "t3"}})
+        assert stock3 is not None and not old_head.used
+    finally:
+        await pool.close()

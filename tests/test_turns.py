@@ -278,3 +278,43 @@ async def test_a_sessions_audience_decides_which_pages_answer(res: Resources) ->
     with pytest.raises(ValidationFailed) as refused:
         await res.sessions.create("store-t", None, {"audience": "admin"})
     assert refused.value.detail["field"] == "metadata.audience"
+
+
+async def test_a_turn_reads_its_thread_with_its_claim_and_begins_its_search_ahead(
+    res: Resources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the first token: the thread's checkpoint comes in the round trip that claims the session (the
+    stock saver's read is not called), and a question searched as it is (a first turn; one that stands alone)
+    has its search begun beside the run's start, which the retrieve node takes; a follow-up's search is the
+    node's own (its query comes from the conversation). Answers and history are as ever."""
+    from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+    from graph.retrieval import ScopedRetriever
+
+    stock_reads: list[Any] = []
+    searches: list[tuple[str, bool]] = []
+    read, search = AsyncPostgresSaver.aget_tuple, ScopedRetriever._aget_relevant_documents
+
+    async def counted_read(self: AsyncPostgresSaver, config: Any) -> Any:
+        stock_reads.append(config)
+        return await read(self, config)
+
+    async def seen_search(self: ScopedRetriever, query: str, *, run_manager: Any, **kwargs: Any) -> Any:
+        if self is res.chat.retriever:
+            searches.append((query, "ahead" in kwargs))
+        return await search(self, query, run_manager=run_manager, **kwargs)
+
+    monkeypatch.setattr(AsyncPostgresSaver, "aget_tuple", counted_read)
+    monkeypatch.setattr(ScopedRetriever, "_aget_relevant_documents", seen_search)
+    session = await res.sessions.create("store-ahead", "shopper-1", {})
+    first = await _events(res, session.session_id, "How much is shipping?")
+    follow_up = await _events(res, session.session_id, "And to Jeju?")
+    alone = await _events(res, session.session_id, "How do I return an item I bought with a credit card?")
+    assert [e[-1][0] for e in (first, follow_up, alone)] == ["done"] * 3
+    assert stock_reads == []
+    assert searches[0] == ("How much is shipping?", True)
+    assert searches[1][1] is False and "Jeju" in searches[1][0]
+    assert searches[-1] == ("How do I return an item I bought with a credit card?", True)
+    state = await res.chat.graph.aget_state({"configurable": {"thread_id": str(session.session_id)}})
+    assert [m.content for m in state.values["messages"] if m.type == "human"] == [
+        "How much is shipping?", "And to Jeju?", "How do I return an item I bought with a credit card?"]

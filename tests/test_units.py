@@ -7,7 +7,7 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
-from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
 from graph.models import OFFLINE_MODEL_NAME, ExtractiveChatModel, make_chat_model, model_label
 from graph.prompts import system_prompt
@@ -244,3 +244,66 @@ def test_cors_and_the_default_store_follow_the_environment() -> None:
     assert Settings(app_env="production").default_store() is None  # a thread's store must be said
     assert Settings(app_env="development").default_store() == "demo-store"
     assert Settings(app_env="production", default_store_id="shop-1").default_store() == "shop-1"
+
+
+async def test_a_search_begun_ahead_is_the_retrieve_nodes_and_traced_as_one() -> None:
+    """The service begins a turn's search beside the start of its run when the question is searched as it is
+    (searched_as_asked): the retrieve node takes it (one search, not two), its retriever run is in the trace as
+    usual, and a search the node does not take (another query) is cancelled by discard."""
+    import asyncio
+    from typing import Any
+
+    from langchain_core.callbacks import AsyncCallbackHandler
+    from langchain_core.documents import Document
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from graph.graph import build_graph, searched_as_asked
+    from graph.retrieval import ScopedRetriever, SearchAhead
+    from graph.state import ChatContext
+
+    class Counting(ScopedRetriever):
+        searches: list[str] = []
+        gate: Any = None
+
+        def _get_relevant_documents(self, query: str, *, run_manager: Any, **kwargs: Any) -> list[Document]:
+            raise AssertionError("the service searches asynchronously")
+
+        async def _asearch(self, query: str, *, run_manager: Any, **kwargs: Any) -> list[Document]:
+            self.searches.append(query)
+            if self.gate is not None:
+                await self.gate.wait()
+            return [Document(id="c1", page_content="Shipping is 3,000 won.", metadata={"title": "Shipping",
+                                                                                      "url": "u", "score": 1.0})]
+
+    class Runs(AsyncCallbackHandler):
+        def __init__(self) -> None:
+            self.retriever_runs: list[str] = []
+
+        async def on_retriever_start(self, serialized: Any, query: str, **kwargs: Any) -> None:
+            self.retriever_runs.append(query)
+
+    retriever = Counting(searches=[])
+    ctx = ChatContext(store_id="s1", audience="shopper", model=ExtractiveChatModel(), retriever=retriever, k=3)
+    before = [HumanMessage("How do I return an item?"), AIMessage("Within 7 days.")]
+    assert searched_as_asked("How much is shipping?", ctx, [])  # a first turn
+    assert searched_as_asked("How do I pay with a credit card abroad?", ctx, before)  # stands alone
+    assert not searched_as_asked("How much is shipping?", ctx, before)  # short: searched with the one before
+    assert not searched_as_asked("and to jeju?", ctx, before)
+    assert not searched_as_asked("I want to talk to a person", ctx, [])  # the handoff, no search
+    ctx.search_ahead = SearchAhead(retriever, "How much is shipping?", k=3, store_id="s1", audience="shopper")
+    runs = Runs()
+    graph = build_graph(InMemorySaver())
+    out = await graph.ainvoke({"messages": [HumanMessage("How much is shipping?")]},
+                              {"configurable": {"thread_id": "t"}, "callbacks": [runs]}, context=ctx)
+    assert retriever.searches == ["How much is shipping?"] and ctx.search_ahead.taken
+    assert runs.retriever_runs == ["How much is shipping?"]
+    assert out["passages"][0]["title"] == "Shipping"
+
+    # not the node's query (or another store's): not taken, and cancelled at the end of the run
+    retriever.gate = asyncio.Event()
+    other = SearchAhead(retriever, "How much is shipping?", k=3, store_id="s1", audience="shopper")
+    assert other.take(retriever, "How much is shipping?", k=3, store_id="s2", audience="shopper") is None
+    assert other.take(retriever, "returns", k=3, store_id="s1", audience="shopper") is None
+    other.discard()
+    await asyncio.sleep(0)
+    assert other.begun.cancelled()

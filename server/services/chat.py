@@ -29,12 +29,13 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Durability, StreamMode
 from psycopg_pool import PoolTimeout
 
-from graph.graph import ModelCallError
+from graph.graph import ModelCallError, searched_as_asked
 from graph.handoff import opens_at
 from graph.models import content_text, model_label
 from graph.prompts import VariantPicker
-from graph.retrieval import Passage
+from graph.retrieval import Passage, ScopedRetriever, SearchAhead
 from graph.state import ChatContext
+from persistence.checkpointer import LatestCheckpoint, PooledPostgresSaver, using_prefetched
 from persistence.db import POOL_WAIT_S, retry_unavailable
 from persistence.handoffs import HandoffRepository
 from persistence.messages import MessageRepository, TurnStart
@@ -188,6 +189,8 @@ class Turn:
     attempt: int = 1  # > 1: re-run after its replica died (its events are numbered from attempt × ATTEMPT_IDS)
     # messages the model must see before this one that no checkpoint holds (an interrupted exchange)
     prelude: list[BaseMessage] = field(default_factory=list)
+    # the thread's latest checkpoint, read in the round trip that claimed the session (the run's first read)
+    checkpoint: LatestCheckpoint | None = None
     # every event so far, in order; an event's SSE id is first_id + its position. Any number of readers follow
     # it: the client that started the turn, and clients rejoining with Last-Event-ID
     log: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -386,11 +389,16 @@ class IntegratedChatService:
         started = time.perf_counter()
         variant = self.variants.pick(session_id)
 
+        latest: LatestCheckpoint | None = None
+
         async def begin() -> TurnStart:
+            nonlocal latest
+            saver = self.graph.checkpointer
+            latest = saver.latest(str(session_id)) if isinstance(saver, PooledPostgresSaver) else None
             return await self.messages.begin_turn(
                 session_id=session_id, user_msg_id=user_message_id, asst_msg_id=message_id, content=text,
                 model=self.model_name, prompt_variant=variant, metadata=metadata, stale_after=self.turn_timeout,
-                expire_after=self.expire_after)
+                expire_after=self.expire_after, then=latest)
 
         claim = await begin()
         position, prelude = 0, list[BaseMessage]()
@@ -433,6 +441,8 @@ class IntegratedChatService:
             started=started,
             on_disconnect=on_disconnect or self.on_disconnect,
             prelude=prelude,
+            # a queued turn runs later, after the one before it has written the thread: it reads then
+            checkpoint=latest if claim.outcome == "ok" else None,
         )
         turn.emit("metadata", turn.metadata_event)
         if claim.outcome == "queued":
@@ -661,8 +671,19 @@ class IntegratedChatService:
         graph_input = {"messages": [*turn.prelude, HumanMessage(content=turn.content, id=str(turn.user_message_id))]}
         if turn.attempt > 1:
             await self._rewind(turn, config)
-        with self.tracing.context():
-            await self._consume(turn, progress, graph_input, config, context)
+        latest, turn.checkpoint = turn.checkpoint, None
+        # with the thread read already, the search the retrieve node will make is known when it is the question
+        # itself: it begins now, beside the run's first steps
+        if latest is not None and latest.ready and isinstance(self.retriever, ScopedRetriever) and \
+                searched_as_asked(turn.content, context, [*latest.messages(), *turn.prelude]):
+            context.search_ahead = SearchAhead(self.retriever, turn.content, k=context.k, store_id=context.store_id,
+                                               audience=context.audience)
+        try:
+            with self.tracing.context(), using_prefetched(latest):
+                await self._consume(turn, progress, graph_input, config, context)
+        finally:
+            if context.search_ahead is not None:
+                context.search_ahead.discard()
         if progress.final is not None and not progress.final.response_metadata.get("finish_reason"):
             # the body ended without the provider saying the answer is finished: a cut stream
             raise ModelCallError("the model's stream ended without a finish reason")
