@@ -57,7 +57,8 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,26 @@ STREAM_MS = FIRST_TOKEN_MS + TOKEN_MS * (TOKENS - 1)
 OPEN_FIRST_TOKEN_MS, OPEN_TOKEN_MS, OPEN_TOKENS = 600, 25, 150
 OBJECTIVE_P99_MS = 50.0
 API = "/api/session-chat"
+
+
+@contextmanager
+def paced_model(first_token_ms: int, token_ms: int, tokens: int) -> Iterator[tuple[str, int]]:
+    """The local OpenAI-compatible model (tests/fake_openai.py) at this pace, in a process of its own:
+    (its base URL, its pid)."""
+    model = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", str(first_token_ms), str(token_ms),
+                              str(tokens)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert model.stdout is not None
+        yield model.stdout.readline().strip(), model.pid
+    finally:
+        model.terminate()
+
+
+def admin_key(conninfo: str, cwd: Path = ROOT) -> str:
+    """An admin API key without a turn rate limit, created with `sixshop-agent keys create` (in `cwd`'s code)."""
+    return subprocess.run([sys.executable, "-m", "server.cli", "keys", "create", "--admin", "--turns-per-minute",
+                           "0"], cwd=cwd, capture_output=True, text=True, check=True,
+                          env={**os.environ, "DATABASE_URL": conninfo}).stdout.strip()
 
 
 def pct(values: list[float], q: float) -> float:
@@ -633,13 +654,12 @@ def main() -> int:
     pg = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
     conninfo = enable_statement_stats(pg)
     pace = (OPEN_FIRST_TOKEN_MS, OPEN_TOKEN_MS, OPEN_TOKENS) if args.open_loop else (FIRST_TOKEN_MS, TOKEN_MS, TOKENS)
-    model = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", *map(str, pace)], cwd=ROOT,
-                             stdout=subprocess.PIPE, text=True)
+    stack = ExitStack()
     procs: list[ChildProcess] = []
     redis_proc: subprocess.Popen[bytes] | None = None
     try:
-        assert model.stdout is not None
-        model_url = model.stdout.readline().strip()
+        model = stack.enter_context(paced_model(*pace))
+        model_url, model_pid = model
         common = {"OPENAI_API_KEY": "sk-local-bench", "OPENAI_BASE_URL": model_url, "OPENAI_MAX_RETRIES": "0",
                   "LANGSMITH_TRACING": "false", "LANGGRAPH_CLI_NO_ANALYTICS": "1", "DATABASE_URL": conninfo,
                   "VECTOR_STORE": "none"}  # both retrieve with the same full-text search
@@ -647,9 +667,7 @@ def main() -> int:
             common_ours = {"VECTOR_STORE": "auto", "EMBEDDINGS": "local"}
         else:
             common_ours = {}
-        key = subprocess.run([sys.executable, "-m", "server.cli", "keys", "create", "--admin",
-                              "--turns-per-minute", "0"], cwd=ROOT, capture_output=True, text=True, check=True,
-                             env={**os.environ, "DATABASE_URL": conninfo}).stdout.strip()
+        key = admin_key(conninfo)
         port = free_port()
         server_cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
         if args.server == "granian":  # the same app factory under granian (pip install granian)
@@ -680,7 +698,7 @@ def main() -> int:
                 peers.append((LangGraphServer(f"http://127.0.0.1:{aegra_port}", name="aegra"), aegra_proc))
         for p in procs:
             p.wait_ready(180)
-        args.pids = {"model": model.pid, "postgres": int(pg.get_pid() or 0)}
+        args.pids = {"model": model_pid, "postgres": int(pg.get_pid() or 0)}
         ours = Ours(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"})
         asyncio.run(drive(args, ours, ours_proc, peers, conninfo))
     finally:
@@ -688,7 +706,7 @@ def main() -> int:
             p.stop()
         if redis_proc is not None:
             redis_proc.terminate()
-        model.terminate()
+        stack.close()
         pg.cleanup()
     if not args.quick and not args.open_loop:
         print("\n## checkpoint bytes per turn (bench/checkpoints.py)", flush=True)

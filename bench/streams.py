@@ -22,13 +22,11 @@ if __name__ == "__main__":
 
 import argparse
 import asyncio
-import os
-import subprocess
 import tempfile
 import time
 from collections import Counter
 
-from bench.run import API, ROOT, Ours, PeakRss, sse_lines
+from bench.run import API, Ours, PeakRss, admin_key, paced_model, sse_lines
 from persistence.embedded import embedded_conninfo, start_embedded
 from tests.server_process import ChildProcess, free_port
 
@@ -82,30 +80,24 @@ def main() -> int:
 
     pg = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
     conninfo = embedded_conninfo(pg)
-    model = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", str(FIRST_TOKEN_MS), str(TOKEN_MS),
-                              str(TOKENS)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     server: ChildProcess | None = None
     try:
-        assert model.stdout is not None
-        model_url = model.stdout.readline().strip()
-        key = subprocess.run([sys.executable, "-m", "server.cli", "keys", "create", "--admin", "--turns-per-minute",
-                              "0"], cwd=ROOT, capture_output=True, text=True, check=True,
-                             env={**os.environ, "DATABASE_URL": conninfo}).stdout.strip()
-        port = free_port()
-        server = ChildProcess([sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
-                              {"OPENAI_API_KEY": "sk-local-bench", "OPENAI_BASE_URL": model_url,
-                               "OPENAI_MAX_RETRIES": "0", "LANGSMITH_TRACING": "false", "DATABASE_URL": conninfo,
-                               "VECTOR_STORE": "none", "APP_ENV": "production", "LOG_LEVEL": "WARNING",
-                               "CAPACITY_SAMPLE_SECONDS": "0", "WEB_CONCURRENCY": str(args.workers)},
-                              f"http://127.0.0.1:{port}/health")
-        server.wait_ready(180)
-        idle_rss = server.rss_mb()
-        r = asyncio.run(drive(Ours(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}), server,
-                              args.streams, args.ramp_seconds))
+        with paced_model(FIRST_TOKEN_MS, TOKEN_MS, TOKENS) as (model_url, _):
+            key = admin_key(conninfo)
+            port = free_port()
+            server = ChildProcess([sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
+                                  {"OPENAI_API_KEY": "sk-local-bench", "OPENAI_BASE_URL": model_url,
+                                   "OPENAI_MAX_RETRIES": "0", "LANGSMITH_TRACING": "false", "DATABASE_URL": conninfo,
+                                   "VECTOR_STORE": "none", "APP_ENV": "production", "LOG_LEVEL": "WARNING",
+                                   "CAPACITY_SAMPLE_SECONDS": "0", "WEB_CONCURRENCY": str(args.workers)},
+                                  f"http://127.0.0.1:{port}/health")
+            server.wait_ready(180)
+            idle_rss = server.rss_mb()
+            r = asyncio.run(drive(Ours(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}), server,
+                                  args.streams, args.ramp_seconds))
     finally:
         if server is not None:
             server.stop()
-        model.terminate()
         pg.cleanup()
     errors = r["errors"]
     assert isinstance(errors, Counter)

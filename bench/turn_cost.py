@@ -1,7 +1,7 @@
 """What one turn costs our server, alone: sequential turns of 150 streamed tokens on the open-loop model (first token
 after 600 ms, then 25 ms/token), one worker, nothing else running.
 
-    python bench/turn_cost.py [--turns 40] [--profile /tmp/turn.txt]
+    python bench/turn_cost.py [--turns 40] [--tokens 150] [--no-sse] [--db-delay-ms 0.5] [--profile /tmp/turn.txt]
 
 Prints the first-token overhead (time to the first SSE token minus the model's 600 ms) p50/p90, and the server's
 CPU per turn: gross (its whole CPU over the turns / turns) and net (less what it burns idle over the same time,
@@ -23,15 +23,16 @@ if __name__ == "__main__":
 
 import argparse
 import asyncio
-import os
 import shutil
 import statistics
 import subprocess
 import tempfile
 import time
 from collections import Counter
+from contextlib import ExitStack
 
-from bench.run import API, OPEN_FIRST_TOKEN_MS, OPEN_TOKEN_MS, OPEN_TOKENS, ROOT, Ours, pct
+from bench.delay_proxy import DelayProxy
+from bench.run import API, OPEN_FIRST_TOKEN_MS, OPEN_TOKEN_MS, OPEN_TOKENS, Ours, admin_key, paced_model, pct
 from persistence.embedded import embedded_conninfo, start_embedded
 from tests.server_process import ChildProcess, free_port, process_cpu_s
 
@@ -105,39 +106,41 @@ def main() -> int:
     parser.add_argument("--no-sse", action="store_true",
                         help="POST /chat (the answer as one JSON) instead of the SSE stream: what the SSE side costs")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the worker; summary to this file")
+    parser.add_argument("--db-delay-ms", type=float, default=0,
+                        help="hold every packet to and from PostgreSQL this long each way (bench/delay_proxy.py)")
     args = parser.parse_args()
 
     pg = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
-    conninfo = embedded_conninfo(pg)
-    model = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", str(OPEN_FIRST_TOKEN_MS), str(OPEN_TOKEN_MS),
-                              str(args.tokens)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     server: ChildProcess | None = None
     try:
-        assert model.stdout is not None
-        model_url = model.stdout.readline().strip()
-        env = {"OPENAI_API_KEY": "sk-local-bench", "OPENAI_BASE_URL": model_url, "OPENAI_MAX_RETRIES": "0",
-               "LANGSMITH_TRACING": "false", "DATABASE_URL": conninfo, "VECTOR_STORE": "none"}
-        key = subprocess.run([sys.executable, "-m", "server.cli", "keys", "create", "--admin", "--turns-per-minute",
-                              "0"], cwd=ROOT, capture_output=True, text=True, check=True,
-                             env={**os.environ, "DATABASE_URL": conninfo}).stdout.strip()
-        port = free_port()
-        server = ChildProcess([sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
-                              {**env, "APP_ENV": "production", "LOG_LEVEL": "WARNING", "CAPACITY_SAMPLE_SECONDS": "0",
-                               "WEB_CONCURRENCY": "1"}, f"http://127.0.0.1:{port}/health")
-        server.wait_ready(180)
-        ours = Ours(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"})
-        folded = Path(tempfile.mkdtemp(prefix="sixshop-spy-")) / "turns.folded"
-        idle_per_s, span, cpu, overheads = asyncio.run(measure(ours, server.proc.pid, args.turns,
-                                                               folded if args.profile else None, not args.no_sse))
+        with paced_model(OPEN_FIRST_TOKEN_MS, OPEN_TOKEN_MS, args.tokens) as (model_url, _), ExitStack() as stack:
+            conninfo = embedded_conninfo(pg)
+            if args.db_delay_ms:  # the database across a network: every packet held this long each way
+                conninfo = stack.enter_context(DelayProxy(pg, args.db_delay_ms)).conninfo
+            key = admin_key(conninfo)
+            port = free_port()
+            server = ChildProcess([sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
+                                  {"OPENAI_API_KEY": "sk-local-bench", "OPENAI_BASE_URL": model_url,
+                                   "OPENAI_MAX_RETRIES": "0", "LANGSMITH_TRACING": "false", "DATABASE_URL": conninfo,
+                                   "VECTOR_STORE": "none", "APP_ENV": "production", "LOG_LEVEL": "WARNING",
+                                   "CAPACITY_SAMPLE_SECONDS": "0", "WEB_CONCURRENCY": "1"},
+                                  f"http://127.0.0.1:{port}/health")
+            server.wait_ready(180)
+            ours = Ours(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"})
+            folded = Path(tempfile.mkdtemp(prefix="sixshop-spy-")) / "turns.folded"
+            idle_per_s, span, cpu, overheads = asyncio.run(measure(ours, server.proc.pid, args.turns,
+                                                                   folded if args.profile else None, not args.no_sse))
+            server.stop()
+            server = None
         if args.profile:
             summarise(folded, args.profile)
     finally:
         if server is not None:
             server.stop()
-        model.terminate()
         pg.cleanup()
+    delay = f", database {args.db_delay_ms:g} ms away each way" if args.db_delay_ms else ""
     print(f"## {args.turns} sequential turns of {args.tokens} tokens, one worker "
-          f"(model: first token {OPEN_FIRST_TOKEN_MS} ms, then {OPEN_TOKEN_MS} ms/token)")
+          f"(model: first token {OPEN_FIRST_TOKEN_MS} ms, then {OPEN_TOKEN_MS} ms/token{delay})")
     what = "whole turn ms (POST /chat)" if args.no_sse else "first-token overhead ms"
     print(f"{what:<24} p50 {statistics.median(overheads):.1f}  p90 {pct(overheads, 0.9):.1f}")
     print(f"server CPU ms per turn   gross {1000 * cpu / args.turns:.1f}  net of idle "
