@@ -51,7 +51,7 @@ class PooledPostgresSaver(AsyncPostgresSaver):
         if (held is not None and not held.used and held.thread_id == str(configurable.get("thread_id"))
                 and not configurable.get("checkpoint_ns") and not get_checkpoint_id(config)):
             held.used = True
-            return held.value
+            return await held.value()
         return await super().aget_tuple(config)
 
     def latest(self, thread_id: str) -> LatestCheckpoint:
@@ -83,19 +83,18 @@ class LatestCheckpoint:
     """A thread's latest checkpoint read in the round trip of the statement that begins a turn, so that the graph
     does not wait for a read of its own (one round trip less before the first token). The statement before it
     in the pipeline claims the session, so the read sees the thread as the run will: no other turn of the
-    session writes it until this one ends. A read that cannot stand in for the stock one (a checkpoint from
-    before v4, whose pending sends the stock read migrates) gives `ready` False and the graph reads as usual."""
+    session writes it until this one ends. The row is turned into a checkpoint only when the run starts (a
+    message the claim refuses, or keeps for an operator, costs no decoding). A read that cannot stand in for the
+    stock one (a checkpoint from before v4, whose pending sends the stock read migrates) gives `ready` False and
+    the graph reads as usual."""
 
     saver: PooledPostgresSaver
     thread_id: str
-    value: CheckpointTuple | None = None
     ready: bool = False
     used: bool = False
     _cursor: AsyncCursor[DictRow] | None = None
-
-    def messages(self) -> list[Any]:
-        """The conversation in the checkpoint read (none before a thread's first)."""
-        return list(self.value.checkpoint["channel_values"].get("messages", [])) if self.value is not None else []
+    _row: DictRow | None = None
+    _value: CheckpointTuple | None = None
 
     async def send(self, conn: AsyncConnection[Any]) -> None:
         self._cursor = conn.cursor(binary=True, row_factory=dict_row)
@@ -103,11 +102,20 @@ class LatestCheckpoint:
 
     async def receive(self) -> None:
         assert self._cursor is not None
-        row = await self._cursor.fetchone()
-        if row is not None and row["checkpoint"]["v"] < 4 and row["parent_checkpoint_id"]:
-            return
-        self.value = await self.saver._load_checkpoint_tuple(row) if row is not None else None
-        self.ready = True
+        row, self._cursor = await self._cursor.fetchone(), None
+        self.ready = row is None or row["checkpoint"]["v"] >= 4 or not row["parent_checkpoint_id"]
+        self._row = row if self.ready else None
+
+    async def value(self) -> CheckpointTuple | None:
+        """The checkpoint read (None: the thread has none yet)."""
+        if self._row is not None:
+            self._value, self._row = await self.saver._load_checkpoint_tuple(self._row), None
+        return self._value
+
+    async def messages(self) -> list[Any]:
+        """The conversation in the checkpoint read (none before a thread's first)."""
+        value = await self.value()
+        return list(value.checkpoint["channel_values"].get("messages", [])) if value is not None else []
 
 
 # the stock saver's "latest checkpoint" clause (AsyncPostgresSaver.aget_tuple without a checkpoint_id)

@@ -146,9 +146,11 @@ async def test_latest_checkpoint_read_in_another_statements_round_trip(pg_server
             assert await cur.fetchone() == {"v": -1}
             await latest.receive()
         stock = await saver.aget_tuple({"configurable": {"thread_id": "t1"}})
-        assert latest.ready and latest.value is not None and stock is not None
-        assert latest.value.checkpoint == stock.checkpoint and latest.value.config == stock.config
-        assert latest.value.checkpoint["channel_values"] == {"messages": ["m0", "m1"]}
+        value = await latest.value()
+        assert latest.ready and value is not None and stock is not None
+        assert value.checkpoint == stock.checkpoint and value.config == stock.config
+        assert value.checkpoint["channel_values"] == {"messages": ["m0", "m1"]}
+        assert await latest.messages() == ["m0", "m1"] and await latest.value() is value
 
         await put("t1", 3)  # written after the read: only reads that are not the prefetched one see it
         with using_prefetched(latest):
@@ -159,14 +161,14 @@ async def test_latest_checkpoint_read_in_another_statements_round_trip(pg_server
             assert ns is None
             once = await saver.aget_tuple({"configurable": {"thread_id": "t1"}})
             again = await saver.aget_tuple({"configurable": {"thread_id": "t1"}})
-        assert once is latest.value and latest.used
+        assert once is value and latest.used
         assert again is not None and again.checkpoint["channel_values"] == {"messages": ["m0", "m1", "m2"]}
 
         empty = saver.latest("nobody")
         async with pool.connection() as conn, conn.pipeline():
             await empty.send(conn)
             await empty.receive()
-        assert empty.ready and empty.value is None
+        assert empty.ready and await empty.value() is None and await empty.messages() == []
 
         # an old head whose parent may hold pending sends: the stock read migrates them
         await put("t3", 2, v=3, parent=await put("t3", 1, v=3))

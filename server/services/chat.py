@@ -675,7 +675,7 @@ class IntegratedChatService:
         # with the thread read already, the search the retrieve node will make is known when it is the question
         # itself: it begins now, beside the run's first steps
         if latest is not None and latest.ready and isinstance(self.retriever, ScopedRetriever) and \
-                searched_as_asked(turn.content, context, [*latest.messages(), *turn.prelude]):
+                searched_as_asked(turn.content, context, [*await latest.messages(), *turn.prelude]):
             context.search_ahead = SearchAhead(self.retriever, turn.content, k=context.k, store_id=context.store_id,
                                                audience=context.audience)
         try:
