@@ -2,11 +2,12 @@
 its own database of the same PostgreSQL, on the same paced model, driven turn by turn in alternation (A then B,
 then B then A, ...) so that this machine's drift (±25 % between runs) falls on both alike.
 
-    python bench/ab.py A B [--turns 60] [--tokens 1] [--db-delay-ms 0.5]
+    python bench/ab.py A B [--turns 60] [--tokens 1] [--db-delay-ms 0.5]    # --tokens 150: a whole answer's CPU
 
 A and B are git revisions (checked out into temporary worktrees) or directories of a checkout; `.` is this one.
 Each session gets sequential turns "How much is shipping? (i)"; the first 3 are warm-up. Prints p10/p50/p90 and
-the mean of the overhead (time to the first token minus the model's 600 ms) for each.
+the mean of the overhead (time to the first token minus the model's 600 ms) for each, and each server's CPU per
+turn (gross: its idle share while the other answers is in it, alike for both).
 """
 
 from __future__ import annotations
@@ -63,16 +64,22 @@ def serve(code: Path, conninfo: str, model_url: str) -> tuple[ChildProcess, str]
     return server, key
 
 
-async def alternate(clients: list[Ours], turns: int) -> list[list[float]]:
+async def alternate(clients: list[Ours], servers: list[ChildProcess], turns: int
+                    ) -> tuple[list[list[float]], list[float]]:
+    """(first-token overheads per server, server CPU ms per turn per server: its own turns' time, and its idle
+    share of the other's)."""
     sessions = [await c.new_session() for c in clients]
     overheads: list[list[float]] = [[] for _ in clients]
+    cpu = [0.0, 0.0]
     for i in range(WARM_UP + turns):
+        if i == WARM_UP:
+            cpu = [s.cpu_s() for s in servers]
         for j in (0, 1) if i % 2 == 0 else (1, 0):
             first, _ = await clients[j].turn(sessions[j], f"How much is shipping? ({i})")
             if i >= WARM_UP:
                 overheads[j].append(first * 1000 - OPEN_FIRST_TOKEN_MS)
             await asyncio.sleep(0.1)
-    return overheads
+    return overheads, [(s.cpu_s() - c) * 1000 / turns for s, c in zip(servers, cpu, strict=True)]
 
 
 def main() -> int:
@@ -101,7 +108,7 @@ def main() -> int:
                 server, key = serve(code, psycopg.conninfo.make_conninfo(base, dbname=db), model_url)
                 servers.append(server)
                 clients.append(Ours(server.ready_url.removesuffix("/health"), {"Authorization": f"Bearer {key}"}))
-            results = asyncio.run(alternate(clients, args.turns))
+            results, cpu = asyncio.run(alternate(clients, servers, args.turns))
             for server in servers:
                 server.stop()
             servers.clear()
@@ -110,12 +117,12 @@ def main() -> int:
             server.stop()
         pg.cleanup()
     delay = f", database {args.db_delay_ms:g} ms away each way" if args.db_delay_ms else ""
-    print(f"## first-token overhead ms, {args.turns} turns each, alternating (model: first token "
-          f"{OPEN_FIRST_TOKEN_MS} ms{delay})")
-    for name, r in zip((args.a, args.b), results, strict=True):
+    print(f"## first-token overhead ms, {args.turns} turns of {args.tokens} tokens each, alternating (model: first "
+          f"token {OPEN_FIRST_TOKEN_MS} ms, then {OPEN_TOKEN_MS} ms/token{delay}); server CPU ms per turn")
+    for name, r, c in zip((args.a, args.b), results, cpu, strict=True):
         deciles = statistics.quantiles(r, n=10)
         print(f"{name:<12} p10 {deciles[0]:6.2f}  p50 {statistics.median(r):6.2f}  p90 {deciles[-1]:6.2f}  "
-              f"mean {statistics.mean(r):6.2f}")
+              f"mean {statistics.mean(r):6.2f}   CPU {c:6.1f}")
     return 0
 
 
