@@ -31,9 +31,9 @@ from contextlib import ExitStack
 import psycopg
 
 from bench.delay_proxy import DelayProxy
-from bench.run import OPEN_FIRST_TOKEN_MS, OPEN_TOKEN_MS, ROOT, Ours, admin_key, paced_model
+from bench.run import OPEN_FIRST_TOKEN_MS, OPEN_TOKEN_MS, ROOT, Ours, paced_model, serve_ours
 from persistence.embedded import embedded_conninfo, start_embedded
-from tests.server_process import ChildProcess, free_port
+from tests.server_process import ChildProcess
 
 WARM_UP = 3
 
@@ -46,22 +46,6 @@ def checkout(spec: str, stack: ExitStack) -> Path:
     subprocess.run(["git", "worktree", "add", "--detach", "-q", str(where), spec], cwd=ROOT, check=True)
     stack.callback(subprocess.run, ["git", "worktree", "remove", "--force", str(where)], cwd=ROOT, check=False)
     return where
-
-
-def serve(code: Path, conninfo: str, model_url: str) -> tuple[ChildProcess, str]:
-    """The server of `code` (its packages first on the path) with an admin key: (process, key)."""
-    key = admin_key(conninfo, cwd=code)
-    port = free_port()
-    boot = (f"import runpy, sys; sys.path.insert(0, {str(code)!r}); "
-            f"sys.argv = ['server.cli', 'serve', '--port', '{port}']; "
-            "runpy.run_module('server.cli', run_name='__main__')")
-    server = ChildProcess([sys.executable, "-c", boot],
-                          {"OPENAI_API_KEY": "sk-local-bench", "OPENAI_BASE_URL": model_url, "OPENAI_MAX_RETRIES": "0",
-                           "LANGSMITH_TRACING": "false", "DATABASE_URL": conninfo, "VECTOR_STORE": "none",
-                           "APP_ENV": "production", "LOG_LEVEL": "WARNING", "CAPACITY_SAMPLE_SECONDS": "0",
-                           "WEB_CONCURRENCY": "1"}, f"http://127.0.0.1:{port}/health")
-    server.wait_ready(180)
-    return server, key
 
 
 async def alternate(clients: list[Ours], servers: list[ChildProcess], turns: int
@@ -105,9 +89,9 @@ def main() -> int:
             model_url, _ = stack.enter_context(paced_model(OPEN_FIRST_TOKEN_MS, OPEN_TOKEN_MS, args.tokens))
             clients = []
             for code, db in zip(codes, ("ab_a", "ab_b"), strict=True):
-                server, key = serve(code, psycopg.conninfo.make_conninfo(base, dbname=db), model_url)
+                server, client = serve_ours(psycopg.conninfo.make_conninfo(base, dbname=db), model_url, code=code)
                 servers.append(server)
-                clients.append(Ours(server.ready_url.removesuffix("/health"), {"Authorization": f"Bearer {key}"}))
+                clients.append(client)
             results, cpu = asyncio.run(alternate(clients, servers, args.turns))
             for server in servers:
                 server.stop()

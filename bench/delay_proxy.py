@@ -15,23 +15,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
+from pathlib import Path
 from typing import Any, Self
 
+if __name__ == "__main__":  # run as a script: the project's packages on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-def _pump(src: socket.socket, dst: socket.socket, delay_s: float) -> None:
-    try:
-        while data := src.recv(65536):
-            time.sleep(delay_s)
-            dst.sendall(data)
-    except OSError:
-        pass
-    finally:
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+from tests.tcp_proxy import pump
 
 
 def serve(upstream_socket: str, delay_ms: float) -> None:
@@ -43,7 +33,7 @@ def serve(upstream_socket: str, delay_ms: float) -> None:
         upstream = socket.socket(socket.AF_UNIX)
         upstream.connect(upstream_socket)
         for src, dst in ((client, upstream), (upstream, client)):
-            threading.Thread(target=_pump, args=(src, dst, delay_ms / 1000), daemon=True).start()
+            threading.Thread(target=pump, args=(src, dst, delay_ms / 1000), daemon=True).start()
 
 
 class DelayProxy:

@@ -97,6 +97,31 @@ def admin_key(conninfo: str, cwd: Path = ROOT) -> str:
                           env={**os.environ, "DATABASE_URL": conninfo}).stdout.strip()
 
 
+def serve_ours(conninfo: str, model_url: str, workers: int = 1, code: Path | None = None
+               ) -> tuple[ChildProcess, Ours]:
+    """Our server as the one-machine benches run it (production mode, full-text retrieval, no tracing) on the paced
+    model, ready, and a client with an admin key: (process, client). `code`: another checkout's server (its
+    packages first on the path), else this one's."""
+    key = admin_key(conninfo, cwd=code or ROOT)
+    port = free_port()
+    command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
+    if code is not None:
+        command = [sys.executable, "-c", f"import runpy, sys; sys.path.insert(0, {str(code)!r}); "
+                   f"sys.argv = ['server.cli', 'serve', '--port', '{port}']; "
+                   "runpy.run_module('server.cli', run_name='__main__')"]
+    server = ChildProcess(command, {"OPENAI_API_KEY": "sk-local-bench", "OPENAI_BASE_URL": model_url,
+                                    "OPENAI_MAX_RETRIES": "0", "LANGSMITH_TRACING": "false", "DATABASE_URL": conninfo,
+                                    "VECTOR_STORE": "none", "APP_ENV": "production", "LOG_LEVEL": "WARNING",
+                                    "CAPACITY_SAMPLE_SECONDS": "0", "WEB_CONCURRENCY": str(workers)},
+                          f"http://127.0.0.1:{port}/health")
+    try:
+        server.wait_ready(180)
+    except BaseException:
+        server.stop()
+        raise
+    return server, Ours(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"})
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")

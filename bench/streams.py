@@ -26,9 +26,9 @@ import tempfile
 import time
 from collections import Counter
 
-from bench.run import API, Ours, PeakRss, admin_key, paced_model, sse_lines
+from bench.run import API, Ours, PeakRss, paced_model, serve_ours, sse_lines
 from persistence.embedded import embedded_conninfo, start_embedded
-from tests.server_process import ChildProcess, free_port
+from tests.server_process import ChildProcess
 
 FIRST_TOKEN_MS, TOKEN_MS, TOKENS = 1000, 2000, 15
 
@@ -83,18 +83,9 @@ def main() -> int:
     server: ChildProcess | None = None
     try:
         with paced_model(FIRST_TOKEN_MS, TOKEN_MS, TOKENS) as (model_url, _):
-            key = admin_key(conninfo)
-            port = free_port()
-            server = ChildProcess([sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
-                                  {"OPENAI_API_KEY": "sk-local-bench", "OPENAI_BASE_URL": model_url,
-                                   "OPENAI_MAX_RETRIES": "0", "LANGSMITH_TRACING": "false", "DATABASE_URL": conninfo,
-                                   "VECTOR_STORE": "none", "APP_ENV": "production", "LOG_LEVEL": "WARNING",
-                                   "CAPACITY_SAMPLE_SECONDS": "0", "WEB_CONCURRENCY": str(args.workers)},
-                                  f"http://127.0.0.1:{port}/health")
-            server.wait_ready(180)
+            server, ours = serve_ours(conninfo, model_url, args.workers)
             idle_rss = server.rss_mb()
-            r = asyncio.run(drive(Ours(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}), server,
-                                  args.streams, args.ramp_seconds))
+            r = asyncio.run(drive(ours, server, args.streams, args.ramp_seconds))
     finally:
         if server is not None:
             server.stop()

@@ -32,9 +32,9 @@ from collections import Counter
 from contextlib import ExitStack
 
 from bench.delay_proxy import DelayProxy
-from bench.run import API, OPEN_FIRST_TOKEN_MS, OPEN_TOKEN_MS, OPEN_TOKENS, Ours, admin_key, paced_model, pct
+from bench.run import API, OPEN_FIRST_TOKEN_MS, OPEN_TOKEN_MS, OPEN_TOKENS, Ours, paced_model, pct, serve_ours
 from persistence.embedded import embedded_conninfo, start_embedded
-from tests.server_process import ChildProcess, free_port, process_cpu_s
+from tests.server_process import ChildProcess, process_cpu_s
 
 IDLE_S = 20.0
 
@@ -117,16 +117,7 @@ def main() -> int:
             conninfo = embedded_conninfo(pg)
             if args.db_delay_ms:  # the database across a network: every packet held this long each way
                 conninfo = stack.enter_context(DelayProxy(pg, args.db_delay_ms)).conninfo
-            key = admin_key(conninfo)
-            port = free_port()
-            server = ChildProcess([sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
-                                  {"OPENAI_API_KEY": "sk-local-bench", "OPENAI_BASE_URL": model_url,
-                                   "OPENAI_MAX_RETRIES": "0", "LANGSMITH_TRACING": "false", "DATABASE_URL": conninfo,
-                                   "VECTOR_STORE": "none", "APP_ENV": "production", "LOG_LEVEL": "WARNING",
-                                   "CAPACITY_SAMPLE_SECONDS": "0", "WEB_CONCURRENCY": "1"},
-                                  f"http://127.0.0.1:{port}/health")
-            server.wait_ready(180)
-            ours = Ours(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"})
+            server, ours = serve_ours(conninfo, model_url)
             folded = Path(tempfile.mkdtemp(prefix="sixshop-spy-")) / "turns.folded"
             idle_per_s, span, cpu, overheads = asyncio.run(measure(ours, server.proc.pid, args.turns,
                                                                    folded if args.profile else None, not args.no_sse))

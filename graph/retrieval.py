@@ -183,14 +183,8 @@ class HybridRetriever(ScopedRetriever):
     async def _asearch(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
     ) -> list[Document]:
-        k, store_id = self._args(kwargs)
-        config = RunnableConfig(callbacks=run_manager.get_child())
-        audience = self._audience(kwargs)
-        rankings = await asyncio.gather(
-            *(r.ainvoke(query, config, k=self._depth(k), store_id=store_id, audience=audience)
-              for r in self.retrievers)
-        )
-        return reciprocal_rank_fusion(list(rankings), k=k, rrf_k=self.rrf_k)
+        return await self._from_ahead(_Begun([None] * len(self.retrievers)), query, run_manager=run_manager,
+                                      **kwargs)
 
     def begin_search(self, query: str, **kwargs: Any) -> Any:
         """Each retriever's search begun (so that each still has its own run in the trace when taken)."""
@@ -201,6 +195,7 @@ class HybridRetriever(ScopedRetriever):
 
     async def _from_ahead(self, ahead: Any, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun,
                           **kwargs: Any) -> list[Document]:
+        """Every retriever's ranking, each from its search begun ahead where there is one, fused."""
         k, store_id = self._args(kwargs)
         config = RunnableConfig(callbacks=run_manager.get_child())
         scope = {"k": self._depth(k), "store_id": store_id, "audience": self._audience(kwargs)}

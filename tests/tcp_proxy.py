@@ -5,7 +5,25 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from typing import Self
+
+
+def pump(src: socket.socket, dst: socket.socket, delay_s: float = 0.0) -> None:
+    """One direction of a proxied connection, until either side ends it (each chunk held `delay_s` first)."""
+    try:
+        while data := src.recv(65536):
+            if delay_s:
+                time.sleep(delay_s)
+            dst.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 class DroppingProxy:
@@ -56,17 +74,5 @@ class DroppingProxy:
             with self._lock:
                 self._open.update((client, upstream))
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+                threading.Thread(target=pump, args=(a, b), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
