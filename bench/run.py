@@ -683,8 +683,7 @@ def main() -> int:
     procs: list[ChildProcess] = []
     redis_proc: subprocess.Popen[bytes] | None = None
     try:
-        model = stack.enter_context(paced_model(*pace))
-        model_url, model_pid = model
+        model_url, model_pid = stack.enter_context(paced_model(*pace))
         common = {"OPENAI_API_KEY": "sk-local-bench", "OPENAI_BASE_URL": model_url, "OPENAI_MAX_RETRIES": "0",
                   "LANGSMITH_TRACING": "false", "LANGGRAPH_CLI_NO_ANALYTICS": "1", "DATABASE_URL": conninfo,
                   "VECTOR_STORE": "none"}  # both retrieve with the same full-text search
