@@ -26,7 +26,7 @@ from langgraph.types import interrupt
 
 from graph.condense import needs_condensing, speaks_of, standalone_question, worth_a_model_call
 from graph.handoff import UNANSWERED_LIMIT, asks_for_person, is_small_talk, language_of, notice, said_not_known
-from graph.models import ExtractiveChatModel, content_text, make_chat_model
+from graph.models import ExtractiveChatModel, best_section, content_text, make_chat_model
 from graph.prompts import CONDENSE_PROMPT, system_prompt
 from graph.retrieval import Passage, sources_event
 from graph.state import ChatContext, ChatState
@@ -104,11 +104,25 @@ async def retrieve(state: ChatState, runtime: Runtime[ChatContext],
         if any(speaks_of(asked, f"{d.metadata.get('title', '')} {d.page_content}") for d in alone):
             found, question = alone, asked
     closest = [float(d.metadata["similarity"]) for d in found if d.metadata.get("similarity") is not None]
-    if ctx.min_similarity is not None and closest and max(closest) < ctx.min_similarity:
+    if ctx.min_similarity is not None and closest and max(closest) < ctx.min_similarity \
+            and not names_its_words(question, found):
         found = []  # nothing in the help centre is about this: the answer says so rather than guess
     passages = [Passage.from_document(doc) for doc in found]
     get_stream_writer()(sources_event([p.as_source() for p in passages]))  # for `custom` streams (a no-op else)
     return {"passages": [p.as_dict() for p in passages], "search_query": question}
+
+
+# the share of a question's terms (graph/models.py best_section's coverage) that one passage must contain for its
+# words to outweigh a low embedding similarity: a short question naming what the page names ("do you take amex",
+# "토스페이 돼요") sits far from a whole section in the embedding space, but the page plainly speaks of it
+# (calibrated with bench/abstention.py, like min_similarity)
+WORDS_OVER_SIMILARITY = 1.0
+
+
+def names_its_words(question: str, found: list[Any]) -> bool:
+    """Whether a passage found contains nearly all of the question's words (WORDS_OVER_SIMILARITY)."""
+    best = best_section(question, [(str(d.metadata.get("title", "")), d.page_content) for d in found])
+    return best is not None and best.coverage >= WORDS_OVER_SIMILARITY
 
 
 def searched_as_asked(question: str, ctx: ChatContext, before: list[BaseMessage]) -> bool:

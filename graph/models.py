@@ -17,7 +17,8 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
 from graph.condense import speaks_of, standalone_question
-from graph.text import is_korean, question_terms, terms
+from graph.lexicon import known_word
+from graph.text import ASKING_NOUNS_KO, hangul_bigrams, is_korean, korean_nouns, question_terms, terms
 
 OFFLINE_MODEL_NAME = "offline-extractive-v1"
 
@@ -27,6 +28,7 @@ _ABBREVIATION = re.compile(r"(?:\b[a-z]\.){2}$|\b(?:e\.g|i\.e|etc|vs|no)\.$", re
 _PIECE = re.compile(r"\S+\s*|\s+")
 _MARKUP = re.compile(r"^\s*(?:[#>*|\-]+|\d+[.)])\s+")
 _SOFT_BREAK = re.compile(r"(?<!\n)\n(?!\n)")
+_HANGUL = re.compile(r"[\uac00-\ud7a3]")
 
 
 def _pieces(text: str) -> list[str]:
@@ -77,6 +79,30 @@ def _weight(term: str) -> float:
     return _BIGRAM_WEIGHT if is_korean(term) and not term.startswith("@") else _WORD_WEIGHT
 
 
+# Korean nouns that name no topic of their own (a quantity, a time, a way, a condition): a question may use them
+# whether or not the help centre does ("골드 등급 조건", "적립금 최소 얼마부터")
+LIGHT_NOUNS_KO = frozenset("""
+조건 기준 최소 최대 방법 가능 여부 정도 종류 경우 관련 부분 이상 이하 내용 사항 때 후 전 중 날 번 개 분 님 쪽 데 등
+오늘 내일 어제 지금 요즘 이번 다음 저번 처음 나중 혹시 제 저 우리 거 것 수 뭐 문의 질문 답변 확인 도움 상담
+""".split())
+
+
+def unknown_nouns(question: str, passages: list[tuple[str, str]]) -> list[str]:
+    """The Korean nouns of a question that no passage given contains, that name something (not LIGHT_NOUNS_KO nor a
+    word of asking) and that graph/lexicon.py does not know another word for: "학생" in "학생 할인 있어요?" when the
+    help centre speaks of coupons and sale items but never of students. A noun the passages cut otherwise counts
+    as found when each of its syllable pairs is ("반품비" in "반품 배송비" is not; "제주" in "제주도" is)."""
+    have = frozenset().union(*(terms(f"{title} {body}") for title, body in passages)) if passages else frozenset()
+    out = []
+    for noun in dict.fromkeys(korean_nouns(question)):
+        if not _HANGUL.search(noun) or noun in ASKING_NOUNS_KO or noun in LIGHT_NOUNS_KO or known_word(noun):
+            continue
+        if f"@{noun}" in have or (len(noun) > 1 and all(g in have for g in hangul_bigrams(noun))):
+            continue
+        out.append(noun)
+    return out
+
+
 @dataclass(frozen=True)
 class Section:
     title: str
@@ -122,6 +148,8 @@ class ExtractiveChatModel(BaseChatModel):
     # calibrated on knowledge/eval/cases.json with bench/abstention.py
     min_coverage: float = MIN_COVERAGE
     read_follow_ups: bool = True  # read a follow-up with the question before it (off only to measure what it adds)
+    # say it does not know when the question names something (a Korean noun) no passage mentions (unknown_nouns)
+    abstain_on_unknown_nouns: bool = True
     chunk_delay_s: float = 0.0
 
     @property
@@ -149,7 +177,8 @@ class ExtractiveChatModel(BaseChatModel):
             alone = best_section(question, passages)
             if alone is not None and speaks_of(question, f"{alone.title} {alone.body}"):
                 best = alone
-        if best is None or best.coverage < self.min_coverage:
+        if best is None or best.coverage < self.min_coverage \
+                or (self.abstain_on_unknown_nouns and unknown_nouns(question, passages)):
             if korean:
                 return "죄송합니다. 도움말 센터에서 이 질문에 대한 답을 찾지 못했습니다. 상점에 직접 문의해 주세요."
             return (

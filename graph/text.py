@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from typing import Any
+
+import snowballstemmer
+
+from graph.lexicon import help_centre_words
 
 _HANGUL_RUN = re.compile(r"[\uac00-\ud7a3]+")
 _HANGUL_CHAR = re.compile(r"[\uac00-\ud7a3]")
@@ -51,11 +56,17 @@ def _kiwi() -> Any:
     return Kiwi(load_multi_dict=False, load_default_dict=False)
 
 
+@functools.lru_cache(maxsize=4096)
+def _content_forms(text: str) -> tuple[str, ...]:
+    """Kiwi's content morphemes of a text with Hangul in it, Latin words ("AS", "PG") included; () without Hangul."""
+    if not _HANGUL_CHAR.search(text):
+        return ()
+    return tuple(t.form for t in _kiwi().tokenize(text) if t.tag in _CONTENT_TAGS)
+
+
 def korean_morphemes(text: str) -> list[str]:
     """Kiwi's content morphemes of the Hangul in `text` ("배송비는 얼마인가요" → 배송비, 얼마; "걸려요" → 걸리)."""
-    if not _HANGUL_CHAR.search(text):
-        return []
-    return [t.form for t in _kiwi().tokenize(text) if t.tag in _CONTENT_TAGS and _HANGUL_CHAR.search(t.form)]
+    return [form for form in _content_forms(text) if _HANGUL_CHAR.search(form)]
 
 
 def korean_nouns(text: str) -> list[str]:
@@ -80,14 +91,27 @@ def search_text(text: str, analyzer: str = DEFAULT_ANALYZER) -> str:
     return f"{text} {' '.join(extra)}" if extra else text
 
 
+_STEMMERS = threading.local()  # a Snowball stemmer keeps state while it stems: one per thread
+
+
+@functools.lru_cache(maxsize=8192)
+def stem(word: str) -> str:
+    """An English word's Snowball (Porter 2) stem, as PostgreSQL's `english` configuration stems the full-text
+    index: "taxes" and "tax", "shipped" and "shipping", "cancelling" and "cancel" are one term."""
+    stemmer = getattr(_STEMMERS, "english", None)
+    if stemmer is None:
+        stemmer = _STEMMERS.english = snowballstemmer.stemmer("english")
+    return str(stemmer.stemWord(word))
+
+
 @functools.lru_cache(maxsize=4096)  # the same passages come back turn after turn
 def terms(text: str) -> frozenset[str]:
-    """Content terms for overlap scoring: Latin words (no stop words, crude plural folding), Hangul bigrams and
+    """Content terms for overlap scoring: Latin words (no stop words, Snowball-stemmed), Hangul bigrams and
     Kiwi's Korean morphemes (prefixed "@", so that a one-syllable morpheme never equals a bigram)."""
     lowered = text.lower()
-    words = {w.removesuffix("s") if len(w) > 3 else w for w in _LATIN_WORD.findall(lowered)}
+    words = {stem(w) for w in _LATIN_WORD.findall(lowered) if w not in _STOP and len(w) > 1}
     morphemes = {f"@{m}" for m in korean_morphemes(text)} if TERMS_USE_KIWI else set()
-    return frozenset({w for w in words if w not in _STOP and len(w) > 1} | set(hangul_bigrams(lowered)) | morphemes)
+    return frozenset(words | set(hangul_bigrams(lowered)) | morphemes)
 
 
 TERMS_USE_KIWI = True
@@ -109,7 +133,8 @@ _ASKING = frozenset("""
 수있 할수 는거 거에 싶어 고싶 아요 해주 주세 드려 려요 인데 한데 했는 했어 었어
 """.split())
 # English words of asking: light verbs and quantity words that any section may contain
-_ASKING_EN = frozenset("take get have make need want know tell say let see much many long there any".split())
+_ASKING_EN = frozenset(
+    stem(w) for w in "take get have make need want know tell say let see much many long there any".split())
 
 
 # Kiwi morphemes of asking (question words, light verbs)
@@ -120,6 +145,14 @@ _ASKING_KO = frozenset(f"@{m}" for m in """
 ASKING_NOUNS_KO = frozenset("얼마 언제 며칠 무엇 뭐 어디 누구 몇".split())
 
 
+def with_help_centre_words(text: str) -> str:
+    """A question with the help centre's words for the shopper's words in it (graph/lexicon.py): "얼마 이상 사면
+    무배에요?" → "… 무료배송 무료 배송". What the full-text search looks for, and whose terms the answerer weighs."""
+    words = help_centre_words(text, _content_forms(text))
+    return f"{text} {' '.join(words)}" if words else text
+
+
 def question_terms(question: str) -> set[str]:
-    """`terms` of a question without the words of asking."""
-    return {t for t in terms(question) if t not in _ASKING and t not in _ASKING_EN and t not in _ASKING_KO}
+    """`terms` of a question and of the help centre's words for its words, without the words of asking."""
+    return {t for t in terms(with_help_centre_words(question))
+            if t not in _ASKING and t not in _ASKING_EN and t not in _ASKING_KO}

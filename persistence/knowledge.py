@@ -22,7 +22,7 @@ from langchain_core.vectorstores import VectorStore
 from pydantic import Field
 
 from graph.retrieval import ScopedRetriever, passage_metadata
-from graph.text import DEFAULT_ANALYZER, KIWI_SETUP, search_text
+from graph.text import DEFAULT_ANALYZER, KIWI_SETUP, search_text, with_help_centre_words
 from persistence.db import Pool, async_connection, sync_connection
 
 SEARCH_SQL = "select chunk_id, doc_id, title, url, content, score from kb_search(%s, %s, %s, %s)"
@@ -235,6 +235,11 @@ class FullTextRetriever(ScopedRetriever):
     def _async_conn(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[dict[str, Any]]]:
         return async_connection(self.pool, self.conninfo, "FullTextRetriever")
 
+    def _query_text(self, query: str) -> str:
+        """What the index is searched for: the query with the help centre's words for a shopper's ("무배" →
+        무료배송, graph/lexicon.py), cut as the index was."""
+        return search_text(with_help_centre_words(query), self.analyzer)
+
     @staticmethod
     def _documents(rows: list[dict[str, Any]]) -> list[Document]:
         return [
@@ -252,7 +257,7 @@ class FullTextRetriever(ScopedRetriever):
     ) -> list[Document]:
         k, store_id = self._args(kwargs)
         with self._sync_conn() as conn:
-            rows = conn.execute(SEARCH_SQL, (search_text(query, self.analyzer), store_id, k,
+            rows = conn.execute(SEARCH_SQL, (self._query_text(query), store_id, k,
                                              self._audience(kwargs))).fetchall()
         return self._documents(rows)
 
@@ -261,7 +266,7 @@ class FullTextRetriever(ScopedRetriever):
     ) -> list[Document]:
         k, store_id = self._args(kwargs)
         async with self._async_conn() as conn:
-            cur = await conn.execute(SEARCH_SQL, (search_text(query, self.analyzer), store_id, k,
+            cur = await conn.execute(SEARCH_SQL, (self._query_text(query), store_id, k,
                                                   self._audience(kwargs)))
             rows = await cur.fetchall()
         return self._documents(rows)

@@ -36,6 +36,23 @@ def test_the_set_is_worth_the_name() -> None:
         assert not case.answerable or case.facts or case.kind == "confusable", case.id
 
 
+def test_the_held_out_sets_are_sound() -> None:
+    """knowledge/eval/holdout.json and holdout2.json (README, "Answer quality"): written apart from cases.json to
+    check the vocabulary and abstention rules on questions they were not fitted to; the same checks of pages and
+    facts, ids of their own, both languages, both kinds."""
+    ids = {c.id for c in load_cases()}
+    for name in ("holdout.json", "holdout2.json"):
+        cases = load_cases(ROOT / "knowledge" / "eval" / name)
+        assert len({c.id for c in cases}) == len(cases) >= 40 and not ids & {c.id for c in cases}
+        assert sum(not c.answerable for c in cases) >= 15 and sum(c.answerable for c in cases) >= 20
+        assert sum(bool(re.search(r"[\uac00-\ud7a3]", c.turns[-1])) for c in cases) >= 15
+        for case in cases:
+            for page in case.pages:
+                assert facts_present((SAMPLE / page).read_text(encoding="utf-8"), case.facts), (name, case.id)
+            assert not case.answerable or case.facts, (name, case.id)
+        ids |= {c.id for c in cases}
+
+
 def test_facts_and_abstention_are_read_as_written() -> None:
     assert normalized("왕복 배송비 6,000원이") == "왕복배송비6000원이"
     assert facts_present("It costs 3,000 KRW; free from 50000 KRW", (("3,000 KRW",), ("50,000 KRW",)))
@@ -77,7 +94,7 @@ def test_eval_command_reports_every_figure_per_variant(database_url: str) -> Non
 
 
 # what the offline default reaches today; raised as retrieval and the answerer improve (never lowered)
-FLOORS = {"hit@3": 0.92, "facts": 0.82, "followup_hit@3": 0.9, "abstention_f1": 0.6,
+FLOORS = {"hit@3": 0.95, "facts": 0.84, "followup_hit@3": 0.9, "abstention_f1": 0.8,
           "seller_pages_in_shopper_answers": 0}
 
 

@@ -71,3 +71,17 @@ async def test_a_shopper_never_gets_a_seller_page(pool: Pool, fake_openai: FakeO
     both = [await stack.retriever.ainvoke("forgot my password reset link", k=3, store_id="eval", audience=a)
             for a in ("shopper", "seller")]
     assert all("sample:en/account.md" in {d.metadata["doc_id"] for d in found} for found in both)
+
+
+async def test_the_answerers_english_stems_are_the_full_text_indexs(pool: Pool) -> None:
+    """graph/text.py stems English words with Snowball's English stemmer, the one PostgreSQL's `english`
+    configuration uses for the full-text index: a word is one term to both."""
+    from graph.text import stem
+
+    words = ["taxes", "shipping", "shipped", "cancelling", "cancelled", "arrives", "deliveries", "refunded",
+             "expired", "installments", "knitwear", "ceramics", "businesses", "recalculated", "dishwasher"]
+    async with pool.connection() as conn:
+        cur = await conn.execute("select w, array_to_string(tsvector_to_array(to_tsvector('english', w)), '') as s"
+                                 " from unnest(%s::text[]) as w", (words,))
+        rows = await cur.fetchall()
+    assert {r["w"]: r["s"] for r in rows} == {w: stem(w) for w in words}

@@ -29,8 +29,9 @@ def test_hangul_bigrams_let_particles_match() -> None:
 
 
 def test_terms_and_language() -> None:
-    assert "shipping" in terms("How much is shipping?")
+    assert "ship" in terms("How much is shipping?")  # Snowball stems, as PostgreSQL's english configuration
     assert "how" not in terms("How much is shipping?")
+    assert terms("import taxes") == terms("import tax") and terms("cancelling") == terms("cancel")
     assert is_korean("배송비는 얼마인가요?")
     assert not is_korean("How much is shipping? 배")
 
@@ -234,6 +235,47 @@ def test_the_offline_answer_quotes_one_section_and_knows_when_to_stop() -> None:
     assert "could not find" in model.answer(_prompt("are your products vegan", passages))
 
 
+def test_shoppers_words_find_the_help_centres() -> None:
+    """graph/lexicon.py: a shortened or everyday word brings the help centre's word into the question's terms and
+    its full-text search; a Korean key is a whole morpheme ("색" is not inside "검색"), an English one a whole word
+    ("text" is not inside "textbook")."""
+    from graph.text import question_terms, with_help_centre_words
+
+    assert with_help_centre_words("얼마 이상 사면 무배에요?").endswith("무료배송 무료 배송")
+    assert {"@비밀", "@번호"} <= question_terms("비번 까먹었어요")  # Kiwi cuts 비밀번호 in two
+    assert with_help_centre_words("stop sending me ads").endswith("marketing messages")
+    assert {"custom", "duti"} <= question_terms("who pays import tax on overseas orders")
+    assert with_help_centre_words("검색이 안 돼요") == "검색이 안 돼요"
+    assert with_help_centre_words("my textbook") == "my textbook"
+    assert with_help_centre_words("how much is shipping") == "how much is shipping"
+
+
+def test_the_offline_answer_does_not_quote_a_page_that_never_names_what_was_asked() -> None:
+    """A Korean question naming something no passage mentions ("학생" in "학생 할인") is not answered from a
+    section that merely shares another of its words ("할인"); nouns that name no topic ("조건", "최소"), a word
+    the lexicon knows ("셔츠" is clothing) and a compound the passages cut otherwise ("제주" in "제주도") are not
+    held against a question."""
+    from graph.models import unknown_nouns
+
+    coupons = Passage("m#3", "회원 등급, 적립금 및 쿠폰 › 쿠폰", None, 1.0,
+                      "주문 한 건에 쿠폰은 하나만 사용할 수 있고, 할인 상품에는 쿠폰과 적립금을 함께 쓸 수 없습니다.")
+    levels = Passage("m#0", "회원 등급, 적립금 및 쿠폰 › 회원 등급", None, 1.0,
+                     "20만 원 이상은 실버, 50만 원 이상은 골드입니다.")
+    care = Passage("p#1", "사이즈 및 상품 관리 › 세탁 및 관리", None, 1.0, "면과 린넨은 찬물에 울코스로 세탁하세요.")
+    fees = Passage("s#1", "배송 안내 › 배송비", None, 1.0, "제주도 및 도서산간 지역은 추가 배송비 3,000원이 부과됩니다.")
+    pairs = lambda *ps: [(p.title, p.content) for p in ps]  # noqa: E731
+    assert unknown_nouns("학생 할인 있어요?", pairs(coupons)) == ["학생"]
+    assert unknown_nouns("골드 등급 조건", pairs(levels)) == []
+    assert unknown_nouns("린넨 셔츠 빨래 어떻게 해요", pairs(care)) == []
+    assert unknown_nouns("제주 추가 배송비 있어요?", pairs(fees)) == []
+    model = ExtractiveChatModel()
+    assert "찾지 못했습니다" in model.answer(_prompt("학생 할인 있어요?", [coupons]))
+    assert "골드" in model.answer(_prompt("골드 등급 조건", [levels]))
+    assert "3,000원" in model.answer(_prompt("제주 추가 배송비 있어요?", [fees]))
+    quoting = ExtractiveChatModel(abstain_on_unknown_nouns=False)  # what it did before: a shared word was enough
+    assert "할인 상품" in quoting.answer(_prompt("학생 할인 있어요?", [coupons]))
+
+
 def test_cors_and_the_default_store_follow_the_environment() -> None:
     from server.settings import LOCAL_ORIGINS, Settings
 
@@ -307,3 +349,34 @@ async def test_a_search_begun_ahead_is_the_retrieve_nodes_and_traced_as_one() ->
     other.discard()
     await asyncio.sleep(0)
     assert other.begun.cancelled()
+
+
+async def test_a_page_naming_every_word_of_the_question_outweighs_a_low_embedding_similarity() -> None:
+    """The retrieve node drops what it found when the closest passage's embedding similarity is under the model's
+    threshold (min_similarity) - unless a passage names nearly all of the question's words (names_its_words): a
+    short question such as "do you take amex" sits far from a whole section in the embedding space."""
+    from typing import Any
+
+    from langchain_core.documents import Document
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from graph.graph import build_graph
+    from graph.retrieval import ScopedRetriever
+    from graph.state import ChatContext
+
+    class Distant(ScopedRetriever):  # finds the payment methods, with an embedding similarity under the threshold
+        def _get_relevant_documents(self, query: str, *, run_manager: Any, **kwargs: Any) -> list[Document]:
+            raise AssertionError("the graph searches asynchronously")
+
+        async def _asearch(self, query: str, *, run_manager: Any, **kwargs: Any) -> list[Document]:
+            return [Document(id="p1", page_content="We accept credit and debit cards (Visa, Mastercard, AMEX, JCB).",
+                             metadata={"title": "Payment methods › Accepted payment methods", "url": "u",
+                                       "score": 0.5, "similarity": 0.80})]
+
+    graph = build_graph(InMemorySaver())
+    ctx = ChatContext(store_id="s1", model=ExtractiveChatModel(), retriever=Distant(), k=3, min_similarity=0.845)
+    for question, kept in (("do you take amex", True), ("do you sell gift cards", False)):
+        out = await graph.ainvoke({"messages": [HumanMessage(question)]},
+                                  {"configurable": {"thread_id": question}}, context=ctx)
+        assert bool(out["passages"]) is kept, question
+        assert ("AMEX" in str(out["messages"][-1].content)) is kept, question
