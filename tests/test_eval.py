@@ -94,7 +94,7 @@ def test_eval_command_reports_every_figure_per_variant(database_url: str) -> Non
 
 
 # what the offline default reaches today; raised as retrieval and the answerer improve (never lowered)
-FLOORS = {"hit@3": 0.95, "facts": 0.84, "followup_hit@3": 0.9, "abstention_f1": 0.8,
+FLOORS = {"hit@3": 0.97, "facts": 0.86, "followup_hit@3": 0.95, "abstention_f1": 0.8,
           "seller_pages_in_shopper_answers": 0}
 
 

@@ -16,7 +16,7 @@ LOCAL_MODEL = "multilingual-e5-small-q4"
 LOCAL_DIMENSIONS = 384
 # the closest passage's cosine below which a question is taken as not covered by the help centre, calibrated on
 # knowledge/eval/cases.json with bench/abstention.py (E5's cosines sit high: unrelated text scores ~0.75)
-LOCAL_MIN_SIMILARITY = 0.845
+LOCAL_MIN_SIMILARITY = 0.82
 
 
 @functools.cache
