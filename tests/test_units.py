@@ -357,7 +357,7 @@ async def test_a_search_begun_ahead_is_the_retrieve_nodes_and_traced_as_one() ->
 
 async def test_a_page_naming_every_word_of_the_question_outweighs_a_low_embedding_similarity() -> None:
     """The retrieve node drops what it found when the closest passage's embedding similarity is under the model's
-    threshold (min_similarity) - unless a passage names nearly all of the question's words (names_its_words): a
+    threshold (min_similarity) - unless a passage names every one of the question's words (names_its_words): a
     short question such as "do you take amex" sits far from a whole section in the embedding space."""
     from typing import Any
 
