@@ -28,7 +28,6 @@ _ABBREVIATION = re.compile(r"(?:\b[a-z]\.){2}$|\b(?:e\.g|i\.e|etc|vs|no)\.$", re
 _PIECE = re.compile(r"\S+\s*|\s+")
 _MARKUP = re.compile(r"^\s*(?:[#>*|\-]+|\d+[.)])\s+")
 _SOFT_BREAK = re.compile(r"(?<!\n)\n(?!\n)")
-_HANGUL = re.compile(r"[\uac00-\ud7a3]")
 
 
 def _pieces(text: str) -> list[str]:
@@ -95,7 +94,7 @@ def unknown_nouns(question: str, passages: list[tuple[str, str]]) -> list[str]:
     have = frozenset().union(*(terms(f"{title} {body}") for title, body in passages)) if passages else frozenset()
     out = []
     for noun in dict.fromkeys(korean_nouns(question)):
-        if not _HANGUL.search(noun) or noun in ASKING_NOUNS_KO or noun in LIGHT_NOUNS_KO or known_word(noun):
+        if not is_korean(noun) or noun in ASKING_NOUNS_KO or noun in LIGHT_NOUNS_KO or known_word(noun):
             continue
         if f"@{noun}" in have or (len(noun) > 1 and all(g in have for g in hangul_bigrams(noun))):
             continue

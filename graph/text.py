@@ -57,11 +57,16 @@ def _kiwi() -> Any:
 
 
 @functools.lru_cache(maxsize=4096)
-def _content_forms(text: str) -> tuple[str, ...]:
-    """Kiwi's content morphemes of a text with Hangul in it, Latin words ("AS", "PG") included; () without Hangul."""
+def _tokens(text: str) -> tuple[tuple[str, str], ...]:
+    """Kiwi's (form, tag) pairs of a text with Hangul in it, cut once whatever is asked of it; () without Hangul."""
     if not _HANGUL_CHAR.search(text):
         return ()
-    return tuple(t.form for t in _kiwi().tokenize(text) if t.tag in _CONTENT_TAGS)
+    return tuple((t.form, t.tag) for t in _kiwi().tokenize(text))
+
+
+def _content_forms(text: str) -> tuple[str, ...]:
+    """Kiwi's content morphemes of a text with Hangul in it, Latin words ("AS", "PG") included; () without Hangul."""
+    return tuple(form for form, tag in _tokens(text) if tag in _CONTENT_TAGS)
 
 
 def korean_morphemes(text: str) -> list[str]:
@@ -71,9 +76,7 @@ def korean_morphemes(text: str) -> list[str]:
 
 def korean_nouns(text: str) -> list[str]:
     """Kiwi's nouns (common, proper, foreign words) of `text`: what a Korean question names."""
-    if not _HANGUL_CHAR.search(text):
-        return []
-    return [t.form for t in _kiwi().tokenize(text) if t.tag in ("NNG", "NNP", "SL")]
+    return [form for form, tag in _tokens(text) if tag in ("NNG", "NNP", "SL")]
 
 
 def search_text(text: str, analyzer: str = DEFAULT_ANALYZER) -> str:
