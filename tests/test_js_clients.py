@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, fetch_all
-from tests.node import installed
+from tests.node import installed, prepared
 from tests.server_process import ServerProcess
 from tests.test_auth import _new_key
 
@@ -29,7 +29,7 @@ def server(database_url: str) -> Iterator[ServerProcess]:
 
 
 def test_the_js_sdk_does_what_agent_chat_ui_does(server: ServerProcess, database_url: str) -> None:
-    project = installed(ROOT / "tests" / "js")
+    project = prepared("the LangGraph JS SDK", installed, ROOT / "tests" / "js")
     key = _new_key(database_url, "--store", "store-js")
     done = subprocess.run(["node", "agent_protocol.mjs", server.base_url, key], cwd=project, capture_output=True,
                           text=True, timeout=120)
