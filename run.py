@@ -44,11 +44,11 @@ def ensure_venv() -> None:
         return
     print("[run.py] installing pinned dependencies (constraints.txt)", flush=True)
     pip = [str(PY), "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "install", "-U", "pip>=24"], check=True)
-    subprocess.run(
-        [*pip, "install", "-c", str(ROOT / "constraints.txt"), "-e", f"{ROOT}[test]"],
-        check=True,
-    )
+    pinned = ["-c", str(ROOT / "constraints.txt")]
+    # pip and the build backend are pinned too, and the project is built with the venv's own setuptools: an
+    # isolated build would fetch whatever setuptools is newest on the day
+    subprocess.run([*pip, "install", *pinned, "pip", "setuptools"], check=True)
+    subprocess.run([*pip, "install", *pinned, "--no-build-isolation", "-e", f"{ROOT}[test]"], check=True)
     STAMP.write_text(want)
 
 

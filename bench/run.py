@@ -529,6 +529,7 @@ def fmt(v: float) -> str:
 
 
 AEGRA_VERSION = "0.11.0"
+AEGRA_CONSTRAINTS = Path(__file__).resolve().parent / "aegra-constraints.txt"
 
 
 def python312() -> str | None:
@@ -554,13 +555,16 @@ def aegra_venv() -> Path | None:
     if python is None:
         return None
     venv = ROOT / ".cache" / "aegra-venv"
-    stamp = venv / f".aegra-{AEGRA_VERSION}"
-    if not stamp.exists():
+    stamp = venv / ".aegra-constraints"  # the constraints it was built from: a change rebuilds it
+    if not stamp.exists() or stamp.read_text() != AEGRA_CONSTRAINTS.read_text():
         print(f"# building Aegra's venv from {python} (once)", file=sys.stderr, flush=True)
-        subprocess.run([python, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", f"aegra-api=={AEGRA_VERSION}", "-e", str(ROOT)],
-                       check=True)
-        stamp.touch()
+        subprocess.run([python, "-m", "venv", "--clear", str(venv)], check=True)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+               "-c", str(AEGRA_CONSTRAINTS)]
+        # every package pinned, pip and setuptools too; the project built with that setuptools, not a fetched one
+        subprocess.run([*pip, "pip", "setuptools"], check=True)
+        subprocess.run([*pip, "--no-build-isolation", f"aegra-api=={AEGRA_VERSION}", "-e", str(ROOT)], check=True)
+        stamp.write_text(AEGRA_CONSTRAINTS.read_text())
     return venv
 
 
@@ -694,8 +698,12 @@ def main() -> int:
         key = admin_key(conninfo)
         port = free_port()
         server_cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
-        if args.server == "granian":  # the same app factory under granian (pip install granian)
-            server_cmd = [str(Path(sys.executable).parent / "granian"), "--interface", "asgi", "--factory",
+        if args.server == "granian":  # the same app factory under granian, at the version constraints.txt pins
+            granian = Path(sys.executable).parent / "granian"
+            if not granian.exists():
+                sys.exit(f"no granian in this venv: {Path(sys.executable).parent / 'pip'} install -c "
+                         f"{ROOT / 'constraints.txt'} granian")
+            server_cmd = [str(granian), "--interface", "asgi", "--factory",
                           "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers),
                           "--loop", "uvloop", "--http", "1", "--log-level", "warning", "server.http.app:create_app"]
         ours_proc = ChildProcess(server_cmd,
