@@ -136,6 +136,12 @@ class TurnStart:
     audience: str | None = None  # the session's metadata.audience
 
 
+MESSAGE_SESSION_SQL = """
+select s.session_id, s.store_id, s.user_id from chat_messages m join chat_sessions s using (session_id)
+ where m.message_id = %s and m.deleted_at is null and s.deleted_at is null
+"""
+
+
 class MessageRepository:
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
@@ -298,6 +304,11 @@ class MessageRepository:
         async with self.pool.connection() as conn:
             cur = await conn.execute(LIST_MESSAGES_SQL, {"session_id": session_id, "limit": limit, "before": before})
             return await cur.fetchall()
+
+    async def session_of(self, message_id: UUID) -> Row | None:
+        """The session a message belongs to: session_id, store_id, user_id (None: no such message)."""
+        async with self.pool.connection() as conn:
+            return await (await conn.execute(MESSAGE_SESSION_SQL, (message_id,))).fetchone()
 
     async def upsert_feedback(self, message_id: UUID, score: float, comment: str | None,
                               scope: str | None = None) -> Row | None:

@@ -34,6 +34,7 @@ select {SESSION_COLUMNS} from chat_sessions
  where deleted_at is null
    and (%(store_id)s::text is null or store_id = %(store_id)s)
    and (%(user_id)s::text is null or user_id = %(user_id)s)
+   and (%(session_id)s::uuid is null or session_id = %(session_id)s)
    and (%(status)s::text is null or status = %(status)s)
    and (%(metadata)s::jsonb is null or metadata @> %(metadata)s::jsonb)
    and (%(busy)s::boolean is null or (active_run_id is not null) = %(busy)s)
@@ -77,8 +78,10 @@ class SessionRepository:
         after: tuple[datetime, UUID] | None,
         metadata: dict[str, Any] | None = None,
         busy: bool | None = None,
+        session_id: UUID | None = None,
     ) -> list[Row]:
         params = {
+            "session_id": session_id,
             "store_id": store_id,
             "user_id": user_id,
             "status": status,

@@ -24,7 +24,7 @@ select changed_at, changed_by, field, old_value, new_value from store_settings_c
  where store_id = %s order by changed_at desc, id desc limit %s
 """
 NOTIFY_SQL = "select pg_notify(%s, json_build_object('store', %s::text)::text)"
-SECRET_FIELDS = frozenset({"webhook_secret"})
+SECRET_FIELDS = frozenset({"webhook_secret", "identity_secret"})
 
 
 class StoreSettingsRepository:

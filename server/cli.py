@@ -118,12 +118,15 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
         await ensure_schema(settings, pool)
         repo = KeyRepository(pool)
         if args.keys_command == "create":
-            if (args.store_id is None) == (not args.admin):
-                print("error: give --store ID, or --admin for a key to every store", file=sys.stderr)
+            if (args.store_id is None) == (not args.admin) or (args.publishable and args.admin):
+                print("error: give --store ID (with --publishable for a browser's key), or --admin for a key to "
+                      "every store", file=sys.stderr)
                 return 2
             key, row = await repo.create(store_id=args.store_id, name=args.name,
-                                         turns_per_minute=args.turns_per_minute)
+                                         turns_per_minute=args.turns_per_minute, publishable=args.publishable)
             scope = f"store {row['store_id']}" if row["store_id"] else "admin (every store)"
+            if args.publishable:
+                scope = f"publishable, store {row['store_id']}: it may be public; set the store's allowed_origins"
             print(f"created key {row['key_id']} ({scope}); it is shown once, here:", file=sys.stderr)
             print(key)
             return 0
@@ -132,7 +135,8 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
                 state = f"revoked {r['revoked_at']:%Y-%m-%d}" if r["revoked_at"] else "active"
                 used = f"{r['last_used_at']:%Y-%m-%d %H:%M}" if r["last_used_at"] else "never"
                 limit = r["turns_per_minute"] if r["turns_per_minute"] is not None else "default"
-                print(f"{r['key_id']}  {r['prefix']}…  {r['store_id'] or '*admin*':<20} {state:<18} "
+                kind = " publishable" if r["kind"] == "publishable" else ""
+                print(f"{r['key_id']}  {r['prefix']}…{kind}  {r['store_id'] or '*admin*':<20} {state:<18} "
                       f"used {used:<16} turns/min {limit}  {r['name'] or ''}")
             return 0
         revoked = await repo.revoke(args.ref)
@@ -289,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     create = keys_sub.add_parser("create", help="a new key for one store (or --admin); printed once")
     create.add_argument("--store", dest="store_id", default=None)
     create.add_argument("--admin", action="store_true", help="a key for every store and the admin API")
+    create.add_argument("--publishable", action="store_true",
+                        help="a pk-sixshop- key for a store's web page: it may be public, and can only read the "
+                             "widget's configuration and open sessions, from the store's allowed_origins")
     create.add_argument("--name", default=None, help="a note to recognise the key by")
     create.add_argument("--turns-per-minute", type=int, default=None, help="this key's rate limit (0: none)")
     keys_sub.add_parser("list", help="every key (never the key itself)")

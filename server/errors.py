@@ -32,8 +32,24 @@ class Unauthorized(AppError):
     status_code, code, default_message = 401, "unauthorized", "Authentication required"
 
 
+class InvalidToken(Unauthorized):
+    code, default_message = "invalid_token", "This session token is not valid"
+
+
+class TokenExpired(Unauthorized):
+    code, default_message = "token_expired", "This session token has expired: open the chat again"
+
+
+class InvalidIdentity(Unauthorized):
+    code, default_message = "invalid_identity", "The shopper's identity could not be verified"
+
+
 class Forbidden(AppError):
     status_code, code, default_message = 403, "forbidden", "Not allowed"
+
+
+class OriginNotAllowed(Forbidden):
+    code, default_message = "origin_not_allowed", "This site is not allowed to open this store's chat"
 
 
 class NotFound(AppError):

@@ -22,7 +22,7 @@ from persistence.checkpointer import make_checkpointer
 from persistence.db import Pool, PoolConfig, TimedPool, open_pool
 from persistence.embedded import embedded_conninfo, start_embedded
 from persistence.handoffs import SESSION_EVENTS, HandoffRepository
-from persistence.keys import KeyRepository
+from persistence.keys import KeyRepository, ShopperLimits
 from persistence.messages import MessageRepository
 from persistence.migrations import xact_advisory_lock
 from persistence.notify import SESSION_FREE, TURN_CONTROL, TURN_EVENTS, Handler, Listener, publish
@@ -50,6 +50,7 @@ from server.services.handoffs import HandoffService
 from server.services.lifecycle import LifecycleJob
 from server.services.sessions import SessionService
 from server.services.stores import StoreSettingsService
+from server.services.tokens import SessionTokens, parse_secrets
 from server.services.webhooks import WebhookDeliverer
 from server.settings import Settings
 
@@ -253,8 +254,29 @@ def _observe_db(wait_s: float, hold_s: float) -> None:
     metrics.DB_HOLD_SECONDS.observe(hold_s)
 
 
+def session_token_secrets(settings: Settings) -> list[tuple[str, str]] | None:
+    """SESSION_TOKEN_SECRET parsed; None where the service may make its own (outside production). One line naming
+    the setting when production has none, or a bad one."""
+    if settings.session_token_secret is None:
+        if settings.app_env == "production":
+            raise StartupError("SESSION_TOKEN_SECRET is required in production (the session tokens' signing secret, "
+                               "at least 32 characters; `kid:secret,...` to rotate)")
+        return None
+    try:
+        return parse_secrets(settings.session_token_secret.get_secret_value())
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+
+
+async def session_tokens(settings: Settings, limits: ShopperLimits) -> SessionTokens:
+    given = session_token_secrets(settings)
+    secrets = given or [("local", await limits.server_secret("session_token_secret"))]
+    return SessionTokens(secrets, issuer="sixshop-ai-agent", ttl_s=int(settings.session_token_ttl_hours * 3600))
+
+
 @asynccontextmanager
 async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
+    session_token_secrets(settings)  # before anything starts: a production without one stops here
     async with open_database(settings) as (pool, embedded):
         await ensure_schema(settings, pool)
         # a process killed mid-turn left rows 'streaming' and sessions claimed: close what is past the timeout
@@ -299,6 +321,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         listener = await open_turn_control(settings, pool, chat, {SESSION_EVENTS: handoffs.on_event,
                                                                   WEBHOOKS: deliverer.on_queued})
         capacity = make_capacity(settings, pool)
+        shopper_limits = ShopperLimits(pool)
         resources = Resources(
             store_settings=store_settings,
             handoffs=handoffs,
@@ -316,7 +339,9 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             capacity=capacity,
             auth=Authenticator(KeyRepository(pool), production=settings.app_env == "production",
                                default_turns_per_minute=settings.rate_limit_turns_per_minute,
-                               cache_s=settings.keys_cache_seconds),
+                               cache_s=settings.keys_cache_seconds,
+                               tokens=await session_tokens(settings, shopper_limits), store_settings=store_settings,
+                               limits=shopper_limits, sessions_per_ip_per_hour=settings.sessions_per_ip_per_hour),
             embedded=embedded,
         )
         observe_pool(pool)

@@ -23,6 +23,24 @@ class CreateSessionRequest(msgspec.Struct, forbid_unknown_fields=True):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+class IdentifyRequest(msgspec.Struct, forbid_unknown_fields=True):
+    store_id: StoreId
+    identity: Annotated[str, Meta(min_length=1, max_length=4096)]  # a JWT signed by the store's backend
+
+
+class IdentifyResponse(msgspec.Struct):
+    session_token: str
+    user_id: str
+    session_id: UUID
+
+
+class WidgetConfig(msgspec.Struct):
+    store_id: str
+    display_name: str | None
+    greeting: str | None
+    language: str
+
+
 class ChatRequest(msgspec.Struct, forbid_unknown_fields=True):
     message: Annotated[str, Meta(min_length=1)]
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -58,6 +76,8 @@ class Session(msgspec.Struct):
     expires_at: datetime
     turn_running: bool
     greeting: str | None = None  # the store's greeting (its settings), in the answer that opens a session
+    # in the answer that opens a session: the JWT a browser sends for it (API.md, "Shoppers in the browser")
+    session_token: str | None = None
 
 
 class Message(msgspec.Struct):

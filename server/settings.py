@@ -160,6 +160,13 @@ class Settings(BaseSettings):
     rate_limit_turns_per_minute: int = 30  # per key; a key's own turns_per_minute overrides it; 0: no limit
     keys_cache_seconds: float = 5
 
+    # shoppers in the browser (server/services/tokens.py): the session tokens' signing secret, `secret` or
+    # `kid:secret,kid:secret` (the first signs, all verify: rotation). Required in production; elsewhere the service
+    # makes one and keeps it in the database (server_secrets), so replicas and restarts agree
+    session_token_secret: SecretStr | None = None
+    session_token_ttl_hours: float = Field(24, gt=0)
+    sessions_per_ip_per_hour: int = Field(30, ge=0)  # new chats a browser address may open per store; 0: no limit
+
     # operations: the capacity report and admin endpoints
     admin_token: SecretStr | None = None  # Bearer token for /api/admin/*; without one, admin is off in production
     capacity_sample_seconds: float = 60  # 0: this process takes no samples
@@ -184,7 +191,7 @@ class Settings(BaseSettings):
     @field_validator("database_url", "database_direct_url", "db_sslmode", "db_sslrootcert", "db_password",
                      "openai_api_key", "langsmith_api_key",
                      "notion_integration_token", "pinecone_api_key", "db_host", "openai_base_url",
-                     "pinecone_host", "notion_base_url", "admin_token", mode="before")
+                     "pinecone_host", "notion_base_url", "admin_token", "session_token_secret", mode="before")
     @classmethod
     def _blank_is_unset(cls, v: object) -> object:
         """`OPENAI_API_KEY=` in an env file means no key, not an empty one."""

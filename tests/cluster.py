@@ -283,6 +283,7 @@ class Cluster:
     def replica_env(self) -> dict[str, str]:
         return {
             "APP_ENV": "production", "ADMIN_TOKEN": "cluster-admin-token-1",
+            "SESSION_TOKEN_SECRET": "cluster-session-token-secret-0123456789abcdef",
             "DATABASE_URL": self.pg.url("app", port=self.bouncer.port, sslmode="require"),
             "DATABASE_DIRECT_URL": self.pg.url("app"),  # PostgreSQL itself, for LISTEN
             "MIGRATE_ON_START": "false", "DB_POOL_MAX": "10", "SHUTDOWN_DRAIN_SECONDS": "1.5",

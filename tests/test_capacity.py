@@ -109,7 +109,8 @@ async def test_admin_needs_credentials_in_production(database_url: str) -> None:
     from server.settings import Settings
 
     app = create_app(Settings(app_env="production", database_url=database_url,  # type: ignore[arg-type]
-                              capacity_sample_seconds=0))
+                              capacity_sample_seconds=0,
+                              session_token_secret="production-session-token-secret-0123456789"))  # type: ignore[arg-type]
     async with AsyncTestClient(app) as client:
         r = await client.get("/api/admin/capacity")
     assert (r.status_code, r.json()["code"]) == (401, "unauthorized")  # production: a key or the token

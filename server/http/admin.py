@@ -13,6 +13,7 @@ from litestar.params import FromPath, QueryParameter
 
 from persistence.admin import AdminRepository
 from server.errors import Forbidden
+from server.http.access import access
 from server.http.deps import StatsRequest, operator_of, parse_id, resources_of, stats_query
 from server.schemas import StoreId, StoreStats
 
@@ -28,6 +29,7 @@ class AdminController(Controller):
     path = "/api/admin"
     tags = ["admin"]
     guards = [admin_guard]
+    opt = access("operator")
 
     @get("/capacity")
     async def capacity(self, state: State) -> dict[str, Any]:

@@ -59,6 +59,7 @@ from server.errors import (
     Unsupported,
     ValidationFailed,
 )
+from server.http.access import access
 from server.http.deps import SSE_HEADERS, Caller, checked, parse_event_id, parse_id
 from server.resources import Resources
 from server.schemas import Session, StoreId, UserId, decode_body, sse_frame
@@ -149,7 +150,7 @@ async def provide_principal(request: Request[Any, Any, Any], state: State) -> Pr
     if not authorization and (key := request.headers.get("x-api-key")):
         authorization = f"Bearer {key}"
     resources: Resources = state.resources
-    return await resources.auth.principal(authorization)
+    return await resources.auth.principal(authorization, request.headers.get("origin"))
 
 
 async def _owned(res: Resources, principal: Principal, thread_id: str | UUID) -> Session:
@@ -407,6 +408,7 @@ class AgentProtocolController(Controller):
     path = "/"
     tags = ["agent-protocol"]
     dependencies = {"principal": Provide(provide_principal)}
+    opt = access("agent")
 
     @get("/info")
     async def info(self, state: State) -> dict[str, Any]:
@@ -444,8 +446,8 @@ class AgentProtocolController(Controller):
                                    {"field": "metadata.store_id"})
         store_id = checked(store_id, StoreId, "metadata.store_id")
         user_id = None if user_id is None else checked(user_id, UserId, "metadata.user_id")
-        if not principal.may_see(store_id):
-            raise Forbidden("This API key belongs to another store", {"store_id": store_id})
+        if not principal.may_see(store_id) or principal.shopper:  # a session token has its one thread
+            raise Forbidden("This credential cannot open a thread in this store", {"store_id": store_id})
         try:
             session = await res.sessions.create(store_id, user_id, metadata, session_id=body.thread_id)
         except psycopg.errors.UniqueViolation:
@@ -494,7 +496,8 @@ class AgentProtocolController(Controller):
         interrupted = body.status == "interrupted"  # waiting for a person: the sessions in handoff
         page = await res.sessions.list(store_id=store_id, user_id=user_id, status="handoff" if interrupted else None,
                                        limit=body.offset + body.limit, cursor=None, metadata=metadata or None,
-                                       busy=None if body.status is None or interrupted else body.status == "busy")
+                                       busy=None if body.status is None or interrupted else body.status == "busy",
+                                       within=principal)
         sessions = page.items[body.offset:]
         if body.select is not None and "values" in body.select:
             snapshots = await asyncio.gather(*(
@@ -564,8 +567,8 @@ async def begin_run(res: Resources, principal: Principal, thread_id: UUID, body:
             raise ValidationFailed("if_not_exists='create' needs metadata.store_id (or a store key)",
                                    {"field": "metadata.store_id"}) from None
         store_id = checked(store_id, StoreId, "metadata.store_id")
-        if not principal.may_see(store_id):
-            raise Forbidden("This API key belongs to another store", {"store_id": store_id}) from None
+        if not principal.may_see(store_id) or principal.shopper:
+            raise Forbidden("This credential cannot open a thread in this store", {"store_id": store_id}) from None
         try:
             await res.sessions.create(store_id, None, {}, session_id=thread_id)
         except psycopg.errors.UniqueViolation:  # a thread with this id exists, but not for this caller
@@ -708,6 +711,7 @@ class RunController(Controller):
     path = "/"
     tags = ["agent-protocol"]
     dependencies = {"principal": Provide(provide_principal)}
+    opt = access("agent")
 
     @post("/threads/{thread_id:str}/runs", status_code=200)
     async def create(self, thread_id: FromPath[str], request: Request[Any, Any, Any], state: State,

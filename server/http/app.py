@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
-from litestar import Litestar, Request, Response
+from litestar import Litestar, Request, Response, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
@@ -27,6 +27,7 @@ from server.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from server.http.access import access, check_access
 from server.http.admin import AdminController
 from server.http.agent_protocol import AgentProtocolController, RunController
 from server.http.operations import VERSION, MetricsController, health, live, ready
@@ -34,6 +35,7 @@ from server.http.operators import OperatorController
 from server.http.pages import operator_page, shopper_page, static_files
 from server.http.sessions import SessionController
 from server.http.stores import StoreSettingsController
+from server.http.widget import WidgetController
 from server.resources import open_resources
 from server.settings import Settings, load_settings
 from server.shutdown import drain_on_signals
@@ -107,15 +109,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
                                   exclude=["/metrics"])
     return Litestar(
         route_handlers=[SessionController, AdminController, StoreSettingsController, OperatorController,
-                        AgentProtocolController, RunController, health, live, ready,
+                        AgentProtocolController, RunController, WidgetController, health, live, ready,
                         MetricsController, shopper_page, operator_page, static_files],
         middleware=[prometheus.middleware],
+        guards=[check_access],  # every route's owner rule (server/http/access.py)
         cors_config=cors_config(settings),
         lifespan=[lifespan],
         state=State({"settings": settings}),
         exception_handlers={Exception: handle_exception},
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="sixshop-ai-agent", version=VERSION, path="/schema"),
+        openapi_config=OpenAPIConfig(title="sixshop-ai-agent", version=VERSION, path="/schema",
+                                     openapi_router=Router("/schema", route_handlers=[], opt=access("public"),
+                                                           include_in_schema=False)),
         debug=False,
         logging_config=None,  # server.logs configures logging once for the process
     )

@@ -70,7 +70,8 @@ StatsRequest = NamedDependency[StatsQuery]  # the `stats_request` dependency (st
 
 
 async def provide_principal(request: Request[Any, Any, Any], state: State) -> Principal:
-    return await resources_of(state).auth.principal(request.headers.get("authorization"))
+    return await resources_of(state).auth.principal(request.headers.get("authorization"),
+                                                    request.headers.get("origin"))
 
 
 async def owned_session(res: Resources, principal: Principal, session_id: str) -> Session:

@@ -12,6 +12,7 @@ from litestar.plugins.prometheus import PrometheusController
 from psycopg_pool import PoolTimeout
 
 from server.errors import DatabaseUnavailable, ShuttingDown
+from server.http.access import access
 from server.http.deps import resources_of
 from server.resources import Resources
 from server.schemas import DatabaseHealth, Health, Liveness, Readiness
@@ -29,7 +30,7 @@ async def ping_database(res: Resources) -> DatabaseHealth:
         return DatabaseHealth(ok=False, latency_ms=None)
 
 
-@get("/health", tags=["operations"])
+@get("/health", tags=["operations"], opt=access("public"))
 async def health(state: State) -> Response[Health]:
     res = resources_of(state)
     database = await ping_database(res)
@@ -44,13 +45,13 @@ async def health(state: State) -> Response[Health]:
     return Response(body, status_code=200 if database.ok else 503)
 
 
-@get("/health/live", tags=["operations"])
+@get("/health/live", tags=["operations"], opt=access("public"))
 async def live() -> Liveness:
     """The process answers: restart it only when this fails (no database call, so an outage restarts nothing)."""
     return Liveness(status="alive")
 
 
-@get("/health/ready", tags=["operations"])
+@get("/health/ready", tags=["operations"], opt=access("public"))
 async def ready(state: State) -> Readiness:
     """Send traffic here: 200 when the database answers and the process is not draining, else 503
     (`shutting_down` from SIGTERM on, `database_unavailable` while the database is away)."""
@@ -69,3 +70,4 @@ class MetricsController(PrometheusController):
     path = "/metrics"
     include_in_schema = True
     tags = ["operations"]
+    opt = access("public")

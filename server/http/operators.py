@@ -13,6 +13,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.params import FromPath, QueryParameter
 
+from server.http.access import access
 from server.http.deps import OperatorDep, owned_session, provide_operator, resources_of
 from server.schemas import Message, OperatorReply, Session, StoreId, decode_body
 
@@ -21,6 +22,7 @@ class OperatorController(Controller):
     path = "/api/admin"
     tags = ["operators"]
     dependencies = {"operator": Provide(provide_operator)}
+    opt = access("operator")
 
     @get("/handoffs")
     async def handoffs(

@@ -17,6 +17,7 @@ from litestar.response import Stream
 
 from server import metrics
 from server.errors import Forbidden, MessageNotFound, NotFound, RateLimited, SessionNotFound
+from server.http.access import access
 from server.http.deps import (
     SSE_HEADERS,
     After,
@@ -39,6 +40,8 @@ from server.schemas import (
     FeedbackResponse,
     HandoffInfo,
     HandoffResponse,
+    IdentifyRequest,
+    IdentifyResponse,
     MessagePage,
     Session,
     SessionPage,
@@ -68,17 +71,55 @@ async def _turn_session(res: Resources, principal: Principal, session_id: str) -
     return sid
 
 
+def _client(request: Request[Any, Any, Any]) -> str:
+    """The caller's address (uvicorn puts a trusted proxy's X-Forwarded-For there)."""
+    return request.client.host if request.client else "unknown"
+
+
 class SessionController(Controller):
     path = "/api/session-chat"
     tags = ["sessions"]
     dependencies = {"principal": Provide(provide_principal), "after": Provide(provide_after)}
+    opt = access("shopper")
 
-    @post("/sessions", status_code=201)
+    @post("/sessions", status_code=201, opt=access("open-session"))
     async def create_session(self, data: JSONBody[CreateSessionRequest], state: State,
-                             principal: Caller) -> Session:
+                             request: Request[Any, Any, Any], principal: Caller) -> Session:
+        """A new session. With a publishable key (a browser) it is anonymous: a `user_id` sent by a browser is not
+        trusted and not kept; with a verified shopper's token it is that shopper's. The answer carries a
+        `session_token` for the browser."""
+        res = resources_of(state)
         if not principal.may_see(data.store_id):
-            raise Forbidden("This API key belongs to another store", {"store_id": data.store_id})
-        return await resources_of(state).sessions.create(data.store_id, data.user_id, data.metadata)
+            raise Forbidden("This credential belongs to another store", {"store_id": data.store_id})
+        user_id = data.user_id
+        if principal.kind == "session":
+            if principal.user_id is None:
+                raise Forbidden("An anonymous session token reaches its own session only")
+            user_id = principal.user_id
+        elif principal.kind == "publishable":
+            user_id = None
+        if principal.shopper:
+            await res.auth.take_session(data.store_id, _client(request))
+        session = await res.sessions.create(data.store_id, user_id, data.metadata)
+        return res.sessions.with_token(session, res.auth, verified=principal.user_id is not None)
+
+    @post("/identify", status_code=200, opt=access("identify"))
+    async def identify(self, data: JSONBody[IdentifyRequest], state: State, request: Request[Any, Any, Any],
+                       principal: Caller) -> IdentifyResponse:
+        """A store's backend vouches for its logged-in shopper with a short-lived JWT (`identity`); the answer is a
+        verified session token on the shopper's latest active session of that store (a new one if none)."""
+        res = resources_of(state)
+        if not principal.may_see(data.store_id):
+            raise Forbidden("This credential belongs to another store", {"store_id": data.store_id})
+        user_id = await res.store_settings.verify_identity(data.store_id, data.identity)
+        session = await res.sessions.latest_of(data.store_id, user_id)
+        if session is None:
+            if principal.shopper:
+                await res.auth.take_session(data.store_id, _client(request))
+            session = await res.sessions.create(data.store_id, user_id, {})
+        token = res.sessions.with_token(session, res.auth, verified=True).session_token
+        assert token is not None
+        return IdentifyResponse(session_token=token, user_id=user_id, session_id=session.session_id)
 
     @get("/sessions")
     async def list_sessions(
@@ -92,6 +133,12 @@ class SessionController(Controller):
         *,
         principal: Caller,
     ) -> SessionPage:
+        """A store's sessions (a store key: its own store only); with a session token only what it reaches: its own
+        session, or a verified shopper's sessions of that store."""
+        res = resources_of(state)
+        if principal.kind == "session":
+            return await res.sessions.list(store_id=None, user_id=None, status=status, limit=limit, cursor=cursor,
+                                           within=principal)
         if principal.store_id is not None:
             if store_id is not None and store_id != principal.store_id:
                 raise NotFound("No such store for this API key", {"store_id": store_id})
@@ -218,6 +265,11 @@ class SessionController(Controller):
         data = decode_body(await request.body(), FeedbackRequest)
         mid = parse_id(message_id, "message_id")
         res = resources_of(state)
+        if principal.kind == "session":  # a shopper rates only the answers of sessions it reaches
+            found = await res.messages.session_of(mid)
+            if found is None or not principal.may_see_session(found["store_id"], found["session_id"],
+                                                              found["user_id"]):
+                raise MessageNotFound(detail={"message_id": message_id})
         row = await res.messages.upsert_feedback(mid, data.score, data.comment, scope=principal.store_id)
         if row is None:
             raise MessageNotFound(detail={"message_id": message_id})
@@ -231,7 +283,7 @@ class SessionController(Controller):
         session = await owned_session(resources_of(state), principal, session_id)
         return await resources_of(state).analytics.session_stats(session.session_id)
 
-    @get("/stats", dependencies={"stats_request": Provide(stats_query)})
+    @get("/stats", dependencies={"stats_request": Provide(stats_query)}, opt=access("store"))
     async def store_stats(self, state: State, stats_request: StatsRequest, principal: Caller) -> StoreStats:
         if not principal.may_see(stats_request.store_id):
             raise NotFound("No such store for this API key", {"store_id": stats_request.store_id})

@@ -14,6 +14,7 @@ from litestar.di import Provide
 from litestar.params import FromPath
 
 from server.errors import ValidationFailed
+from server.http.access import access
 from server.http.deps import OperatorDep, provide_operator, resources_of
 
 
@@ -21,6 +22,7 @@ class StoreSettingsController(Controller):
     path = "/api/admin/stores/{store_id:str}/settings"
     tags = ["admin"]
     dependencies = {"operator": Provide(provide_operator)}
+    opt = access("operator")
 
     @get("/")
     async def get_settings(self, store_id: FromPath[str], state: State, operator: OperatorDep) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import msgspec
 from persistence.sessions import SessionRepository
 from server.errors import SessionNotFound, ValidationFailed
 from server.schemas import Session, SessionPage, check_metadata_size, session_out
-from server.services.auth import Principal
+from server.services.auth import Authenticator, Principal
 from server.services.stores import StoreSettingsService
 
 
@@ -65,10 +65,26 @@ class SessionService:
         return session_out(row, self.expire_after)
 
     async def get_visible(self, session_id: UUID, principal: Principal) -> Session:
-        """The session, if this caller's store may see it; otherwise 404, the same way as a missing id."""
+        """The session, if this caller reaches it (its store's, its own); otherwise 404, the same way as a missing
+        id."""
         session = await self.get(session_id)
-        principal.require_store(session.store_id, SessionNotFound(detail={"session_id": str(session_id)}))
+        if not principal.may_see_session(session.store_id, session.session_id, session.user_id):
+            raise SessionNotFound(detail={"session_id": str(session_id)})
         return session
+
+    def with_token(self, session: Session, auth: Authenticator, *, verified: bool) -> Session:
+        """The session with a session token for a browser (verified: for its shopper, whose id it carries)."""
+        if auth.tokens is None:
+            return session
+        token = auth.tokens.issue(session.store_id, session.session_id, session.user_id if verified else None)
+        return msgspec.structs.replace(session, session_token=token)
+
+    async def latest_of(self, store_id: str, user_id: str) -> Session | None:
+        """A shopper's most recent active session of a store, if any."""
+        page = await self.list(store_id=store_id, user_id=user_id, status="active", limit=1, cursor=None)
+        return page.items[0] if page.items else None
+
+
 
     async def delete(self, session_id: UUID) -> None:
         if not await self.repo.soft_delete(session_id):
@@ -76,11 +92,22 @@ class SessionService:
 
     async def list(
         self, *, store_id: str | None, user_id: str | None, status: str | None, limit: int, cursor: str | None,
-        metadata: dict[str, Any] | None = None, busy: bool | None = None,
+        metadata: dict[str, Any] | None = None, busy: bool | None = None, within: Principal | None = None,
     ) -> SessionPage:
+        """A page of sessions, newest first; `within`: only those a session token reaches (its own session, or a
+        verified shopper's sessions of its store), whatever else the filters say."""
         after = decode_cursor(cursor) if cursor else None
+        session_id = None
+        if within is not None and within.kind == "session":
+            if within.user_id is not None:
+                if user_id not in (None, within.user_id):
+                    return SessionPage(items=[], next_cursor=None)
+                user_id = within.user_id
+            else:
+                session_id = within.session_id
+            store_id = within.store_id
         rows = await self.repo.list(store_id=store_id, user_id=user_id, status=status, limit=limit + 1, after=after,
-                                    metadata=metadata, busy=busy)
+                                    metadata=metadata, busy=busy, session_id=session_id)
         page, more = rows[:limit], len(rows) > limit
         next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["session_id"]) if more else None
         return SessionPage(items=[session_out(r, self.expire_after) for r in page], next_cursor=next_cursor)

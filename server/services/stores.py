@@ -14,6 +14,7 @@ from graph.handoff import DAYS  # the hours are read where they are used: graph/
 from graph.prompts import VariantPicker
 from persistence.store_settings import StoreSettingsRepository
 from server.errors import ValidationFailed
+from server.services.tokens import verify_identity
 
 _MODEL = re.compile(r"^[A-Za-z0-9._:/-]{1,100}$")
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
@@ -92,6 +93,41 @@ def _webhook_secret(field: str, value: Any) -> Any:
     return value
 
 
+def _allowed_origins(field: str, value: Any) -> Any:
+    """Pages that may open this store's chat: `scheme://host[:port]` each, as a browser's Origin header says it."""
+    if not isinstance(value, list) or len(value) > 50:
+        raise ValidationFailed(f"{field} must be a list of at most 50 origins (scheme://host[:port])",
+                               {"field": field})
+    out = []
+    for i, origin in enumerate(value):
+        url = urlparse(origin) if isinstance(origin, str) and len(origin) <= 300 else None
+        try:
+            ok = url is not None and url.scheme in ("http", "https") and bool(url.hostname) and not url.path \
+                and not url.query and not url.fragment and not url.username and url.port != 0
+        except ValueError:  # a port out of range
+            ok = False
+        if not ok:
+            raise ValidationFailed(f"{field}[{i}] must be an origin: scheme://host[:port], with no path",
+                                   {"field": f"{field}[{i}]"})
+        out.append(str(origin).lower())
+    return sorted(set(out))
+
+
+def _identity_secret(field: str, value: Any) -> Any:
+    """One secret, or {kid: secret} (null removes a kid): the keys a store's backend signs shoppers' identities
+    with. A bare secret is kid "default"."""
+    secrets = {"default": value} if isinstance(value, str) else value
+    if not isinstance(secrets, dict) or not secrets or len(secrets) > 10:
+        raise ValidationFailed(f"{field} must be a secret, or an object of at most 10 kid: secret",
+                               {"field": field})
+    for kid, secret in secrets.items():
+        if not 1 <= len(kid) <= 64 or not re.fullmatch(r"[A-Za-z0-9._-]+", kid):
+            raise ValidationFailed(f"{field}: a kid is 1 to 64 letters, digits, . _ -", {"field": field})
+        if secret is not None and (not isinstance(secret, str) or not 32 <= len(secret) <= 200):
+            raise ValidationFailed(f"{field}: each secret must be 32 to 200 characters", {"field": field})
+    return secrets
+
+
 FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "display_name": _text(80),
     "instructions": _text(1000),
@@ -103,8 +139,10 @@ FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "handoff_hours": _handoff_hours,
     "webhook_url": _webhook_url,
     "webhook_secret": _webhook_secret,
+    "allowed_origins": _allowed_origins,
+    "identity_secret": _identity_secret,
 }
-WRITE_ONLY = frozenset({"webhook_secret"})
+WRITE_ONLY = frozenset({"webhook_secret", "identity_secret"})
 
 
 def validate(patch: Any) -> dict[str, Any]:
@@ -123,7 +161,15 @@ def public(store_id: str, stored: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"store_id": store_id}
     out.update({field: stored.get(field) for field in FIELDS if field not in WRITE_ONLY})
     out["webhook_secret_set"] = bool(stored.get("webhook_secret"))
+    out["identity_secret_set"] = bool(stored.get("identity_secret"))
+    out["identity_secret_kids"] = sorted(stored.get("identity_secret") or {})
     return out
+
+
+def widget_config(store_id: str, stored: dict[str, Any]) -> dict[str, Any]:
+    """What a shopper's widget may know of its store (nothing an operator set for operators)."""
+    return {"store_id": store_id, "display_name": stored.get("display_name"), "greeting": stored.get("greeting"),
+            "language": stored.get("language") or "ko"}
 
 
 class StoreSettingsService:
@@ -148,8 +194,19 @@ class StoreSettingsService:
     async def view(self, store_id: str) -> dict[str, Any]:
         return public(store_id, await self.repo.get(store_id))
 
+    async def verify_identity(self, store_id: str, identity: str) -> str:
+        """The user id a store's backend vouches for in `identity` (401 invalid_identity otherwise)."""
+        return verify_identity(identity, dict((await self.for_turn(store_id)).get("identity_secret") or {}))
+
+    async def widget(self, store_id: str) -> dict[str, Any]:
+        return widget_config(store_id, await self.for_turn(store_id))
+
     async def update(self, store_id: str, patch: Any, by: str | None) -> dict[str, Any]:
         changes = validate(patch)
+        if changes.get("identity_secret"):  # kids are added and removed (null) one by one: rotation
+            kept = dict((await self.repo.get(store_id)).get("identity_secret") or {})
+            merged = {k: v for k, v in {**kept, **changes["identity_secret"]}.items() if v is not None}
+            changes["identity_secret"] = merged or None
         stored = await self.repo.change(store_id, changes, by)
         self._cache.pop(store_id, None)
         return public(store_id, stored)

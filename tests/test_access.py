@@ -1,0 +1,142 @@
+"""Who can do what: every operation of the OpenAPI document has an owner rule (server/http/access.py), the rules are
+the table the README shows, and a real server refuses every credential a rule does not take with 403 `forbidden`
+on every operation — so a new route without a rule, or one reachable with a browser's key where it should not be,
+fails here."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from server.http.access import CREDENTIALS, RULES, rule_of
+from server.services.tokens import SessionTokens, parse_secrets
+from tests.server_process import ServerProcess
+from tests.test_shoppers import ADMIN, SECRET, SHOP_A, _as, _key, _settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# the contract: each operation's rule. A route added without a line here fails the first test.
+EXPECTED: dict[str, str] = {
+    "GET /api/widget/{store_id}/config": "widget",
+    "POST /api/session-chat/sessions": "open-session",
+    "POST /api/session-chat/identify": "identify",
+    "GET /api/session-chat/sessions": "shopper",
+    "GET /api/session-chat/sessions/{session_id}": "shopper",
+    "DELETE /api/session-chat/sessions/{session_id}": "shopper",
+    "GET /api/session-chat/sessions/{session_id}/messages": "shopper",
+    "POST /api/session-chat/sessions/{session_id}/chat": "shopper",
+    "POST /api/session-chat/sessions/{session_id}/chat/stream": "shopper",
+    "GET /api/session-chat/sessions/{session_id}/messages/{message_id}/stream": "shopper",
+    "POST /api/session-chat/sessions/{session_id}/messages/{message_id}/cancel": "shopper",
+    "GET /api/session-chat/sessions/{session_id}/events": "shopper",
+    "GET /api/session-chat/sessions/{session_id}/stats": "shopper",
+    "POST /api/session-chat/messages/{message_id}/feedback": "shopper",
+    "GET /api/session-chat/stats": "store",
+    "GET /info": "agent",
+    "GET /health": "public", "GET /health/live": "public", "GET /health/ready": "public", "GET /metrics": "public",
+}
+AGENT = re.compile(r"^(GET|POST|DELETE|PATCH) /(threads|runs|assistants)")
+OPERATOR = re.compile(r"^(GET|POST|PUT) /api/admin/")
+
+
+def _operations(app: Any) -> dict[str, str | None]:
+    """'METHOD /path' of every operation the OpenAPI document lists, with the rule of the route serving it."""
+    handlers: dict[str, Any] = {}
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", []):
+            for method in handler.http_methods - {"OPTIONS", "HEAD"}:
+                path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
+                handlers[f"{method} {path}"] = handler
+    doc = app.openapi_schema.to_schema()
+    operations = {}
+    for path, item in doc["paths"].items():
+        for method in item:
+            if method.upper() in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+                key = f"{method.upper()} {path.rstrip('/') or '/'}"
+                handler = handlers.get(key) or handlers.get(f"{method.upper()} {path}")
+                assert handler is not None, key
+                operations[key] = rule_of(handler)
+    return operations
+
+
+@pytest.fixture(scope="module")
+def app() -> Any:
+    from server.http.app import create_app
+    from server.settings import Settings
+
+    return create_app(Settings())
+
+
+def test_every_operation_has_the_rule_the_contract_gives(app: Any) -> None:
+    operations = _operations(app)
+    assert len(operations) > 40
+    missing = sorted(op for op, rule in operations.items() if rule is None)
+    assert missing == [], f"routes without an access rule: {missing}"
+    expected = {op: EXPECTED.get(op) or ("agent" if AGENT.match(op) else "operator" if OPERATOR.match(op) else None)
+                for op in operations}
+    assert {op: r for op, r in expected.items() if r is None} == {}, "operations the contract does not name"
+    assert operations == expected
+    # every handler the app serves, in the document or not (pages, static files), has a rule
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", []):
+            if handler.http_methods != {"OPTIONS"}:
+                assert rule_of(handler) is not None, route.path
+
+
+def readme_table() -> str:
+    shown = {"none": "no credential (development)", "key": "store key, admin key, `ADMIN_TOKEN`",
+             "publishable": "publishable key", "session": "session token (own; verified: the shopper's)",
+             "cookie": "operator cookie"}
+    lines = ["| rule (routes) | " + " | ".join(shown[c] for c in CREDENTIALS) + " |",
+             "|---|" + "---|" * len(CREDENTIALS)]
+    for rule, taken in RULES.items():
+        lines.append(f"| `{rule}` | " + " | ".join("yes" if c in taken else "403" for c in CREDENTIALS) + " |")
+    return "\n".join(lines)
+
+
+def test_the_readme_shows_the_rules_as_they_are() -> None:
+    assert readme_table() in (ROOT / "README.md").read_text(encoding="utf-8"), readme_table()
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str) -> Iterator[ServerProcess]:
+    env = {"DATABASE_URL": database_url, "KEYS_CACHE_SECONDS": "0", "CAPACITY_SAMPLE_SECONDS": "0",
+           "ADMIN_TOKEN": ADMIN, "SESSION_TOKEN_SECRET": f"k1:{SECRET}"}
+    with ServerProcess(env) as proc:
+        yield proc
+
+
+def _fill(path: str) -> str:
+    return re.sub(r"\{(\w+)\}", lambda m: "store-m" if m.group(1) == "store_id" else str(uuid.uuid4()), path)
+
+
+async def test_a_server_refuses_what_each_rule_does_not_take(app: Any, server: ServerProcess,
+                                                              database_url: str) -> None:
+    """Each operation called with a publishable key and with a session token: 403 forbidden exactly where its rule
+    does not take that credential; elsewhere whatever the route answers, never that refusal and never a 5xx."""
+    operations = _operations(app)
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as c:
+        await _settings(c, "store-m", allowed_origins=[SHOP_A])
+        pk = _key(database_url, "--store", "store-m", "--publishable")
+        token = SessionTokens(parse_secrets(f"k1:{SECRET}"), issuer="sixshop-ai-agent", ttl_s=600).issue(
+            "store-m", uuid.uuid4())
+        refused: dict[str, list[str]] = {"publishable": [], "session": []}
+        for op in sorted(operations):
+            method, path = op.split(" ", 1)
+            for credential, value in (("publishable", pk), ("session", token)):
+                r = await c.request(method, _fill(path), headers=_as(value, SHOP_A),
+                                    json={} if method in ("POST", "PUT", "PATCH") else None,
+                                    params={"store_id": "store-m"} if path.endswith("/stats") else None)
+                assert r.status_code < 500, (op, credential, r.status_code, r.text[:300])
+                if r.status_code == 403 and r.json().get("code") == "forbidden" and \
+                        r.json().get("detail", {}).get("credential") == credential:
+                    refused[credential].append(op)
+        for credential in ("publishable", "session"):
+            want = sorted(op for op, rule in operations.items() if credential not in RULES[str(rule)])
+            assert sorted(refused[credential]) == want, credential
