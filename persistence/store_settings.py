@@ -23,6 +23,11 @@ CHANGES_SQL = """
 select changed_at, changed_by, field, old_value, new_value from store_settings_changes
  where store_id = %s order by changed_at desc, id desc limit %s
 """
+# every origin some store lets open its chat (CORS answers them on the shoppers' routes)
+BROWSER_ORIGINS_SQL = """
+select distinct jsonb_array_elements_text(settings -> 'allowed_origins') as origin
+  from store_settings where settings ? 'allowed_origins'
+"""
 NOTIFY_SQL = "select pg_notify(%s, json_build_object('store', %s::text)::text)"
 SECRET_FIELDS = frozenset({"webhook_secret", "identity_secret"})
 
@@ -58,6 +63,10 @@ class StoreSettingsRepository:
             await conn.execute(UPSERT_SQL, {"store": store_id, "settings": Jsonb(new), "by": by})
             await conn.execute(NOTIFY_SQL, (STORE_SETTINGS, store_id))
         return new
+
+    async def browser_origins(self) -> set[str]:
+        async with self.pool.connection() as conn:
+            return {r["origin"] for r in await (await conn.execute(BROWSER_ORIGINS_SQL)).fetchall()}
 
     async def changes(self, store_id: str, limit: int = 50) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn:

@@ -347,3 +347,29 @@ async def test_new_chats_are_limited_per_address_and_store(server: ServerProcess
         # another store's chats are counted apart
         await _settings(c, "store-r2", allowed_origins=[SHOP_A])
         await _open(c, _key(database_url, "--store", "store-r2", "--publishable"), store="store-r2")
+
+
+async def test_cors_answers_each_stores_origins_on_the_shoppers_routes(server: ServerProcess) -> None:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as c:
+        await _settings(c, "store-cors", allowed_origins=["https://cors-shop.example"])
+
+        async def preflight(path: str, origin: str) -> httpx.Response:
+            return await c.options(path, headers={"Origin": origin, "Access-Control-Request-Method": "POST",
+                                                  "Access-Control-Request-Headers": "authorization,content-type"})
+
+        ok = await preflight(f"{API}/sessions", "https://cors-shop.example")
+        assert ok.status_code == 204 and ok.headers["access-control-allow-origin"] == "https://cors-shop.example"
+        assert "authorization" in ok.headers["access-control-allow-headers"]
+        assert "access-control-allow-credentials" not in ok.headers
+        assert "access-control-allow-origin" not in (await preflight(f"{API}/sessions", "https://evil.example")).headers
+        # a store's origin reaches the shoppers' routes only, not the operators' or the Agent Protocol's
+        for path in ("/api/admin/handoffs", "/threads/search"):
+            assert "access-control-allow-origin" not in (await preflight(path, "https://cors-shop.example")).headers
+        # the widget's configuration answers any origin, so a widget on a page its store does not allow can read why
+        r = await c.get("/api/widget/store-cors/config", headers={"Origin": "https://evil.example",
+                                                                   "Authorization": "Bearer pk-sixshop-unknown"})
+        assert r.headers["access-control-allow-origin"] == "https://evil.example"
+        # a change on any replica reaches the next preflight (the cached union is dropped)
+        await _settings(c, "store-cors", allowed_origins=["https://cors-shop.example", "https://second.example"])
+        again = await preflight(f"{API}/sessions", "https://second.example")
+        assert again.headers.get("access-control-allow-origin") == "https://second.example"

@@ -11,9 +11,9 @@ from typing import Any
 
 import psycopg
 from litestar import Litestar, Request, Response, Router
-from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.prometheus import PrometheusConfig
 from psycopg_pool import PoolTimeout
@@ -30,6 +30,7 @@ from server.errors import (
 from server.http.access import access, check_access
 from server.http.admin import AdminController
 from server.http.agent_protocol import AgentProtocolController, RunController
+from server.http.cors import Cors
 from server.http.operations import VERSION, MetricsController, health, live, ready
 from server.http.operators import OperatorController
 from server.http.pages import operator_page, shopper_page, static_files
@@ -78,19 +79,6 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
     return _error_response(AppError())
 
 
-def cors_config(settings: Settings) -> CORSConfig | None:
-    """Pages on other origins (Agent Chat UI, a store's own site) may call the API: Litestar's CORS, credentials off
-    (keys travel in headers), the headers LangGraph's SDK sends allowed, Content-Location (the run id) exposed."""
-    origins, pattern = settings.cors_origins()
-    if not origins and pattern is None:
-        return None
-    return CORSConfig(allow_origins=origins, allow_origin_regex=pattern, allow_credentials=False,
-                      allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-                      allow_headers=["authorization", "x-api-key", "content-type", "last-event-id",
-                                     "x-request-id"],
-                      expose_headers=["Content-Location", "Location", "Retry-After"], max_age=600)
-
-
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or load_settings()
 
@@ -111,9 +99,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[SessionController, AdminController, StoreSettingsController, OperatorController,
                         AgentProtocolController, RunController, WidgetController, health, live, ready,
                         MetricsController, shopper_page, operator_page, static_files],
-        middleware=[prometheus.middleware],
+        # CORS for CORS_ALLOW_ORIGINS, and the stores' allowed_origins on the shoppers' routes (server/http/cors.py)
+        middleware=[DefineMiddleware(Cors, origins=settings.cors_origins()), prometheus.middleware],
         guards=[check_access],  # every route's owner rule (server/http/access.py)
-        cors_config=cors_config(settings),
         lifespan=[lifespan],
         state=State({"settings": settings}),
         exception_handlers={Exception: handle_exception},

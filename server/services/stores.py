@@ -176,6 +176,7 @@ class StoreSettingsService:
     def __init__(self, repo: StoreSettingsRepository) -> None:
         self.repo = repo
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._origins: tuple[float, set[str]] | None = None
 
     async def for_turn(self, store_id: str) -> dict[str, Any]:
         """The store's settings for a turn: from this process's cache (no statement on the way), refilled after a
@@ -190,6 +191,13 @@ class StoreSettingsService:
     def on_change(self, message: dict[str, Any]) -> None:
         """A notification on STORE_SETTINGS: drop that store's cached settings."""
         self._cache.pop(str(message.get("store")), None)
+        self._origins = None
+
+    async def browser_origins(self) -> set[str]:
+        """Every origin some store allows (cached like a store's settings, dropped on any change)."""
+        if self._origins is None or time.monotonic() - self._origins[0] >= CACHE_S:
+            self._origins = (time.monotonic(), await self.repo.browser_origins())
+        return self._origins[1]
 
     async def view(self, store_id: str) -> dict[str, Any]:
         return public(store_id, await self.repo.get(store_id))
@@ -209,6 +217,7 @@ class StoreSettingsService:
             changes["identity_secret"] = merged or None
         stored = await self.repo.change(store_id, changes, by)
         self._cache.pop(store_id, None)
+        self._origins = None
         return public(store_id, stored)
 
     async def changes(self, store_id: str, limit: int = 50) -> list[dict[str, Any]]:
