@@ -123,16 +123,16 @@ def test_an_unreachable_registry_is_told_apart(tmp_path: Path) -> None:
 
 
 def test_the_committed_locks_pin_every_package_to_a_tarball_and_the_sdk_to_its_version() -> None:
-    for lock_path in (ROOT / "tests" / "js" / "package-lock.json", ROOT / "tests" / "agent_chat_ui" /
-                      "package-lock.json"):
+    for lock_path in (ROOT / "tests" / "js" / "package-lock.json", ROOT / "tests" / "axe" / "package-lock.json",
+                      ROOT / "tests" / "agent_chat_ui" / "package-lock.json"):
         lock = json.loads(lock_path.read_text())
-        assert len(lock["packages"]) > 10 and unresolved(lock) == [], lock_path
+        assert len(lock["packages"]) > 1 and unresolved(lock) == [], lock_path
         assert all(e["resolved"].startswith(NPM_REGISTRY + "/") for k, e in lock["packages"].items()
                    if k and not e.get("inBundle")), lock_path
-    js = ROOT / "tests" / "js"
-    manifest = json.loads((js / "package.json").read_text())
-    assert manifest["dependencies"] == {"@langchain/langgraph-sdk": "1.15.0"}
-    assert unpinned(manifest, json.loads((js / "package-lock.json").read_text())) == []
+    for project, deps in (("js", {"@langchain/langgraph-sdk": "1.15.0"}), ("axe", {"axe-core": "4.14.1"})):
+        manifest = json.loads((ROOT / "tests" / project / "package.json").read_text())
+        assert manifest["dependencies"] == deps
+        assert unpinned(manifest, json.loads((ROOT / "tests" / project / "package-lock.json").read_text())) == []
 
 
 def _pins(path: Path) -> dict[str, str]:

@@ -53,7 +53,7 @@ def test_chat_then_operator_page(server: ServerProcess, browser: Any, database_u
     page = browser.new_page(viewport={"width": 1100, "height": 760}, locale="ko-KR")
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(f"{server.base_url}/?store={STORE}")
+    page.goto(f"{server.base_url}/chat?store={STORE}")
     page.wait_for_selector("#sessions option", state="attached")
     session_id = page.evaluate("localStorage.getItem('sixshop.session.web-store')")
     assert session_id
@@ -129,7 +129,7 @@ def slow_server(database_url: str) -> Iterator[ServerProcess]:
 
 
 def _ask_and_wait_for_tokens(page: Any, base_url: str, store: str, text: str) -> str:
-    page.goto(f"{base_url}/?store={store}")
+    page.goto(f"{base_url}/chat?store={store}")
     page.wait_for_selector("#sessions option", state="attached")
     session_id = str(page.evaluate(f"localStorage.getItem('sixshop.session.{store}')"))
     page.fill("#input", text)
@@ -220,7 +220,7 @@ def test_an_operator_reply_reaches_the_shoppers_open_page(model_server: ServerPr
     errors: list[str] = []
     shopper = browser.new_page(viewport={"width": 900, "height": 700}, locale="ko-KR")
     shopper.on("pageerror", lambda exc: errors.append(str(exc)))
-    shopper.goto(f"{model_server.base_url}/?store={store}")
+    shopper.goto(f"{model_server.base_url}/chat?store={store}")
     shopper.wait_for_selector("#sessions option", state="attached")
     session_id = shopper.evaluate(f"localStorage.getItem('sixshop.session.{store}')")
     shopper.fill("#input", "상담원 연결해 주세요")

@@ -150,7 +150,7 @@ async def provide_principal(request: Request[Any, Any, Any], state: State) -> Pr
     if not authorization and (key := request.headers.get("x-api-key")):
         authorization = f"Bearer {key}"
     resources: Resources = state.resources
-    return await resources.auth.principal(authorization, request.headers.get("origin"))
+    return await resources.auth.principal(authorization, request.headers.get("origin"), request.headers.get("host"))
 
 
 async def _owned(res: Resources, principal: Principal, thread_id: str | UUID) -> Session:

@@ -33,7 +33,7 @@ from server.http.agent_protocol import AgentProtocolController, RunController
 from server.http.cors import Cors
 from server.http.operations import VERSION, MetricsController, health, live, ready
 from server.http.operators import OperatorController
-from server.http.pages import operator_page, shopper_page, static_files
+from server.http.pages import chat_page, operator_page, shopper_page, static_files, widget, widget_version
 from server.http.sessions import SessionController
 from server.http.stores import StoreSettingsController
 from server.http.widget import WidgetController
@@ -98,7 +98,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[SessionController, AdminController, StoreSettingsController, OperatorController,
                         AgentProtocolController, RunController, WidgetController, health, live, ready,
-                        MetricsController, shopper_page, operator_page, static_files],
+                        MetricsController, shopper_page, chat_page, operator_page, static_files, widget,
+                        widget_version],
         # CORS for CORS_ALLOW_ORIGINS, and the stores' allowed_origins on the shoppers' routes (server/http/cors.py)
         middleware=[DefineMiddleware(Cors, origins=settings.cors_origins()), prometheus.middleware],
         guards=[check_access],  # every route's owner rule (server/http/access.py)

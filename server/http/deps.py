@@ -71,7 +71,7 @@ StatsRequest = NamedDependency[StatsQuery]  # the `stats_request` dependency (st
 
 async def provide_principal(request: Request[Any, Any, Any], state: State) -> Principal:
     return await resources_of(state).auth.principal(request.headers.get("authorization"),
-                                                    request.headers.get("origin"))
+                                                    request.headers.get("origin"), request.headers.get("host"))
 
 
 async def owned_session(res: Resources, principal: Principal, session_id: str) -> Session:

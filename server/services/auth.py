@@ -21,6 +21,7 @@ import math
 import time
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit
 from uuid import UUID
 
 from persistence.keys import KeyRepository, ShopperLimits
@@ -113,8 +114,10 @@ class Authenticator:
         self._found[key] = (now, principal)
         return principal
 
-    async def principal(self, authorization: str | None, origin: str | None = None) -> Principal:
-        """The caller of a request with this Authorization header (and browser Origin)."""
+    async def principal(self, authorization: str | None, origin: str | None = None,
+                        host: str | None = None) -> Principal:
+        """The caller of a request with this Authorization header (and the browser's Origin, and the Host it
+        asked)."""
         if authorization:
             scheme, _, key = authorization.partition(" ")
             key = key.strip()
@@ -124,13 +127,13 @@ class Authenticator:
                 claims = self.tokens.verify(key)
                 token = Principal(store_id=claims.store_id, kind="session", session_id=claims.session_id,
                                   user_id=claims.user_id)
-                await self.check_origin(token, origin)
+                await self.check_origin(token, origin, host)
                 return token
             found = await self._lookup(key)
             if found is None:
                 raise Unauthorized("This API key is not valid (unknown or revoked)", headers=_CHALLENGE)
             if found.kind == "publishable":
-                await self.check_origin(found, origin)
+                await self.check_origin(found, origin, host)
             return found
         if await self.keys_required():
             raise Unauthorized("An API key is required: 'Authorization: Bearer <api key>'", headers=_CHALLENGE)
@@ -141,12 +144,15 @@ class Authenticator:
             return []
         return list((await self.store_settings.for_turn(store_id)).get("allowed_origins") or [])
 
-    async def check_origin(self, principal: Principal, origin: str | None) -> None:
-        """A browser credential used from a page: that page's origin must be one its store allows. A publishable key
-        needs one (browsers always send Origin on the calls the widget makes); a session token without one is a
-        client that holds the token itself (a server, a script), which it may."""
+    async def check_origin(self, principal: Principal, origin: str | None, host: str | None = None) -> None:
+        """A browser credential used from a page: that page's origin must be one its store allows, or this service's
+        own (its sample store page). A publishable key needs one (browsers always send Origin on the calls the
+        widget makes); a session token without one is a client that holds the token itself (a server, a script),
+        which it may."""
         assert principal.store_id is not None
         if origin is None and principal.kind == "session":
+            return
+        if origin is not None and host is not None and urlsplit(origin).netloc == host:
             return
         allowed = await self.allowed_origins(principal.store_id)
         if origin is None or origin.rstrip("/") not in allowed:
