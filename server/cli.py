@@ -110,6 +110,35 @@ async def _ingest_notion(settings: Settings, database_id: str | None) -> int:
     return 1 if report.failed else 0
 
 
+async def _operators(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from persistence.operators import OperatorRepository
+    from server.resources import ensure_schema, open_database
+    from server.services.operators import OperatorAccounts
+
+    async with open_database(settings) as (pool, _):
+        await ensure_schema(settings, pool)
+        repo = OperatorRepository(pool)
+        if args.operators_command == "create":
+            accounts = OperatorAccounts(repo, session_lifetime=timedelta(hours=settings.operator_session_hours))
+            password = await accounts.create(args.email, args.stores)
+            print(f"created operator {args.email} for {', '.join(sorted(set(args.stores)))}; their one-time "
+                  "password is shown once, here:", file=sys.stderr)
+            print(password)
+            return 0
+        if args.operators_command == "list":
+            for r in await repo.all():
+                state = f"disabled {r['disabled_at']:%Y-%m-%d}" if r["disabled_at"] else "active"
+                print(f"{r['email']:<32} {state:<20} {', '.join(r['stores'])}")
+            return 0
+        if not await repo.disable(args.email):
+            print(f"error: no active operator {args.email!r}", file=sys.stderr)
+            return 2
+        print(f"disabled {args.email}; their sign-ins have ended")
+        return 0
+
+
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
     from persistence.keys import KeyRepository
     from server.resources import ensure_schema, open_database
@@ -301,6 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub.add_parser("list", help="every key (never the key itself)")
     revoke = keys_sub.add_parser("revoke", help="revoke by key id or prefix")
     revoke.add_argument("ref", help="key id, or the prefix shown by list")
+    operators = sub.add_parser("operators", help="operators' accounts for /admin: create (prints a one-time "
+                                                 "password), list, disable")
+    operators_sub = operators.add_subparsers(dest="operators_command", required=True)
+    op_create = operators_sub.add_parser("create", help="an account for one or more stores")
+    op_create.add_argument("--store", dest="stores", action="append", required=True, help="repeat for several")
+    op_create.add_argument("--email", required=True)
+    operators_sub.add_parser("list", help="every operator and their stores")
+    op_disable = operators_sub.add_parser("disable", help="disable an account and end its sign-ins")
+    op_disable.add_argument("--email", required=True)
     purge = sub.add_parser("purge", help="expire idle sessions and delete old ones with their messages and "
                                          "checkpoints (what the service does every SESSION_CLEANUP_INTERVAL_MINUTES)")
     purge.add_argument("--dry-run", action="store_true", help="count what would go, change nothing")
@@ -344,6 +382,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(_prepare(settings))
     if args.command == "keys":
         return asyncio.run(_keys(settings, args))
+    if args.command == "operators":
+        return asyncio.run(_operators(settings, args))
     if args.command == "purge":
         return asyncio.run(_purge(settings, args.dry_run))
     if args.command == "eval":

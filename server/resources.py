@@ -26,6 +26,7 @@ from persistence.keys import KeyRepository, ShopperLimits
 from persistence.messages import MessageRepository
 from persistence.migrations import xact_advisory_lock
 from persistence.notify import SESSION_FREE, TURN_CONTROL, TURN_EVENTS, Handler, Listener, publish
+from persistence.operators import OperatorRepository
 from persistence.sessions import SessionRepository
 from persistence.stats import StatsRepository
 from persistence.store_settings import STORE_SETTINGS, StoreSettingsRepository
@@ -48,6 +49,7 @@ from server.services.capacity import CapacityService, Limits
 from server.services.chat import IntegratedChatService
 from server.services.handoffs import HandoffService
 from server.services.lifecycle import LifecycleJob
+from server.services.operators import OperatorAccounts
 from server.services.sessions import SessionService
 from server.services.stores import StoreSettingsService
 from server.services.tokens import SessionTokens, parse_secrets
@@ -69,6 +71,7 @@ class Resources:
     tracing: Tracing
     capacity: CapacityService
     auth: Authenticator
+    operators: OperatorAccounts
     store_settings: StoreSettingsService
     handoffs: HandoffService
     webhooks: WebhookRepository
@@ -342,6 +345,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
                                cache_s=settings.keys_cache_seconds,
                                tokens=await session_tokens(settings, shopper_limits), store_settings=store_settings,
                                limits=shopper_limits, sessions_per_ip_per_hour=settings.sessions_per_ip_per_hour),
+            operators=OperatorAccounts(OperatorRepository(pool),
+                                       session_lifetime=timedelta(hours=settings.operator_session_hours)),
             embedded=embedded,
         )
         observe_pool(pool)

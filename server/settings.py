@@ -166,6 +166,7 @@ class Settings(BaseSettings):
     session_token_secret: SecretStr | None = None
     session_token_ttl_hours: float = Field(24, gt=0)
     sessions_per_ip_per_hour: int = Field(30, ge=0)  # new chats a browser address may open per store; 0: no limit
+    operator_session_hours: float = Field(12, gt=0)  # an operator's sign-in lasts this long
 
     # operations: the capacity report and admin endpoints
     admin_token: SecretStr | None = None  # Bearer token for /api/admin/*; without one, admin is off in production

@@ -154,8 +154,9 @@ def test_hot_queries_use_indexes(pool: Pool, database_url: str) -> None:
         return "\n".join(r[0] for r in rows)
 
     base = {"store_id": "bulk-1", "user_id": None, "status": None, "after_ts": None, "after_id": None, "limit": 21,
-            "metadata": None, "busy": None}
+            "metadata": None, "busy": None, "session_id": None}
     assert "chat_sessions_store_list_idx" in plan(LIST_SESSIONS_SQL, base)
+    assert "chat_sessions_pkey" in plan(LIST_SESSIONS_SQL, {**base, "session_id": uuid4()})  # a session token's own
     assert "chat_sessions_store_user_list_idx" in plan(LIST_SESSIONS_SQL, {**base, "user_id": "u1"})
     msgs = plan(LIST_MESSAGES_SQL, {"session_id": uuid4(), "limit": 50, "before": None})
     assert "chat_messages_session_seq_idx" in msgs

@@ -22,21 +22,22 @@ from persistence.keys import PUBLISHABLE_PREFIX
 from server.errors import AppError, Forbidden
 from server.services.tokens import looks_like_jwt
 
+OPERATOR_COOKIE = "sixshop_operator"  # a signed-in operator's session (server/http/operator_auth.py)
+OPERATOR_PATHS = ("/api/admin", "/admin/")  # where that cookie is a credential; elsewhere it is ignored
 Credential = Literal["none", "key", "publishable", "session", "cookie"]
 CREDENTIALS: tuple[Credential, ...] = ("none", "key", "publishable", "session", "cookie")
 
 # rule -> the credentials it takes ("key": a store key, an admin key or the admin token; "none": no credential,
 # which the route's dependency then allows only where keys are not required, i.e. development before any key)
 RULES: dict[str, frozenset[Credential]] = {
-    "public": frozenset(CREDENTIALS),  # pages, the widget's script, health, metrics, the OpenAPI document
+    "public": frozenset(CREDENTIALS),  # pages, the widget's script, health, metrics, the OpenAPI document, sign-in
     "widget": frozenset({"none", "key", "publishable", "session"}),  # a store's widget configuration
     "open-session": frozenset({"none", "key", "publishable", "session"}),  # POST /sessions
     "identify": frozenset({"none", "key", "publishable"}),  # a store's shopper vouched for by its backend
     "shopper": frozenset({"none", "key", "session"}),  # a session and its messages, turns and events
     "agent": frozenset({"none", "key", "session"}),  # the Agent Protocol (threads are sessions)
     "store": frozenset({"none", "key"}),  # a store's statistics and session lists, for its servers
-    # /api/admin: handoffs, transcripts, settings (operators' sign-in cookies come with their accounts)
-    "operator": frozenset({"none", "key"}),
+    "operator": frozenset({"none", "key", "cookie"}),  # /api/admin: handoffs, transcripts, settings
 }
 
 
@@ -58,7 +59,7 @@ def credential_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Credential:
         return "key"
     if header:
         return "key"  # malformed: the route's dependency answers 401 for it
-    if connection.cookies.get("sixshop_operator"):
+    if connection.cookies.get(OPERATOR_COOKIE) and connection.url.path.startswith(OPERATOR_PATHS):
         return "cookie"
     return "none"
 

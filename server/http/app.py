@@ -21,6 +21,7 @@ from psycopg_pool import PoolTimeout
 from server.errors import (
     AppError,
     DatabaseUnavailable,
+    Forbidden,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -31,7 +32,9 @@ from server.http.access import access, check_access
 from server.http.admin import AdminController
 from server.http.agent_protocol import AgentProtocolController, RunController
 from server.http.cors import Cors
+from server.http.csrf import OperatorCsrf
 from server.http.operations import VERSION, MetricsController, health, live, ready
+from server.http.operator_auth import OperatorSignInController
 from server.http.operators import OperatorController
 from server.http.pages import chat_page, operator_page, shopper_page, static_files, widget, widget_version
 from server.http.sessions import SessionController
@@ -64,6 +67,8 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         code = exc.status_code
         if code == 413:
             return _error_response(PayloadTooLarge(detail={"max_bytes": request.app.state.settings.max_body_bytes}))
+        if code == 403:  # Litestar's CSRF check
+            return _error_response(Forbidden(str(exc.detail)))
         if code == 405:
             return _error_response(MethodNotAllowed())
         if code == 415:
@@ -97,11 +102,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
                                   exclude=["/metrics"])
     return Litestar(
         route_handlers=[SessionController, AdminController, StoreSettingsController, OperatorController,
-                        AgentProtocolController, RunController, WidgetController, health, live, ready,
+                        AgentProtocolController, RunController, WidgetController, OperatorSignInController, health,
+                        live, ready,
                         MetricsController, shopper_page, chat_page, operator_page, static_files, widget,
                         widget_version],
         # CORS for CORS_ALLOW_ORIGINS, and the stores' allowed_origins on the shoppers' routes (server/http/cors.py)
-        middleware=[DefineMiddleware(Cors, origins=settings.cors_origins()), prometheus.middleware],
+        middleware=[DefineMiddleware(Cors, origins=settings.cors_origins()), prometheus.middleware, OperatorCsrf],
         guards=[check_access],  # every route's owner rule (server/http/access.py)
         lifespan=[lifespan],
         state=State({"settings": settings}),

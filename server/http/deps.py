@@ -16,6 +16,7 @@ from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
 from server.errors import StoreNotFound, Unauthorized, ValidationFailed
+from server.http.access import OPERATOR_COOKIE
 from server.resources import Resources
 from server.schemas import Session, StoreId, StoreStats
 from server.services.auth import Principal
@@ -100,33 +101,16 @@ async def provide_after(
 After = NamedDependency[int]  # the `after` dependency (provide_after)
 
 
-async def operator_of(connection: ASGIConnection[Any, Any, Any, Any], missing: str) -> Principal | None:
-    """Who calls an operator route: None for the admin token (Bearer ADMIN_TOKEN), else the caller's key — 401 for
-    a bad key, and, with an admin token configured, for no credentials (`missing` says what is needed); without
-    one, anonymous in development before any key exists (the authenticator's rule)."""
-    settings = connection.app.state.settings
-    res: Resources = connection.app.state.resources
-    header = connection.headers.get("authorization", "")
-    if settings.admin_token is not None and hmac.compare_digest(
-        header.encode(), f"Bearer {settings.admin_token.get_secret_value()}".encode()
-    ):
-        return None
-    principal = await res.auth.principal(header or None)
-    if principal.anonymous and settings.admin_token is not None:
-        raise Unauthorized(missing)
-    return principal
-
-
 @dataclass(frozen=True)
 class Operator:
     """Who calls an operator route: what they may see, and their name in transcripts and change logs (never a
-    secret): admin-token, key:<id>, or development (no keys yet)."""
+    secret): admin-token, key:<id>, a signed-in operator's email, or development (no keys yet)."""
 
     principal: Principal
     name: str
 
     def require_store(self, store_id: str) -> None:
-        """404 store_not_found for a store this caller's key does not reach."""
+        """404 store_not_found for a store this caller does not reach."""
         self.principal.require_store(store_id, StoreNotFound(detail={"store_id": store_id}))
 
     def path_store(self, store_id: str) -> str:
@@ -135,12 +119,43 @@ class Operator:
         self.require_store(store)
         return store
 
+    def scope(self, store_id: str | None) -> str | None:
+        """The store a listing is for: the one asked (within reach), else the caller's only store, else every store
+        (an admin) — an operator of several stores names one (400)."""
+        if store_id is not None:
+            self.require_store(store_id)
+            return store_id
+        if self.principal.stores is not None and self.principal.store_id is None:
+            raise ValidationFailed("store_id is required: you reach several stores", {"field": "store_id"})
+        return self.principal.store_id
+
+
+async def operator_of(connection: ASGIConnection[Any, Any, Any, Any], missing: str) -> Operator:
+    """Who calls an operator route: the admin token (Bearer ADMIN_TOKEN), else the caller's key (401 for a bad one),
+    else a signed-in operator's cookie (401 once it has ended); with an admin token configured, no credential is
+    401 (`missing` says what is needed); without one, anonymous in development before any key exists (the
+    authenticator's rule)."""
+    settings = connection.app.state.settings
+    res: Resources = connection.app.state.resources
+    header = connection.headers.get("authorization", "")
+    if settings.admin_token is not None and hmac.compare_digest(
+        header.encode(), f"Bearer {settings.admin_token.get_secret_value()}".encode()
+    ):
+        return Operator(Principal(), "admin-token")
+    cookie = connection.cookies.get(OPERATOR_COOKIE)
+    if not header and cookie:
+        found = await res.operators.principal(cookie)
+        if found is None:
+            raise Unauthorized("Your sign-in has ended: sign in again")
+        return Operator(*found)
+    principal = await res.auth.principal(header or None)
+    if principal.anonymous and settings.admin_token is not None:
+        raise Unauthorized(missing)
+    return Operator(principal, "development" if principal.anonymous else f"key:{principal.key_id}")
+
 
 async def provide_operator(request: Request[Any, Any, Any]) -> Operator:
-    principal = await operator_of(request, "A valid admin token or API key is required (Authorization: Bearer ...)")
-    if principal is None:
-        return Operator(Principal(), "admin-token")
-    return Operator(principal, "development" if principal.anonymous else f"key:{principal.key_id}")
+    return await operator_of(request, "A valid admin token, API key or operator sign-in is required")
 
 
 OperatorDep = NamedDependency[Operator]  # the `operator` dependency (provide_operator)

@@ -32,10 +32,7 @@ class OperatorController(Controller):
         store_id: Annotated[StoreId | None, QueryParameter(name="store_id")] = None,
     ) -> dict[str, Any]:
         """Sessions waiting for a person, oldest first, with how long each has waited (a store key: its own)."""
-        scope = operator.principal.store_id
-        if store_id is not None:
-            operator.require_store(store_id)
-        return {"items": await resources_of(state).handoffs.waiting(store_id or scope)}
+        return {"items": await resources_of(state).handoffs.waiting(operator.scope(store_id))}
 
     @post("/sessions/{session_id:str}/reply", status_code=201)
     async def reply(self, session_id: FromPath[str], state: State, request: Request[Any, Any, Any],

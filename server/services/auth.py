@@ -29,7 +29,7 @@ from server.errors import AppError, NotFound, OriginNotAllowed, RateLimited, Una
 from server.services.stores import StoreSettingsService
 from server.services.tokens import SessionTokens, looks_like_jwt
 
-Kind = Literal["none", "key", "publishable", "session"]
+Kind = Literal["none", "key", "publishable", "session", "operator"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class Principal:
     kind: Kind = "none"  # none: no credential (development before any key; or the admin token, see deps.py)
     session_id: UUID | None = None  # a session token's session
     user_id: str | None = None  # a verified session token's shopper
+    stores: frozenset[str] | None = None  # a signed-in operator's stores
 
     @property
     def anonymous(self) -> bool:
@@ -50,6 +51,8 @@ class Principal:
         return self.key_id is not None and self.store_id is None
 
     def may_see(self, store_id: str) -> bool:
+        if self.stores is not None:
+            return store_id in self.stores
         return self.store_id is None or self.store_id == store_id
 
     @property
