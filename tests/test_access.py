@@ -38,7 +38,8 @@ EXPECTED: dict[str, str] = {
     "GET /api/session-chat/sessions/{session_id}/stats": "shopper",
     "POST /api/session-chat/messages/{message_id}/feedback": "shopper",
     "GET /api/session-chat/stats": "store",
-    "GET /info": "agent",
+    "GET /info": "public",
+    "POST /admin/login": "public", "POST /admin/logout": "operator", "GET /admin/me": "operator",
     "GET /health": "public", "GET /health/live": "public", "GET /health/ready": "public", "GET /metrics": "public",
 }
 AGENT = re.compile(r"^(GET|POST|DELETE|PATCH) /(threads|runs|assistants)")
@@ -92,11 +93,12 @@ def test_every_operation_has_the_rule_the_contract_gives(app: Any) -> None:
 def readme_table() -> str:
     shown = {"none": "no credential (development)", "key": "store key, admin key, `ADMIN_TOKEN`",
              "publishable": "publishable key", "session": "session token (own; verified: the shopper's)",
-             "cookie": "operator cookie"}
+             "cookie": "operator cookie (only on `/admin/*`, `/api/admin/*`)"}
     lines = ["| rule (routes) | " + " | ".join(shown[c] for c in CREDENTIALS) + " |",
              "|---|" + "---|" * len(CREDENTIALS)]
     for rule, taken in RULES.items():
-        lines.append(f"| `{rule}` | " + " | ".join("yes" if c in taken else "403" for c in CREDENTIALS) + " |")
+        cells = ["yes" if c in taken else "ignored" if c == "cookie" else "403" for c in CREDENTIALS]
+        lines.append(f"| `{rule}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -140,3 +142,21 @@ async def test_a_server_refuses_what_each_rule_does_not_take(app: Any, server: S
         for credential in ("publishable", "session"):
             want = sorted(op for op, rule in operations.items() if credential not in RULES[str(rule)])
             assert sorted(refused[credential]) == want, credential
+
+        # a signed-in operator's cookie: a credential on the operator routes, ignored everywhere else (keys exist
+        # here, so a request with no credential is 401 there)
+        from tests.test_operators import operator
+
+        password = operator(database_url, "matrix@store-m.example", "store-m")
+        login = await c.post("/admin/login", json={"email": "matrix@store-m.example", "password": password})
+        cookie = login.headers["set-cookie"].split(";", 1)[0]
+        for op in sorted(operations):
+            method, path = op.split(" ", 1)
+            r = await c.request(method, _fill(path), headers={"Cookie": cookie},
+                                json={} if method in ("POST", "PUT", "PATCH") else None,
+                                params={"store_id": "store-m"} if path.endswith("/stats") else None)
+            assert r.status_code < 500, (op, r.status_code, r.text[:300])
+            if operations[op] in ("shopper", "agent", "store", "widget", "open-session", "identify"):
+                assert r.status_code == 401, (op, r.status_code)
+            elif operations[op] == "operator" and method == "GET":
+                assert r.status_code != 401, (op, r.status_code)  # the cookie was taken

@@ -99,7 +99,7 @@ def test_chat_then_operator_page(server: ServerProcess, browser: Any, database_u
     admin = browser.new_page(viewport={"width": 1400, "height": 1000})
     admin.on("pageerror", lambda exc: errors.append(str(exc)))
     admin.goto(f"{server.base_url}/admin#store={STORE}")
-    admin.wait_for_function("document.getElementById('status').textContent.includes('unauthorized')")
+    admin.wait_for_selector("#signin:not([hidden])")  # no credential yet: the sign-in form (or a token)
     admin.fill("#token", ADMIN_TOKEN)
     admin.dispatch_event("#token", "change")
     admin.wait_for_selector("#chart-turns rect[data-value='1']")

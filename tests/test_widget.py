@@ -248,19 +248,44 @@ def test_a_verified_shopper_finds_their_session_and_a_forged_one_goes_on_anonymo
         page.context.close()
 
 
-def test_an_operator_reply_arrives_live(server: ServerProcess, sites: dict[str, str], browser: Any) -> None:
+def test_an_operator_signs_in_takes_the_handoff_and_the_shopper_sees_the_reply(
+        server: ServerProcess, sites: dict[str, str], browser: Any, database_url: str) -> None:
+    from tests.test_operators import operator
+
+    password = operator(database_url, "seoyeon@shop-w.example", STORE)
     page = browser.new_context(locale="ko-KR").new_page()
     page.goto(sites["allowed"])
     _open_and_ask(page, "상담원 연결해 주세요")
     page.wait_for_selector("sixshop-chat >> .banner:not([hidden])", timeout=30_000)
     session_id = _saved(page)["session"]
+
+    admin = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    admin.goto(f"{server.base_url}/admin")
+    admin.wait_for_selector("#signin:not([hidden])")
+    admin.fill("#signin-email", "seoyeon@shop-w.example")
+    admin.fill("#signin-password", password)
+    admin.click("#signin button[type='submit']")
+    admin.wait_for_function("() => document.getElementById('who').textContent.includes('seoyeon')")
+    assert admin.evaluate("document.cookie").count("sixshop_operator") == 0  # HttpOnly: no script reads it
+    # a write without the CSRF token, from the signed-in page's own origin: refused
+    refused = admin.evaluate("""async (sid) => { const r = await fetch(`/api/admin/sessions/${sid}/reply`, {
+        method: 'POST', headers: {'Content-Type': 'application/json'}, body: JSON.stringify({content: 'x'})});
+        return [r.status, (await r.json()).code]; }""", session_id)
+    assert refused == [403, "forbidden"]
     reply = "안녕하세요, 상담원 이서연입니다. 무엇을 도와드릴까요?"
-    r = httpx.post(f"{server.base_url}/api/admin/sessions/{session_id}/reply", headers=_as(ADMIN),
-                   json={"content": reply, "operator": "이서연"})
-    assert r.status_code == 201, r.text
-    page.wait_for_selector("sixshop-chat >> .msg.operator", timeout=15_000)
+    admin.click(f"#handoffs tr[data-session-id='{session_id}']", timeout=20_000)
+    admin.wait_for_selector("#reply-form:not([hidden])")
+    admin.fill("#reply", reply)
+    admin.click("#reply-form button[type='submit']")
+    page.wait_for_selector("sixshop-chat >> .msg.operator", timeout=15_000)  # live, on the store's site
     assert reply in page.inner_text("sixshop-chat >> .msg.operator .text")
-    page.context.close()
+    shown = page.inner_text("sixshop-chat >> .msg.operator")
+    assert "seoyeon" in shown and "@" not in shown  # the operator's name, not their email address
+    admin.screenshot(path=str(SHOTS / "admin-signed-in.png"), full_page=True)
+    admin.click("#signout")
+    admin.wait_for_selector("#signin:not([hidden])")
+    for ctx in (page.context, admin.context):
+        ctx.close()
 
 
 def test_the_open_widget_has_no_serious_accessibility_violation(server: ServerProcess, sites: dict[str, str],

@@ -410,7 +410,7 @@ class AgentProtocolController(Controller):
     dependencies = {"principal": Provide(provide_principal)}
     opt = access("agent")
 
-    @get("/info")
+    @get("/info", opt=access("public"))  # what the server is and supports: nothing of anyone's
     async def info(self, state: State) -> dict[str, Any]:
         res: Resources = state.resources
         return {"version": "0.1.0", "flags": {"assistants": True, "crons": False, "store": False,

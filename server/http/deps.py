@@ -109,6 +109,11 @@ class Operator:
     principal: Principal
     name: str
 
+    @property
+    def shown_name(self) -> str:
+        """The name a shopper sees on a reply: a signed-in operator's email is not shown, only what precedes @."""
+        return self.name.split("@", 1)[0] if self.principal.kind == "operator" else self.name
+
     def require_store(self, store_id: str) -> None:
         """404 store_not_found for a store this caller does not reach."""
         self.principal.require_store(store_id, StoreNotFound(detail={"store_id": store_id}))

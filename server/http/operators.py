@@ -42,7 +42,7 @@ class OperatorController(Controller):
         body = decode_body(await request.body(), OperatorReply)
         res = resources_of(state)
         session = await owned_session(res, operator.principal, session_id)
-        return await res.handoffs.reply(session.session_id, body.content, body.operator or operator.name)
+        return await res.handoffs.reply(session.session_id, body.content, body.operator or operator.shown_name)
 
     @post("/sessions/{session_id:str}/release", status_code=200)
     async def release(self, session_id: FromPath[str], state: State, operator: OperatorDep) -> Session:

@@ -7,14 +7,18 @@ const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
 const hashParams = () => new URLSearchParams(location.hash.slice(1));
 
-function headers() {
+// Who calls: an admin token or key pasted here (automation, the deployment's administrators), else the operator's
+// sign-in cookie, whose writes carry the CSRF token the server set in a readable cookie.
+function headers(method = "GET") {
   const token = sessionStorage.getItem("sixshop.admin") || "";
-  return token ? { Authorization: `Bearer ${token}` } : {};
+  if (token) return { Authorization: `Bearer ${token}` };
+  const csrf = document.cookie.split("; ").find((c) => c.startsWith("sixshop_csrf="))?.slice(13);
+  return method !== "GET" && csrf ? { "x-csrf-token": csrf } : {};
 }
 
-async function api(path, { method = "GET", body } = {}) {
-  const r = await fetch(`/api/admin${path}`, {
-    method, headers: body === undefined ? headers() : { ...headers(), "Content-Type": "application/json" },
+async function api(path, { method = "GET", body, base = "/api/admin" } = {}) {
+  const r = await fetch(`${base}${path}`, {
+    method, headers: body === undefined ? headers(method) : { ...headers(method), "Content-Type": "application/json" },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   if (!r.ok) {
@@ -22,6 +26,7 @@ async function api(path, { method = "GET", body } = {}) {
     try { body = await r.json(); } catch (_) { /* not JSON */ }
     const err = new Error(`${body.code || r.status}: ${body.message || "request failed"}`);
     err.detail = body.detail || {};
+    err.status = r.status;
     throw err;
   }
   return r.json();
@@ -340,9 +345,42 @@ $("settings-form").addEventListener("submit", async (ev) => {
 
 // -- wiring ---------------------------------------------------------------------------------------
 
+// Signed in (or holding a token)? Else the sign-in form, and nothing else is asked for.
+async function signedIn() {
+  try {
+    const me = await api("/me", { base: "/admin" });
+    $("signin").hidden = true;
+    $("who").textContent = me.signed_in ? `${me.name} · ${me.stores.join(", ")}` : me.name;
+    $("signout").hidden = !me.signed_in;
+    return true;
+  } catch (e) {
+    if (e.status !== 401) throw e;
+    $("signin").hidden = false;
+    $("who").textContent = "";
+    $("signout").hidden = true;
+    status("Sign in to see your stores");
+    return false;
+  }
+}
+
+$("signin").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  try {
+    await api("/login", { method: "POST", base: "/admin",
+                          body: { email: $("signin-email").value, password: $("signin-password").value } });
+    $("signin-password").value = "";
+    refresh();
+  } catch (e) { status(e.message, true); }
+});
+$("signout").addEventListener("click", async () => {
+  try { await api("/logout", { method: "POST", base: "/admin" }); } catch (_) { /* ended already */ }
+  refresh();
+});
+
 async function refresh() {
   status("loading…");
   try {
+    if (!(await signedIn())) return;
     const stores = await api("/stores");
     const wanted = hashParams().get("store") || $("store").value || stores.items[0]?.store_id || "";
     $("store").replaceChildren(...stores.items.map((s) => {
