@@ -90,6 +90,10 @@ def paced_model(first_token_ms: int, token_ms: int, tokens: int) -> Iterator[tup
         model.terminate()
 
 
+# production needs a session token secret; the benches' need not be secret
+BENCH_SESSION_SECRET = "bench:bench-session-token-secret-0123456789abcdef"
+
+
 def admin_key(conninfo: str, cwd: Path = ROOT) -> str:
     """An admin API key without a turn rate limit, created with `sixshop-agent keys create` (in `cwd`'s code)."""
     return subprocess.run([sys.executable, "-m", "server.cli", "keys", "create", "--admin", "--turns-per-minute",
@@ -112,6 +116,7 @@ def serve_ours(conninfo: str, model_url: str, workers: int = 1, code: Path | Non
     server = ChildProcess(command, {"OPENAI_API_KEY": "sk-local-bench", "OPENAI_BASE_URL": model_url,
                                     "OPENAI_MAX_RETRIES": "0", "LANGSMITH_TRACING": "false", "DATABASE_URL": conninfo,
                                     "VECTOR_STORE": "none", "APP_ENV": "production", "LOG_LEVEL": "WARNING",
+                                    "SESSION_TOKEN_SECRET": BENCH_SESSION_SECRET,
                                     "CAPACITY_SAMPLE_SECONDS": "0", "WEB_CONCURRENCY": str(workers)},
                           f"http://127.0.0.1:{port}/health")
     try:
@@ -708,6 +713,7 @@ def main() -> int:
                           "--loop", "uvloop", "--http", "1", "--log-level", "warning", "server.http.app:create_app"]
         ours_proc = ChildProcess(server_cmd,
                          {**common, "APP_ENV": "production", "LOG_LEVEL": "WARNING",
+                          "SESSION_TOKEN_SECRET": BENCH_SESSION_SECRET,
                           "CAPACITY_SAMPLE_SECONDS": "0", "DB_POOL_MAX": "20",
                           "WEB_CONCURRENCY": str(args.workers), **common_ours},
                                  f"http://127.0.0.1:{port}/health")

@@ -127,6 +127,20 @@ class HandoffResponse(msgspec.Struct):
     handoff: HandoffInfo
 
 
+class KeyRequest(msgspec.Struct, forbid_unknown_fields=True):
+    store_id: StoreId | None = None  # none: an admin key (administrators only)
+    publishable: bool = False  # a pk-sixshop- key for a store's web page
+    name: Annotated[str, Meta(max_length=200)] | None = None
+
+
+class CreatedKey(msgspec.Struct):
+    key: str  # shown once, here
+    key_id: UUID
+    store_id: str | None
+    kind: str
+    prefix: str
+
+
 class OperatorReply(msgspec.Struct, forbid_unknown_fields=True):
     content: str
     # who replies, as the transcript shows it (default: the caller's key or token)

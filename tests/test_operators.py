@@ -137,6 +137,19 @@ async def test_an_operator_signs_in_and_reaches_their_stores_only(server: Server
         r = await c.post(f"/api/admin/sessions/{mine}/release", headers=_as(ADMIN))
         assert r.status_code == 200
 
+        # keys through the admin API: an operator makes publishable keys for their own stores only
+        made = await b.post("/api/admin/keys", json={"store_id": "shop-o", "publishable": True, "name": "site"})
+        assert made.status_code == 201 and made.json()["key"].startswith("pk-sixshop-"), made.text
+        assert made.json()["kind"] == "publishable"
+        assert (await b.post("/api/admin/keys", json={"store_id": "shop-x", "publishable": True})).status_code == 404
+        assert_error(await b.post("/api/admin/keys", json={"store_id": "shop-o"}), 403, "forbidden")
+        assert_error(await b.post("/api/admin/keys", json={"publishable": True}), 400, "validation_error")
+        admin_made = await c.post("/api/admin/keys", json={}, headers=_as(ADMIN))
+        assert admin_made.status_code == 201 and admin_made.json()["store_id"] is None
+        stored = fetch_all(database_url, "select key_hash from api_keys where key_id = %s",
+                           (made.json()["key_id"],))
+        assert made.json()["key"] not in stored[0]["key_hash"]  # only its hash is kept
+
         # sign-out ends the session on the server; an expired one is refused the same way
         assert (await b.post("/admin/logout")).status_code == 200
         assert_error(await c.get("/admin/me", headers={"Cookie": f"sixshop_operator={cookie.split(';')[0][17:]}"}),

@@ -6,6 +6,7 @@ tokens' claims, expiry, rotation and constant-time comparison checked as units."
 from __future__ import annotations
 
 import hmac
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,8 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from server.errors import InvalidIdentity, InvalidToken, TokenExpired
 from server.services.stores import validate
@@ -270,6 +273,10 @@ async def test_publishable_keys_and_session_tokens(server: ServerProcess, databa
         # a store key's session hands its page a token too (the server-side way in)
         assert r_b.json()["session_token"]
         assert (await c.delete(f"{API}/sessions/{sid}", headers=mine)).status_code == 204
+        # its own session deleted, the token reaches nothing (a turn on it is not looked up first: begin_turn says so)
+        assert_error(await c.post(f"{API}/sessions/{sid}/chat", json={"message": "hi"}, headers=mine), 404,
+                     "session_not_found")
+        assert (await c.get(f"{API}/sessions/{sid}", headers=mine)).status_code == 404
 
 
 async def test_verified_shoppers(server: ServerProcess, database_url: str) -> None:
@@ -373,3 +380,50 @@ async def test_cors_answers_each_stores_origins_on_the_shoppers_routes(server: S
         await _settings(c, "store-cors", allowed_origins=["https://cors-shop.example", "https://second.example"])
         again = await preflight(f"{API}/sessions", "https://second.example")
         assert again.headers.get("access-control-allow-origin") == "https://second.example"
+
+
+# -- fuzzing the parsing of tokens and identities -----------------------------------------------------------------
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+_json_values = st.recursive(st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70)
+                            | st.floats(allow_nan=True) | st.text(max_size=40),
+                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                        max_size=3), max_leaves=6)
+_claims = st.fixed_dictionaries({}, optional={k: _json_values | st.just(v) for k, v in {
+    "iss": "sixshop-ai-agent", "aud": "store-a", "sub": str(uuid.uuid4()), "kind": "verified", "user": "u1",
+    "iat": int(time.time()), "exp": int(time.time()) + 60, "jti": "x"}.items()})
+_headers = st.fixed_dictionaries({}, optional={"alg": st.sampled_from(["HS256", "none", "RS256", "HS512"])
+                                               | _json_values, "kid": st.just("k1") | _json_values,
+                                               "typ": _json_values})
+
+
+@st.composite
+def _tokens(draw: st.DrawFn) -> str:
+    """JWT-shaped strings: odd headers and claims, signed with the right secret, a wrong one, or not at all."""
+    header, claims = draw(_headers), draw(_claims)
+    signing = _b64(json.dumps(header, default=str).encode()) + "." + _b64(json.dumps(claims, default=str).encode())
+    how = draw(st.sampled_from(["right", "wrong", "none", "garbage"]))
+    if how == "garbage":
+        return "eyJ" + draw(st.text(alphabet="abcXYZ019-_.=", max_size=60))
+    secret = SECRET if how == "right" else "w" * 40
+    mac = hmac.new(secret.encode(), signing.encode(), "sha256").digest() if how != "none" else b""
+    return f"{signing}.{_b64(mac)}"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(token=_tokens())
+def test_any_token_is_a_401_or_a_session_never_an_error(token: str) -> None:
+    tokens = SessionTokens(parse_secrets(f"k1:{SECRET}"), issuer="sixshop-ai-agent", ttl_s=60)
+    try:
+        tokens.verify(token)
+    except (InvalidToken, TokenExpired):
+        pass
+    try:
+        verify_identity(token, {"k1": SECRET})
+    except InvalidIdentity:
+        pass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, get
+from litestar import Controller, Request, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -12,7 +12,7 @@ from litestar.handlers import BaseRouteHandler
 from litestar.params import FromPath, QueryParameter
 
 from persistence.admin import AdminRepository
-from server.errors import Forbidden
+from server.errors import Forbidden, ValidationFailed
 from server.http.access import access
 from server.http.deps import (
     OperatorDep,
@@ -23,7 +23,7 @@ from server.http.deps import (
     resources_of,
     stats_query,
 )
-from server.schemas import StoreId, StoreStats
+from server.schemas import CreatedKey, KeyRequest, StoreId, StoreStats, decode_body
 
 
 async def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
@@ -47,6 +47,24 @@ class AdminController(Controller):
         if operator.principal.stores is not None:
             raise Forbidden("The capacity report is the deployment's, for its administrators")
         return await resources_of(state).capacity.report()
+
+    @post("/keys", status_code=201)
+    async def create_key(self, state: State, request: Request[Any, Any, Any], operator: OperatorDep) -> CreatedKey:
+        """A new API key, shown once: a store's publishable key (`publishable`: for its web page; an operator may make
+        one for their own stores), or a secret store or admin key (administrators only)."""
+        body = decode_body(await request.body(), KeyRequest)
+        if body.publishable and body.store_id is None:
+            raise ValidationFailed("a publishable key belongs to one store: give store_id", {"field": "store_id"})
+        if operator.principal.stores is not None and not body.publishable:
+            raise Forbidden("Operators make publishable keys only; secret keys are the administrators'")
+        if body.store_id is not None:
+            operator.require_store(body.store_id)
+        elif operator.principal.store_id is not None or operator.principal.stores is not None:
+            raise Forbidden("Only an administrator makes an admin key")
+        key, row = await resources_of(state).auth.keys.create(store_id=body.store_id, name=body.name,
+                                                               publishable=body.publishable)
+        return CreatedKey(key=key, key_id=row["key_id"], store_id=row["store_id"], kind=row["kind"],
+                          prefix=row["prefix"])
 
     @get("/stores")
     async def stores(self, state: State, operator: OperatorDep) -> dict[str, Any]:

@@ -58,11 +58,13 @@ from server.services.auth import Principal
 async def _turn_session(res: Resources, principal: Principal, session_id: str) -> UUID:
     """The session a turn may run on, and the turn counted against the key's rate limit.
 
-    Only a store key needs the session looked up first; otherwise begin_turn itself answers 404.
+    Only a caller limited to some sessions needs the session looked up first; otherwise begin_turn itself answers
+    404. A session token on its own session is one too, but that session is its store's for good: no lookup.
     """
     try:
         sid = parse_id(session_id, "session_id")
-        if principal.store_id is not None:
+        own = principal.kind == "session" and principal.session_id == sid
+        if principal.store_id is not None and not own:
             await owned_session(res, principal, session_id)
         await res.auth.take_turn(principal)
     except (SessionNotFound, RateLimited) as exc:
