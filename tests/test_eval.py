@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 from server.integrations.evaluation import CaseResult, facts_present, load_cases, normalized
@@ -51,6 +52,34 @@ def test_the_held_out_sets_are_sound() -> None:
                 assert facts_present((SAMPLE / page).read_text(encoding="utf-8"), case.facts), (name, case.id)
             assert not case.answerable or case.facts, (name, case.id)
         ids |= {c.id for c in cases}
+
+
+def test_the_fresh_sets_are_what_they_say() -> None:
+    """knowledge/eval/fresh.json (the sample help centre) and electronics.json (a second help centre,
+    knowledge/electronics/): written before the answer-quality work they measure, used only to measure. Every fact
+    stands on the page named; the minimums the work was given hold."""
+    seen = {c.id for name in ("cases.json", "holdout.json", "holdout2.json")
+            for c in load_cases(ROOT / "knowledge" / "eval" / name)}
+    electronics = ROOT / "knowledge" / "electronics"
+    for name, root, least in (("fresh.json", SAMPLE, 200), ("electronics.json", electronics, 60)):
+        cases = load_cases(ROOT / "knowledge" / "eval" / name)
+        ids = {c.id for c in cases}
+        assert len(ids) == len(cases) >= least and not ids & seen, name
+        korean = sum(bool(re.search(r"[\uac00-\ud7a3]", c.turns[-1])) for c in cases)
+        assert 0.45 <= korean / len(cases) <= 0.55, (name, korean)
+        for case in cases:
+            for page in case.pages:
+                assert facts_present((root / page).read_text(encoding="utf-8"), case.facts), (name, case.id)
+            assert not case.answerable or case.facts, (name, case.id)
+        seen |= ids
+    raw = json.loads((ROOT / "knowledge" / "eval" / "fresh.json").read_text(encoding="utf-8"))["cases"]
+    kinds = Counter(c["kind"] for c in raw)
+    assert kinds["unanswerable"] >= 40 and kinds["follow-up"] >= 30 and kinds["support"] + kinds["person"] >= 40
+    per_section = Counter((c["page"].split("/")[1], c["section"]) for c in raw if c["kind"] in ("single", "seller"))
+    assert len(per_section) >= 60 and min(per_section.values()) >= 3  # every section of both languages, 3 each
+    assert all(c["handoff"] is (c["kind"] == "person") for c in raw if c["kind"] in ("support", "person"))
+    assert len(list((ROOT / "knowledge" / "electronics" / "ko").glob("*.md"))) >= 8
+    assert len(list((ROOT / "knowledge" / "electronics" / "en").glob("*.md"))) >= 8
 
 
 def test_facts_and_abstention_are_read_as_written() -> None:
