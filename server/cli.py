@@ -372,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
+        from server.resources import session_token_secrets
+
+        session_token_secrets(settings)  # production without SESSION_TOKEN_SECRET stops here, in one line
         if not settings.uses_embedded_db:  # fail here, in one line, rather than inside the ASGI lifespan
             asyncio.run(_check_database(settings))
         return _serve(settings, args.host or settings.host, args.port or settings.port,

@@ -17,7 +17,7 @@ import pytest
 from server.http.access import CREDENTIALS, RULES, rule_of
 from server.services.tokens import SessionTokens, parse_secrets
 from tests.server_process import ServerProcess
-from tests.test_shoppers import ADMIN, SECRET, SHOP_A, _as, _key, _settings
+from tests.test_shoppers import SECRET, SHOP_A, _as, _key, _settings, server_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -108,9 +108,7 @@ def test_the_readme_shows_the_rules_as_they_are() -> None:
 
 @pytest.fixture(scope="module")
 def server(database_url: str) -> Iterator[ServerProcess]:
-    env = {"DATABASE_URL": database_url, "KEYS_CACHE_SECONDS": "0", "CAPACITY_SAMPLE_SECONDS": "0",
-           "ADMIN_TOKEN": ADMIN, "SESSION_TOKEN_SECRET": f"k1:{SECRET}"}
-    with ServerProcess(env) as proc:
+    with ServerProcess(server_env(database_url)) as proc:
         yield proc
 
 

@@ -17,16 +17,14 @@ import pytest
 from tests.conftest import ROOT, fetch_all
 from tests.server_process import ServerProcess
 from tests.test_e2e import assert_error
-from tests.test_shoppers import ADMIN, SECRET, _as, _key
+from tests.test_shoppers import ADMIN, _as, _key, server_env
 
 API = "/api/session-chat"
 
 
 @pytest.fixture(scope="module")
 def server(database_url: str) -> Iterator[ServerProcess]:
-    env = {"DATABASE_URL": database_url, "KEYS_CACHE_SECONDS": "0", "CAPACITY_SAMPLE_SECONDS": "0",
-           "ADMIN_TOKEN": ADMIN, "SESSION_TOKEN_SECRET": f"k1:{SECRET}"}
-    with ServerProcess(env) as proc:
+    with ServerProcess(server_env(database_url)) as proc:
         yield proc
 
 

@@ -130,6 +130,20 @@ def test_signatures_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatc
     assert len(calls) == 2
 
 
+def test_production_needs_a_session_token_secret() -> None:
+    from server.preflight import StartupError
+    from server.resources import session_token_secrets
+    from server.settings import Settings
+
+    with pytest.raises(StartupError, match="SESSION_TOKEN_SECRET is required in production"):
+        session_token_secrets(Settings(app_env="production"))
+    with pytest.raises(StartupError, match="shorter than 32"):
+        session_token_secrets(Settings(app_env="production", session_token_secret="k1:short"))  # type: ignore[arg-type]
+    assert session_token_secrets(Settings(app_env="development")) is None  # made and kept in the database
+    assert session_token_secrets(Settings(session_token_secret=f"new:{SECRET[::-1]},old:{SECRET}")  # type: ignore
+                                 ) == [("new", SECRET[::-1]), ("old", SECRET)]
+
+
 def test_store_settings_for_the_browser() -> None:
     got = validate({"allowed_origins": ["https://Shop-A.example", "http://127.0.0.1:8080", "https://shop-a.example"],
                     "identity_secret": IDENTITY_K1})
@@ -145,11 +159,15 @@ def test_store_settings_for_the_browser() -> None:
 
 # -- a real server ----------------------------------------------------------------------------------------------
 
+def server_env(database_url: str, **more: str) -> dict[str, str]:
+    """A server for the browser credentials' tests: keys looked up at once, the admin token and the token secret."""
+    return {"DATABASE_URL": database_url, "KEYS_CACHE_SECONDS": "0", "CAPACITY_SAMPLE_SECONDS": "0",
+            "ADMIN_TOKEN": ADMIN, "SESSION_TOKEN_SECRET": f"k1:{SECRET}", **more}
+
+
 @pytest.fixture(scope="module")
 def server(database_url: str) -> Iterator[ServerProcess]:
-    env = {"DATABASE_URL": database_url, "KEYS_CACHE_SECONDS": "0", "CAPACITY_SAMPLE_SECONDS": "0",
-           "ADMIN_TOKEN": ADMIN, "SESSION_TOKEN_SECRET": f"k1:{SECRET}", "SESSIONS_PER_IP_PER_HOUR": "12"}
-    with ServerProcess(env) as proc:
+    with ServerProcess(server_env(database_url, SESSIONS_PER_IP_PER_HOUR="12")) as proc:
         yield proc
 
 
@@ -267,8 +285,10 @@ async def test_publishable_keys_and_session_tokens(server: ServerProcess, databa
         assert_error(await c.get(f"{API}/sessions/{sid}", headers=_as(forged.issue("store-a", uuid.UUID(sid)))),
                      401, "invalid_token")
         real = SessionTokens(parse_secrets(f"k1:{SECRET}"), issuer="sixshop-ai-agent", ttl_s=60)
-        assert (await c.get(f"{API}/sessions/{sid}", headers=_as(real.issue("store-b", uuid.UUID(sid))))
-                ).status_code == 404  # a token for another store does not reach this store's session
+        assert_error(await c.get(f"{API}/sessions/{sid}", headers=_as(real.issue("store-b", uuid.UUID(sid)))),
+                     401, "invalid_token")  # a token naming this session for another store
+        assert (await c.get(f"{API}/sessions/{sid}", headers=_as(real.issue("store-b", uuid.uuid4())))
+                ).status_code == 404  # another store's token for another session: as if this one did not exist
 
         # a store key's session hands its page a token too (the server-side way in)
         assert r_b.json()["session_token"]

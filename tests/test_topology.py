@@ -348,6 +348,9 @@ def test_start_up_errors_name_the_setting(cluster: Cluster) -> None:
     line = _fails_to_start(cluster, DATABASE_URL="", DB_HOST="127.0.0.1", DB_PORT=str(bouncer), DB_USER="app",
                            DB_PASSWORD="wrong-password", DB_NAME="sixshop", DB_SSLMODE="require")
     assert "DB_HOST/DB_PORT/DB_USER/DB_PASSWORD" in line
+    # production signs shoppers' session tokens with a secret of its own: none, and it does not start
+    line = _fails_to_start(cluster, SESSION_TOKEN_SECRET="")
+    assert "SESSION_TOKEN_SECRET" in line and "production" in line
 
 
 def test_roles_and_migrations_as_a_deploy_step(cluster: Cluster) -> None:

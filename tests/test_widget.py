@@ -23,7 +23,7 @@ from server.http.pages import widget_script
 from tests.conftest import ROOT, SHOTS, chromium_path, fetch_all
 from tests.node import installed, prepared
 from tests.server_process import ServerProcess
-from tests.test_shoppers import ADMIN, IDENTITY_K1, SECRET, _as, _key
+from tests.test_shoppers import ADMIN, IDENTITY_K1, _as, _key, server_env
 
 pytestmark = pytest.mark.e2e
 STORE = "shop-w"
@@ -32,9 +32,8 @@ QUESTION = "배송비는 얼마인가요?"
 
 @pytest.fixture(scope="module")
 def server(database_url: str) -> Iterator[ServerProcess]:
-    with ServerProcess({"DATABASE_URL": database_url, "OFFLINE_CHUNK_DELAY_MS": "40", "KEYS_CACHE_SECONDS": "0",
-                        "CAPACITY_SAMPLE_SECONDS": "0", "ADMIN_TOKEN": ADMIN, "SESSION_TOKEN_SECRET": f"k1:{SECRET}",
-                        "CORS_ALLOW_ORIGINS": "https://tools.example"}) as proc:
+    with ServerProcess(server_env(database_url, OFFLINE_CHUNK_DELAY_MS="40",
+                                  CORS_ALLOW_ORIGINS="https://tools.example")) as proc:
         yield proc
 
 
@@ -200,7 +199,7 @@ def test_a_reload_and_a_network_cut_mid_answer_end_with_the_whole_answer(server:
     stored = _stored(database_url, session_id)
     assert page.inner_text("sixshop-chat >> .msg.assistant .text").strip() == stored[-1]["content"].strip()
 
-    page.fill("sixshop-chat >> textarea", "교환도 되나요?")
+    page.fill("sixshop-chat >> textarea", "배송은 얼마나 걸리나요?")  # an answer of several sentences
     page.press("sixshop-chat >> textarea", "Enter")
     page.wait_for_function(f"() => ({_shadow(page, '.msg.assistant.streaming .text')}?.textContent || '')"
                            ".length > 5", timeout=20_000)

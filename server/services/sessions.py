@@ -11,7 +11,7 @@ from uuid import UUID, uuid4
 import msgspec
 
 from persistence.sessions import SessionRepository
-from server.errors import SessionNotFound, ValidationFailed
+from server.errors import InvalidToken, SessionNotFound, ValidationFailed
 from server.schemas import Session, SessionPage, check_metadata_size, session_out
 from server.services.auth import Authenticator, Principal
 from server.services.stores import StoreSettingsService
@@ -68,6 +68,9 @@ class SessionService:
         """The session, if this caller reaches it (its store's, its own); otherwise 404, the same way as a missing
         id."""
         session = await self.get(session_id)
+        if principal.kind == "session" and principal.session_id == session.session_id and \
+                principal.store_id != session.store_id:  # only a forger could name another store's session
+            raise InvalidToken("This session token is for another store")
         if not principal.may_see_session(session.store_id, session.session_id, session.user_id):
             raise SessionNotFound(detail={"session_id": str(session_id)})
         return session

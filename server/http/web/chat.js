@@ -239,28 +239,7 @@ async function start() {
 
 // -- a turn: POST .../chat/stream, read the SSE frames as they arrive -------------------------------
 
-async function* sseEvents(response) {
-  const reader = response.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += decoder.decode(value, { stream: true });
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const frame = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
-      let event = "message", data = "", id = 0;
-      for (const line of frame.split("\n")) {
-        if (line.startsWith("event:")) event = line.slice(6).trim();
-        else if (line.startsWith("id:")) id = Number(line.slice(3).trim());
-        else if (line.startsWith("data:")) data += line.slice(5).trim();
-      }
-      if (data) yield [event, JSON.parse(data), id];
-    }
-  }
-}
+const sseEvents = window.SixshopChat.sseEvents;  // widget.js's reader: SSE frames as [event, data, id]
 
 // One answer's events onto its bubble; true once it has ended (done or error).
 function apply(el, event, data) {

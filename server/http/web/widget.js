@@ -459,5 +459,6 @@
       return booted.chat.ready;
     },
     shutdown() { booted?.remove(); booted = null; },
+    sseEvents,  // the SSE reader, for the full-page chat (/chat) too
   };
 })();
