@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from langchain_core.callbacks import AsyncCallbackManagerForRetrieverRun, CallbackManagerForRetrieverRun
@@ -87,6 +87,14 @@ class KnowledgeDocument:
         ]
 
 
+class SyncProgress(Protocol):
+    """What a sync tells as it goes (server/integrations/progress.py: a bar on a terminal, log lines otherwise)."""
+
+    def start(self, total: int) -> None: ...
+    def advance(self, title: str, outcome: str) -> None: ...
+    def stop(self) -> None: ...
+
+
 @dataclass
 class IngestReport:
     added: int = 0
@@ -99,9 +107,10 @@ class IngestReport:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (doc id, reason)
 
     def summary(self, noun: str = "documents") -> str:
+        rate = f" ({self.chunks / self.seconds:.1f} chunks/s)" if self.chunks and self.seconds else ""
         return (f"{noun} added {self.added}, updated {self.updated}, unchanged {self.unchanged}, "
                 f"deleted {self.deleted}, failed {self.failed}; chunks written {self.chunks}; "
-                f"{self.seconds:.1f} s")
+                f"{self.seconds:.1f} s{rate}")
 
 
 class KnowledgeRepository:
@@ -178,16 +187,22 @@ class KnowledgeIndexer:
 
     async def write(self, doc: KnowledgeDocument) -> int:
         """Index one document (vectors first, then rows); returns the number of chunks written."""
+        return await self.write_many([doc])
+
+    async def write_many(self, docs: Sequence[KnowledgeDocument]) -> int:
+        """Index documents together: their chunks embedded in one call (a batch keeps every core busy), then each
+        document's rows; returns the number of chunks written."""
         if self.vectorstore is not None:
-            old_ids = set(await self.repo.chunk_ids([doc.doc_id]))
-            new_docs = doc.as_documents()
+            old_ids = set(await self.repo.chunk_ids([d.doc_id for d in docs]))
+            new_docs = [chunk for doc in docs for chunk in doc.as_documents()]
             if new_docs:
                 await self.vectorstore.aadd_documents(new_docs, ids=[str(d.id) for d in new_docs])
             stale = sorted(old_ids - {str(d.id) for d in new_docs})
             if stale:
                 await self.vectorstore.adelete(stale)
-        await self.repo.replace_document(doc, self.fingerprint(doc.version))
-        return len(doc.chunks)
+        for doc in docs:
+            await self.repo.replace_document(doc, self.fingerprint(doc.version))
+        return sum(len(doc.chunks) for doc in docs)
 
     async def remove(self, doc_ids: Sequence[str]) -> int:
         if not doc_ids:
@@ -198,20 +213,35 @@ class KnowledgeIndexer:
                 await self.vectorstore.adelete(ids)
         return await self.repo.delete_documents(doc_ids)
 
-    async def sync(self, source: str, documents: Sequence[KnowledgeDocument], *, prune: bool = True
-                   ) -> IngestReport:
-        """Write what changed; with prune, remove this source's documents not given."""
+    async def sync(self, source: str, documents: Sequence[KnowledgeDocument], *, prune: bool = True,
+                   progress: SyncProgress | None = None, batch_chunks: int = 64) -> IngestReport:
+        """Write what changed, in batches of about `batch_chunks` chunks; with prune, remove this source's documents
+        not given. `progress` hears of each document written."""
         report = IngestReport()
         known = await self.repo.fingerprints(source)
+        changed = []
         for doc in documents:
             if await self.is_current(doc.doc_id, doc.version, known):
                 report.unchanged += 1
-                continue
-            report.chunks += await self.write(replace(doc, source=source))
-            if doc.doc_id in known:
-                report.updated += 1
             else:
-                report.added += 1
+                changed.append(replace(doc, source=source))
+        if progress is not None:
+            progress.start(len(changed))
+        batch: list[KnowledgeDocument] = []
+        for i, doc in enumerate(changed):
+            batch.append(doc)
+            if sum(len(d.chunks) for d in batch) < batch_chunks and i + 1 < len(changed):
+                continue
+            report.chunks += await self.write_many(batch)
+            for written in batch:
+                outcome = "updated" if written.doc_id in known else "added"
+                report.updated += outcome == "updated"
+                report.added += outcome == "added"
+                if progress is not None:
+                    progress.advance(written.title, outcome)
+            batch = []
+        if progress is not None:
+            progress.stop()
         if prune:
             given = {d.doc_id for d in documents}
             report.deleted = await self.remove(sorted(set(known) - given))

@@ -71,13 +71,15 @@ async def _prepare(settings: Settings) -> int:
 async def _ingest(settings: Settings, path: Path, store_id: str | None, source: str | None, prune: bool) -> int:
     from server.integrations.ingest import ingest_path
     from server.integrations.knowledge import build_knowledge
+    from server.integrations.progress import default_progress
     from server.resources import ensure_schema, open_database
 
     async with open_database(settings) as (pool, _):
         await ensure_schema(settings, pool)
         knowledge = await build_knowledge(settings, pool)
         try:
-            report = await ingest_path(knowledge.indexer, path, source=source, store_id=store_id, prune=prune)
+            report = await ingest_path(knowledge.indexer, path, source=source, store_id=store_id, prune=prune,
+                                       progress=default_progress("ingest", "documents to write"))
         finally:
             await knowledge.aclose()
     print(f"{knowledge.backend}: {report.summary()}")
@@ -86,7 +88,8 @@ async def _ingest(settings: Settings, path: Path, store_id: str | None, source: 
 
 async def _ingest_notion(settings: Settings, database_id: str | None) -> int:
     from server.integrations.knowledge import build_knowledge
-    from server.integrations.notion import NotionReader, default_progress, ingest_notion, make_client
+    from server.integrations.notion import NotionReader, ingest_notion, make_client
+    from server.integrations.progress import default_progress
     from server.resources import ensure_schema, open_database
 
     database_id = database_id or settings.notion_database_id

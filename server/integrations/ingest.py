@@ -10,7 +10,7 @@ from pathlib import Path
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from persistence.knowledge import AUDIENCES, Chunk, IngestReport, KnowledgeDocument, KnowledgeIndexer
+from persistence.knowledge import AUDIENCES, Chunk, IngestReport, KnowledgeDocument, KnowledgeIndexer, SyncProgress
 
 SUFFIXES = {".md", ".markdown", ".txt"}
 MAX_CHUNK_CHARS = 1200
@@ -89,12 +89,12 @@ def load_folder(path: Path, source: str, store_id: str | None = None) -> list[Kn
 
 async def ingest_path(
     indexer: KnowledgeIndexer, path: Path, *, source: str | None = None, store_id: str | None = None,
-    prune: bool = True,
+    prune: bool = True, progress: SyncProgress | None = None,
 ) -> IngestReport:
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
     started = time.perf_counter()
     source = source or f"files:{path.resolve().name}"
-    report = await indexer.sync(source, load_folder(path, source, store_id), prune=prune)
+    report = await indexer.sync(source, load_folder(path, source, store_id), prune=prune, progress=progress)
     report.seconds = time.perf_counter() - started
     return report

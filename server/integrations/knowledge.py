@@ -74,7 +74,7 @@ def make_embeddings(settings: Settings) -> Embeddings:
     if kind == "local":
         from server.integrations.embeddings import LocalE5Embeddings
 
-        return LocalE5Embeddings()
+        return LocalE5Embeddings(document_threads=settings.ingest_embedding_threads)
     if kind == "none" or settings.openai_api_key is None:
         raise KnowledgeConfigError("a vector index needs an embedding model: set OPENAI_API_KEY or EMBEDDINGS=local")
     extra: dict[str, Any] = {}

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from notion_client import AsyncClient
 from notion_client.client import ClientOptions, RetryOptions
@@ -29,6 +28,7 @@ from notion_client.errors import HTTPResponseError
 
 from persistence.knowledge import AUDIENCES, IngestReport, KnowledgeDocument, KnowledgeIndexer
 from server.integrations.ingest import chunk_markdown
+from server.integrations.progress import LogProgress, Progress
 
 log = logging.getLogger(__name__)
 
@@ -244,56 +244,6 @@ class NotionReader:
             if block.get("has_children") and block.get("type") not in ("child_page", "child_database"):
                 block["_children"] = await self.blocks(str(block["id"]))
         return out
-
-
-class Progress(Protocol):
-    def start(self, total: int) -> None: ...
-    def advance(self, title: str, outcome: str) -> None: ...
-    def stop(self) -> None: ...
-
-
-class LogProgress:
-    """Plain log lines, for pipes, CI and the service's own logs."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self.done = 0
-
-    def start(self, total: int) -> None:
-        self.total = total
-        log.info("notion: %d pages listed", total)
-
-    def advance(self, title: str, outcome: str) -> None:
-        self.done += 1
-        log.info("notion: [%d/%d] %s: %s", self.done, self.total, outcome, title)
-
-    def stop(self) -> None:
-        pass
-
-
-class RichProgress:
-    """A progress bar on a terminal."""
-
-    def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._progress = Progress(TextColumn("notion"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                  TextColumn("{task.description}"), transient=False)
-        self._task: Any = None
-
-    def start(self, total: int) -> None:
-        self._progress.start()
-        self._task = self._progress.add_task("", total=total)
-
-    def advance(self, title: str, outcome: str) -> None:
-        self._progress.update(self._task, advance=1, description=f"{outcome}: {title[:40]}")
-
-    def stop(self) -> None:
-        self._progress.stop()
-
-
-def default_progress() -> Progress:
-    return RichProgress() if sys.stderr.isatty() else LogProgress()
 
 
 async def ingest_notion(
