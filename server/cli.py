@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -200,12 +203,25 @@ async def _eval(settings: Settings, args: argparse.Namespace) -> int:
     from graph.prompts import VariantPicker
     from graph.state import ChatContext
     from server.integrations.evaluation import Case, evaluate_variants, load_cases
+    from server.preflight import StartupError
     from server.resources import chat_model, ensure_schema, open_database, prepare_knowledge
 
     cases = load_cases(Path(args.dataset)) if args.dataset else load_cases()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else list(
         VariantPicker.parse(settings.prompt_variant).weights)
     VariantPicker({v: 1.0 for v in variants})  # unknown names: ValueError, a one-line error below
+    knowledge_dir = Path(args.knowledge) if args.knowledge else None
+    if knowledge_dir is not None:
+        # another help centre, alone in an index of its own: a throwaway embedded PostgreSQL, so that no page of the
+        # sample (or of anything ingested before) answers its questions
+        if not settings.uses_embedded_db:
+            raise StartupError("--knowledge evaluates on a throwaway embedded PostgreSQL: unset DATABASE_URL")
+        if not knowledge_dir.is_dir():
+            raise StartupError(f"--knowledge: no such folder: {knowledge_dir}")
+        scratch = Path(tempfile.mkdtemp(prefix="sixshop-eval-pg-"))
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        settings = settings.model_copy(update={"knowledge_dir": knowledge_dir.resolve(),
+                                               "embedded_pg_dir": scratch / "data", "ingest_sample_if_empty": True})
     async with open_database(settings) as (pool, _):
         await ensure_schema(settings, pool)
         knowledge = await prepare_knowledge(settings, pool)
@@ -229,6 +245,7 @@ async def _eval(settings: Settings, args: argparse.Namespace) -> int:
     figures = [r.figures() for r in reports]
     if args.json:
         print(json.dumps({"dataset": args.dataset or "knowledge/eval/cases.json", "cases": len(cases),
+                          "knowledge": str(knowledge_dir or settings.knowledge_dir),
                           "model": model_label(model), "retriever": knowledge.backend, "k": args.k,
                           "variants": figures, "langsmith_experiments": experiments}, indent=2))
         return 0
@@ -355,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--k", type=int, default=3, help="hit@k cut-off (default 3)")
     evaluate.add_argument("--json", action="store_true", help="the figures as JSON")
     evaluate.add_argument("--misses", action="store_true", help="list the cases each variant got wrong")
+    evaluate.add_argument("--knowledge", help="another help centre's folder (e.g. knowledge/electronics), indexed "
+                                             "alone in a throwaway embedded PostgreSQL; pages in --dataset are "
+                                             "relative to it")
     evaluate.add_argument("--local", action="store_true",
                           help="do not upload to LangSmith even when it is configured (LANGSMITH_API_KEY)")
     return parser

@@ -122,6 +122,27 @@ def test_eval_command_reports_every_figure_per_variant(database_url: str) -> Non
     assert bad.returncode == 2 and "unknown prompt variant" in bad.stderr
 
 
+def test_eval_takes_another_help_centre(tmp_path: Path) -> None:
+    """--knowledge: the second help centre indexed alone in a throwaway embedded PostgreSQL (no page of the sample
+    in reach), its cases' pages relative to it; full-text retrieval here to keep it short."""
+    picked = [c for c in json.loads((ROOT / "knowledge" / "eval" / "electronics.json").read_text())["cases"]
+              if c["id"] in ("el-051", "el-053", "el-un-01")]  # words the full-text index holds
+    dataset = tmp_path / "three.json"
+    dataset.write_text(json.dumps({"cases": picked}, ensure_ascii=False), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TEST_DATABASE_URL")}
+    env.update({"OPENAI_API_KEY": "", "LANGSMITH_TRACING": "false", "EMBEDDINGS": "none", "VECTOR_STORE": "none"})
+    out = subprocess.run([sys.executable, "-m", "server.cli", "eval", "--json", "--local", "--dataset", str(dataset),
+                          "--knowledge", "knowledge/electronics"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert report["cases"] == 3 and report["knowledge"] == "knowledge/electronics"
+    assert report["variants"][0]["hit@3"] == 1.0  # found on the electronics pages, the only ones indexed
+    missing = subprocess.run([sys.executable, "-m", "server.cli", "eval", "--knowledge", "knowledge/nowhere"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "no such folder" in missing.stderr
+
+
 # what the offline default reaches today; raised as retrieval and the answerer improve (never lowered)
 FLOORS = {"hit@3": 0.97, "facts": 0.86, "followup_hit@3": 0.95, "abstention_f1": 0.8,
           "seller_pages_in_shopper_answers": 0}
