@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server.http.access import CREDENTIALS, RULES, rule_of
+from server.http.access import RULES, rule_of
 from server.services.tokens import SessionTokens, parse_secrets
 from tests.server_process import ServerProcess
 from tests.test_shoppers import SECRET, SHOP_A, _as, _key, _settings, server_env
@@ -90,14 +90,31 @@ def test_every_operation_has_the_rule_the_contract_gives(app: Any) -> None:
                 assert rule_of(handler) is not None, route.path
 
 
+# the README's columns: each credential a caller may hold, and the kind the guard reads it as
+COLUMNS = [("no credential (development)", "none"), ("publishable key", "publishable"),
+           ("own session token", "session"), ("another session's token", "session"),
+           ("verified shopper's token", "session"), ("operator cookie", "cookie"), ("store key", "key"),
+           ("admin key or `ADMIN_TOKEN`", "key")]
+# what a credential the rule takes then reaches (the services' checks; tests/test_shoppers.py, test_operators.py)
+REACH = {
+    "widget": ["any store", "its store's", "its store's", "its store's", "its store's", "", "its store's", "any"],
+    "open-session": ["any store", "its store, from allowed origins, limited per address", "403", "403",
+                     "a new one of the shopper's", "", "its store", "any store"],
+    "identify": ["any store", "its store", "", "", "", "", "its store", "any store"],
+    "shopper": ["all", "", "its session", "404", "the shopper's sessions of its store", "", "its store's", "all"],
+    "agent": ["all", "", "its session's thread only", "404", "the shopper's threads", "", "its store's", "all"],
+    "store": ["all", "", "", "", "", "", "its store's", "all"],
+    "operator": ["all", "", "", "", "", "their stores (404 for others)", "its store's handoffs, settings, webhooks",
+                 "all"],
+}
+
+
 def readme_table() -> str:
-    shown = {"none": "no credential (development)", "key": "store key, admin key, `ADMIN_TOKEN`",
-             "publishable": "publishable key", "session": "session token (own; verified: the shopper's)",
-             "cookie": "operator cookie (only on `/admin/*`, `/api/admin/*`)"}
-    lines = ["| rule (routes) | " + " | ".join(shown[c] for c in CREDENTIALS) + " |",
-             "|---|" + "---|" * len(CREDENTIALS)]
+    lines = ["| rule | " + " | ".join(name for name, _ in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
     for rule, taken in RULES.items():
-        cells = ["yes" if c in taken else "ignored" if c == "cookie" else "403" for c in CREDENTIALS]
+        reach = REACH.get(rule, ["yes"] * len(COLUMNS))
+        cells = [(reach[i] or "yes") if kind in taken else "ignored" if kind == "cookie" else "403"
+                 for i, (_, kind) in enumerate(COLUMNS)]
         lines.append(f"| `{rule}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

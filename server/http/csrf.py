@@ -23,7 +23,9 @@ class OperatorCsrf:
         self.checked: CSRFMiddleware | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(OPERATOR_PATHS):
+        # signing in needs no token: a stale cookie must not keep an operator out (and SameSite=Strict already
+        # keeps other sites' forms from carrying cookies)
+        if scope["type"] == "http" and scope["path"].startswith(OPERATOR_PATHS) and scope["path"] != "/admin/login":
             headers = dict(scope["headers"])
             cookies = headers.get(b"cookie", b"").decode("latin-1")
             if f"{OPERATOR_COOKIE}=" in cookies and b"authorization" not in headers:
