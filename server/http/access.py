@@ -45,12 +45,24 @@ class RuleMissing(AppError):
     code, default_message = "internal_error", "This route has no access rule"
 
 
+def authorization_of(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """The request's Authorization header; the LangGraph SDK's `x-api-key` counts as a bearer credential."""
+    header = connection.headers.get("authorization")
+    if not header and (api_key := connection.headers.get("x-api-key")):
+        return f"Bearer {api_key}"
+    return header
+
+
+def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """The caller's address, what per-address limits count (uvicorn puts a trusted proxy's X-Forwarded-For
+    there)."""
+    return connection.client.host if connection.client else "unknown"
+
+
 def credential_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Credential:
-    header = connection.headers.get("authorization") or ""
+    header = authorization_of(connection) or ""
     scheme, _, value = header.partition(" ")
     value = value.strip()
-    if not value and (api_key := connection.headers.get("x-api-key")):
-        scheme, value = "bearer", api_key.strip()  # the LangGraph SDK's header
     if scheme.lower() == "bearer" and value:
         if value.startswith(PUBLISHABLE_PREFIX):
             return "publishable"

@@ -59,7 +59,7 @@ from server.errors import (
     Unsupported,
     ValidationFailed,
 )
-from server.http.access import access
+from server.http.access import access, authorization_of
 from server.http.deps import SSE_HEADERS, Caller, checked, parse_event_id, parse_id
 from server.resources import Resources
 from server.schemas import Session, StoreId, UserId, decode_body, sse_frame
@@ -146,11 +146,9 @@ class RunStream(msgspec.Struct):
 # -- who is calling: the SDK sends its key as x-api-key; Authorization: Bearer works too
 
 async def provide_principal(request: Request[Any, Any, Any], state: State) -> Principal:
-    authorization = request.headers.get("authorization")
-    if not authorization and (key := request.headers.get("x-api-key")):
-        authorization = f"Bearer {key}"
     resources: Resources = state.resources
-    return await resources.auth.principal(authorization, request.headers.get("origin"), request.headers.get("host"))
+    return await resources.auth.principal(authorization_of(request), request.headers.get("origin"),
+                                          request.headers.get("host"))
 
 
 async def _owned(res: Resources, principal: Principal, thread_id: str | UUID) -> Session:

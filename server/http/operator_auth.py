@@ -10,7 +10,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import Cookie, State
 from litestar.di import Provide
 
-from server.http.access import OPERATOR_COOKIE, access
+from server.http.access import OPERATOR_COOKIE, access, client_address
 from server.http.deps import OperatorDep, provide_operator, resources_of
 from server.schemas import decode_body
 
@@ -35,8 +35,7 @@ class OperatorSignInController(Controller):
         the account or the address."""
         body = decode_body(await request.body(), SignIn)
         res = resources_of(state)
-        address = request.client.host if request.client else "unknown"
-        token = await res.operators.sign_in(body.email[:254], body.password[:1024], address)
+        token = await res.operators.sign_in(body.email[:254], body.password[:1024], client_address(request))
         found = await res.operators.principal(token)
         assert found is not None
         principal, email = found

@@ -17,7 +17,7 @@ from litestar.response import Stream
 
 from server import metrics
 from server.errors import Forbidden, MessageNotFound, NotFound, RateLimited, SessionNotFound
-from server.http.access import access
+from server.http.access import access, client_address
 from server.http.deps import (
     SSE_HEADERS,
     After,
@@ -73,11 +73,6 @@ async def _turn_session(res: Resources, principal: Principal, session_id: str) -
     return sid
 
 
-def _client(request: Request[Any, Any, Any]) -> str:
-    """The caller's address (uvicorn puts a trusted proxy's X-Forwarded-For there)."""
-    return request.client.host if request.client else "unknown"
-
-
 class SessionController(Controller):
     path = "/api/session-chat"
     tags = ["sessions"]
@@ -101,7 +96,7 @@ class SessionController(Controller):
         elif principal.kind == "publishable":
             user_id = None
         if principal.shopper:
-            await res.auth.take_session(data.store_id, _client(request))
+            await res.auth.take_session(data.store_id, client_address(request))
         session = await res.sessions.create(data.store_id, user_id, data.metadata)
         return res.sessions.with_token(session, res.auth, verified=principal.user_id is not None)
 
@@ -117,7 +112,7 @@ class SessionController(Controller):
         session = await res.sessions.latest_of(data.store_id, user_id)
         if session is None:
             if principal.shopper:
-                await res.auth.take_session(data.store_id, _client(request))
+                await res.auth.take_session(data.store_id, client_address(request))
             session = await res.sessions.create(data.store_id, user_id, {})
         token = res.sessions.with_token(session, res.auth, verified=True).session_token
         assert token is not None
