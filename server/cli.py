@@ -202,7 +202,7 @@ async def _eval(settings: Settings, args: argparse.Namespace) -> int:
     from graph.models import model_label
     from graph.prompts import VariantPicker
     from graph.state import ChatContext
-    from server.integrations.evaluation import Case, evaluate_variants, load_cases
+    from server.integrations.evaluation import Case, evaluate_variants, leg_figures, load_cases, retrieval_legs
     from server.preflight import StartupError
     from server.resources import chat_model, ensure_schema, open_database, prepare_knowledge
 
@@ -240,6 +240,9 @@ async def _eval(settings: Settings, args: argparse.Namespace) -> int:
                                                                 model_label(model), knowledge.backend)
             else:
                 reports = await evaluate_variants(graph, cases, variants, args.k, context)
+            # each ranking alone on what the first variant's turns searched for (the search does not depend on it)
+            legs = await leg_figures(retrieval_legs(knowledge.retriever), reports[0].results, k=args.k,
+                                     store_id="eval")
         finally:
             await knowledge.aclose()
     figures = [r.figures() for r in reports]
@@ -247,7 +250,8 @@ async def _eval(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps({"dataset": args.dataset or "knowledge/eval/cases.json", "cases": len(cases),
                           "knowledge": str(knowledge_dir or settings.knowledge_dir),
                           "model": model_label(model), "retriever": knowledge.backend, "k": args.k,
-                          "variants": figures, "langsmith_experiments": experiments}, indent=2))
+                          "variants": figures, "retrieval_legs": legs, "langsmith_experiments": experiments},
+                         indent=2))
         return 0
     print(f"{len(cases)} cases, model {model_label(model)}, retriever {knowledge.backend}, k={args.k}")
     if experiments:
@@ -256,6 +260,10 @@ async def _eval(settings: Settings, args: argparse.Namespace) -> int:
     print(f"{'':<34}" + "".join(f"{f['variant']:>10}" for f in figures))
     for key in keys:
         print(f"{key:<34}" + "".join(f"{f[key]:>10}" for f in figures))
+    print(f"\nretrieval alone, per ranking (answerable cases, as searched):\n{'':<34}"
+          + "".join(f"{key:>10}" for key in next(iter(legs.values()))))
+    for name, row in legs.items():
+        print(f"{name:<34}" + "".join(f"{value:>10}" for value in row.values()))
     if args.misses:
         for report in reports:
             print(f"\nmisses of {report.variant}:")

@@ -75,15 +75,25 @@ ABSTAINS = re.compile(
 @dataclass(frozen=True)
 class Case:
     id: str
-    kind: str  # single | follow-up | unanswerable | seller | confusable
+    kind: str  # single | follow-up | unanswerable | seller | confusable | support | person
     turns: tuple[str, ...]  # the shopper's messages; the last is the one judged
     pages: tuple[str, ...]  # pages that answer it ("en/returns.md"); none: the right answer is to say so
     facts: tuple[tuple[str, ...], ...]  # each fact: its alternatives
     audience: str = "shopper"
+    section: str | None = None  # the heading of the section that answers it, where the set names one
+    # whether the shopper must be handed to a person (True: a request for one; False: a question about the support
+    # team, answered from the help centre); None: not judged (the case runs with the handoff off)
+    handoff: bool | None = None
 
     @property
     def answerable(self) -> bool:
         return bool(self.pages)
+
+    @property
+    def judged_on_abstention(self) -> bool:
+        """Answerable cases, and the questions the help centre cannot answer; not the requests for a person, which
+        are judged on the handoff alone."""
+        return self.answerable or not self.handoff
 
 
 def load_cases(path: Path = EVAL_CASES) -> list[Case]:
@@ -93,7 +103,11 @@ def load_cases(path: Path = EVAL_CASES) -> list[Case]:
         page = raw.get("page")
         pages = tuple(page) if isinstance(page, list) else ((page,) if page else ())
         facts = tuple(tuple(f) if isinstance(f, list) else (f,) for f in raw.get("facts", []))
-        cases.append(Case(raw["id"], raw["kind"], tuple(raw["turns"]), pages, facts, raw.get("audience", "shopper")))
+        handoff = raw.get("handoff")
+        if handoff is None and raw["kind"] in ("support", "person"):
+            handoff = raw["kind"] == "person"
+        cases.append(Case(raw["id"], raw["kind"], tuple(raw["turns"]), pages, facts, raw.get("audience", "shopper"),
+                          raw.get("section"), handoff))
     return cases
 
 
@@ -120,10 +134,29 @@ class CaseResult:
     pages: list[str]  # of the retrieved passages, in rank order
     titles: list[str]
     latency_ms: float
+    handed_off: bool = False  # the graph handed the shopper to a person (only cases with `handoff` run with it on)
+    search_query: str = ""  # what the last turn was searched for (a follow-up made to stand alone)
 
     @property
     def abstained(self) -> bool:
-        return bool(ABSTAINS.search(self.answer))
+        return not self.handed_off and bool(ABSTAINS.search(self.answer))
+
+    @property
+    def cited_title(self) -> str | None:
+        """The title of the passage the answer quotes (the top passage's when it names none); None when it
+        abstained or nothing was retrieved."""
+        if self.abstained or not self.pages:
+            return None
+        return next((t for t in self.titles if t and t in self.answer), self.titles[0])
+
+    @property
+    def section_ok(self) -> bool | None:
+        """Whether the answer quotes the section the case names (its heading, the last part of a passage's title);
+        None when the case names none."""
+        if not self.case.section:
+            return None
+        title = self.cited_title
+        return title is not None and title.rsplit(" › ", 1)[-1].strip() == self.case.section
 
     @property
     def rank(self) -> int | None:
@@ -165,8 +198,12 @@ class VariantReport:
         answerable = [r for r in self.results if r.case.answerable]
         followups = [r for r in answerable if r.case.kind == "follow-up"]
         hits = [r for r in answerable if r.rank is not None and r.rank <= self.k]
-        abstained = [r for r in self.results if r.abstained]
-        unanswerable = [r for r in self.results if not r.case.answerable]
+        judged = [r for r in self.results if r.case.judged_on_abstention]
+        abstained = [r for r in judged if r.abstained]
+        unanswerable = [r for r in judged if not r.case.answerable]
+        sectioned = [r for r in answerable if r.section_ok is not None]
+        support = [r for r in self.results if r.case.handoff is False]
+        person = [r for r in self.results if r.case.handoff is True]
         precision = _share(sum(not r.case.answerable for r in abstained), len(abstained))
         recall = _share(sum(r.abstained for r in unanswerable), len(unanswerable))
         latencies = [r.latency_ms for r in self.results]
@@ -181,6 +218,12 @@ class VariantReport:
             "abstention_precision": round(precision, 3),
             "abstention_recall": round(recall, 3),
             "abstention_f1": round(2 * precision * recall / (precision + recall), 3) if precision + recall else 0.0,
+            # answerable questions answered "not found"
+            "false_declines": round(_share(sum(r.abstained for r in answerable), len(answerable)), 3),
+            "section": round(_share(sum(bool(r.section_ok) for r in sectioned), len(sectioned)), 3),
+            # questions about the support team handed to a person (should be none), requests for one that were
+            "handoff_on_support": sum(r.handed_off for r in support),
+            "handoff_on_person": round(_share(sum(r.handed_off for r in person), len(person)), 3),
             # shopper sessions shown a seller page: retrieved for the model, not only cited
             "seller_pages_in_shopper_answers": sum(
                 1 for r in self.results if r.case.audience == "shopper" and set(r.pages) & SELLER_PAGES),
@@ -196,11 +239,47 @@ class VariantReport:
                 wrong.append(f"page not in top {self.k} (got {r.pages[: self.k]})")
             if r.case.answerable and not r.facts_ok:
                 wrong.append("facts missing" if not r.abstained else "abstained")
-            if not r.case.answerable and not r.abstained:
+            if r.section_ok is False:
+                wrong.append(f"section {r.cited_title!r} instead of {r.case.section!r}")
+            if r.case.judged_on_abstention and not r.case.answerable and not r.abstained:
                 wrong.append("answered instead of saying it does not know")
+            if r.case.handoff is not None and r.handed_off != r.case.handoff:
+                wrong.append("handed to a person" if r.handed_off else "not handed to a person")
             if wrong:
                 out.append(f"{r.case.id} {' / '.join(r.case.turns)!r}: {'; '.join(wrong)} → {r.answer[:120]!r}")
         return out
+
+
+def retrieval_legs(retriever: BaseRetriever) -> dict[str, BaseRetriever]:
+    """The rankings to compare: each leg of a fused retriever alone (its `name`: the vector store's, postgres-fts),
+    and the fused one; a retriever of one leg is that leg alone."""
+    from graph.retrieval import HybridRetriever
+
+    if isinstance(retriever, HybridRetriever):
+        legs = {str(r.name or type(r).__name__): r for r in retriever.retrievers}
+        return {**legs, "fused": retriever}
+    return {str(retriever.name or type(retriever).__name__): retriever}
+
+
+async def leg_figures(legs: dict[str, BaseRetriever], results: list[CaseResult], *, k: int, store_id: str | None
+                      ) -> dict[str, dict[str, float]]:
+    """hit@1, hit@k and MRR of each ranking on the answerable cases, each searched for what the graph searched for
+    (a follow-up made to stand alone): where fusion helps, and where a leg alone would do better."""
+    answerable = [r for r in results if r.case.answerable and r.search_query]
+    out: dict[str, dict[str, float]] = {}
+    for name, leg in legs.items():
+        first = top = 0
+        reciprocal = 0.0
+        for r in answerable:
+            found = await leg.ainvoke(r.search_query, k=k, store_id=store_id, audience=r.case.audience)
+            pages = [page_of(str(d.id or "")) for d in found]
+            rank = next((i for i, p in enumerate(pages, start=1) if p in r.case.pages), None)
+            first += rank == 1
+            top += rank is not None and rank <= k
+            reciprocal += 1 / rank if rank else 0.0
+        n = len(answerable) or 1
+        out[name] = {"hit@1": round(first / n, 3), f"hit@{k}": round(top / n, 3), "mrr": round(reciprocal / n, 3)}
+    return out
 
 
 async def run_case(graph: Any, case: Case, context: Any) -> CaseResult:
@@ -212,16 +291,17 @@ async def run_case(graph: Any, case: Case, context: Any) -> CaseResult:
 
     config = {"configurable": {"thread_id": f"eval-{case.id}-{uuid4().hex[:8]}"}}
     # what is judged is the answer: a case whose turns could not be helped twice is not handed to a person here
-    # (the handoff has its own tests, tests/test_handoff.py)
-    context = dataclasses.replace(context, handoff=False)
+    # (the handoff has its own tests, tests/test_handoff.py); a case that says whether it must be, runs with it on
+    context = dataclasses.replace(context, handoff=case.handoff is not None)
     for earlier in case.turns[:-1]:
         await graph.ainvoke({"messages": [HumanMessage(content=earlier)]}, config, context=context)
     started = time.perf_counter()
     state = await graph.ainvoke({"messages": [HumanMessage(content=case.turns[-1])]}, config, context=context)
     latency_ms = (time.perf_counter() - started) * 1000
     passages = state.get("passages", [])
+    handed_off = bool(state.get("__interrupt__") or state.get("handoff"))
     return CaseResult(case, content_text(state["messages"][-1].content), [page_of(p["id"]) for p in passages],
-                      [p["title"] for p in passages], latency_ms)
+                      [p["title"] for p in passages], latency_ms, handed_off, str(state.get("search_query") or ""))
 
 
 async def evaluate_variants(graph: Any, cases: list[Case], variants: list[str], k: int,
