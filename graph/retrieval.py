@@ -7,7 +7,8 @@ and returning Documents whose metadata holds `title`, `url`, `score` (and `doc_i
 turns them into `Passage`s, which is what the prompt, the `sources` event and the stored message use.
 
 - `VectorRetriever`: any LangChain VectorStore (PgVectorStore, PineconeVectorStore).
-- `HybridRetriever`: several retrievers fused by reciprocal rank (RRF).
+- `HybridRetriever`: several retrievers fused by their scores (each leg's weight; `score_fusion`), or by
+  reciprocal rank (RRF) when no weights are given.
 The full-text retriever lives with its SQL in persistence/knowledge.py.
 """
 
@@ -160,12 +161,62 @@ def reciprocal_rank_fusion(rankings: list[list[Document]], *, k: int, rrf_k: int
     return [with_score(first[key], fused[key]) for key in order[:k]]
 
 
+def _leg_scores(ranking: list[Document]) -> dict[str, float]:
+    """A leg's scores scaled to 0–1 within its own list (min–max): the best passage it found 1, its last 0."""
+    raw = {str(doc.id): float(doc.metadata.get("score") or 0.0) for doc in ranking}
+    if not raw:
+        return {}
+    low, high = min(raw.values()), max(raw.values())
+    return {key: (value - low) / (high - low) if high > low else 1.0 for key, value in raw.items()}
+
+
+def score_fusion(rankings: list[list[Document]], weights: list[float], *, k: int) -> list[Document]:
+    """Fuse ranked lists by their scores, not only their order: each leg's scores scaled to 0–1 within its list
+    (_leg_scores), summed with the leg's weight (a passage a leg did not find has 0 there). Unlike rank fusion, a
+    passage one leg finds far ahead of the rest keeps that lead. Ties go to the earlier leg's order. The fused
+    score is kept as `fused`; `score` stays what the first leg that found the passage said (a dense leg's cosine)."""
+    fused: dict[str, float] = {}
+    first: dict[str, Document] = {}
+    for ranking, weight in zip(rankings, weights, strict=True):
+        for key, value in _leg_scores(ranking).items():
+            fused[key] = fused.get(key, 0.0) + weight * value
+        for doc in ranking:
+            first.setdefault(str(doc.id), doc)
+    order = sorted(fused, key=lambda key: -fused[key])
+    return [Document(id=first[key].id, page_content=first[key].page_content,
+                     metadata={**first[key].metadata, "fused": round(fused[key], 6)}) for key in order[:k]]
+
+
+def with_relevance(fused: list[Document], rankings: list[list[Document]]) -> list[Document]:
+    """Each fused passage's `score` as a relevance in 0–1 that reads the same for every passage: its embedding
+    similarity (the cosine) where a dense leg found it; where only another leg did, the lowest similarity the dense
+    legs returned (the passage was not among their closest, so it is at most that), marked `similarity_bound`.
+    Without a dense leg the scores stay the full-text leg's (0–1 too)."""
+    floor = [float(d.metadata["similarity"]) for r in rankings for d in r if d.metadata.get("similarity") is not None]
+    if not floor:
+        return fused
+    lowest = min(floor)
+    out = []
+    for doc in fused:
+        similarity = doc.metadata.get("similarity")
+        extra = {"score": float(similarity)} if similarity is not None else {"score": lowest, "similarity_bound": True}
+        out.append(Document(id=doc.id, page_content=doc.page_content, metadata={**doc.metadata, **extra}))
+    return out
+
+
 class HybridRetriever(ScopedRetriever):
-    """Runs every retriever (e.g. vector and full-text) and fuses their rankings by RRF."""
+    """Runs every retriever (e.g. vector and full-text) and fuses their rankings: by score with `weights` (one per
+    retriever), else by RRF."""
 
     retrievers: list[BaseRetriever] = Field(min_length=1)
     candidates: int = 10
     rrf_k: int = 60
+    weights: list[float] | None = None
+
+    def _fuse(self, rankings: list[list[Document]], k: int) -> list[Document]:
+        if self.weights is None:
+            return reciprocal_rank_fusion(rankings, k=k, rrf_k=self.rrf_k)
+        return with_relevance(score_fusion(rankings, self.weights, k=k), rankings)
 
     def _depth(self, k: int) -> int:
         return max(k, self.candidates)
@@ -178,7 +229,7 @@ class HybridRetriever(ScopedRetriever):
         audience = self._audience(kwargs)
         rankings = [r.invoke(query, config, k=self._depth(k), store_id=store_id, audience=audience)
                     for r in self.retrievers]
-        return reciprocal_rank_fusion(rankings, k=k, rrf_k=self.rrf_k)
+        return self._fuse(rankings, k)
 
     async def _asearch(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun, **kwargs: Any
@@ -203,7 +254,7 @@ class HybridRetriever(ScopedRetriever):
             *(r.ainvoke(query, config, **scope, **({"ahead": begun} if begun is not None else {}))
               for r, begun in zip(self.retrievers, ahead.parts, strict=True))
         )
-        return reciprocal_rank_fusion(list(rankings), k=k, rrf_k=self.rrf_k)
+        return self._fuse(list(rankings), k)
 
 
 @dataclass

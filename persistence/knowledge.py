@@ -276,8 +276,10 @@ class FullTextRetriever(ScopedRetriever):
             Document(
                 id=r["chunk_id"],
                 page_content=r["content"],
+                # ts_rank_cd's rank r as r / (1 + r), PostgreSQL's own normalisation 32: a relevance in 0–1, the
+                # same order
                 metadata=passage_metadata(title=r["title"], url=r["url"], doc_id=r["doc_id"],
-                                          score=float(r["score"])),
+                                          score=float(r["score"]) / (1 + float(r["score"]))),
             )
             for r in rows
         ]

@@ -128,11 +128,16 @@ class Settings(BaseSettings):
 
     # retrieval: full-text always; a vector index when an embedding model is configured (see
     # server/integrations/knowledge.py): VECTOR_STORE=auto picks pinecone with PINECONE_API_KEY, else pgvector with
-    # OPENAI_API_KEY, else none; RETRIEVAL_MODE=hybrid fuses vector and full-text rankings (RRF)
+    # OPENAI_API_KEY, else none; RETRIEVAL_MODE=hybrid fuses vector and full-text rankings (RETRIEVAL_FUSION)
     retrieval_k: int = 4
     # how Korean is cut for the full-text index: bigrams, kiwi (morphemes) or kiwi+bigrams; a change re-indexes
     korean_analyzer: Literal["bigrams", "kiwi", "kiwi+bigrams"] = "kiwi"
-    retrieval_candidates: int = 10
+    retrieval_candidates: int = Field(20, ge=1)
+    # how hybrid retrieval fuses its legs: `score` (each leg's scores scaled within its list, the dense leg weighing
+    # RETRIEVAL_DENSE_WEIGHT, the full-text one the rest) or `rrf` (reciprocal rank); chosen with bench/fusion.py on
+    # knowledge/eval/cases.json alone
+    retrieval_fusion: Literal["score", "rrf"] = "score"
+    retrieval_dense_weight: float = Field(0.8, ge=0, le=1)
     retrieval_mode: Literal["hybrid", "vector", "fulltext"] = "hybrid"
     vector_store: Literal["auto", "pgvector", "pinecone", "none"] = "auto"
     # the embedding model: auto (OpenAI's with OPENAI_API_KEY, else `local`), openai, local (multilingual-e5-small

@@ -112,11 +112,17 @@ def test_eval_command_reports_every_figure_per_variant(database_url: str) -> Non
     for figures in (v1, v2):
         assert set(figures) >= {"hit@3", "mrr", "followup_hit@3", "facts", "citation", "abstention_precision",
                                 "abstention_recall", "abstention_f1", "seller_pages_in_shopper_answers",
-                                "latency_ms_p50", "latency_ms_p95"}
+                                "latency_ms_p50", "latency_ms_p95", "false_declines", "section",
+                                "handoff_on_support", "handoff_on_person"}
         assert figures["hit@3"] >= FLOORS["hit@3"] and figures["facts"] >= FLOORS["facts"], figures
         assert figures["followup_hit@3"] >= FLOORS["followup_hit@3"], figures
         assert figures["abstention_f1"] >= FLOORS["abstention_f1"], figures
         assert figures["seller_pages_in_shopper_answers"] <= FLOORS["seller_pages_in_shopper_answers"], figures
+    # each ranking alone, on what the turns searched for: the fused one loses to neither leg
+    legs = report["retrieval_legs"]
+    assert set(legs) == {"pgvector", "postgres-fts", "fused"}, legs
+    for figure in ("hit@1", "hit@3"):
+        assert legs["fused"][figure] >= max(legs["pgvector"][figure], legs["postgres-fts"][figure]), legs
     bad = subprocess.run([sys.executable, "-m", "server.cli", "eval", "--variants", "nope"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown prompt variant" in bad.stderr

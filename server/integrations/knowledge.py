@@ -183,6 +183,8 @@ async def build_knowledge(settings: Settings, pool: Pool | None, *,
     if settings.retrieval_mode == "vector":
         return KnowledgeStack(indexer, vector, backend, store, min_similarity(settings))
     name = f"hybrid({backend}+postgres-fts)"
+    weights = ([settings.retrieval_dense_weight, 1 - settings.retrieval_dense_weight]
+               if settings.retrieval_fusion == "score" else None)
     hybrid = HybridRetriever(retrievers=[vector, fulltext], k=settings.retrieval_k,
-                             candidates=settings.retrieval_candidates, name=name)
+                             candidates=settings.retrieval_candidates, weights=weights, name=name)
     return KnowledgeStack(indexer, hybrid, name, store, min_similarity(settings))
