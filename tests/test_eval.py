@@ -39,10 +39,11 @@ def test_the_set_is_worth_the_name() -> None:
 
 def test_the_held_out_sets_are_sound() -> None:
     """knowledge/eval/holdout.json and holdout2.json (README, "Answer quality"): written apart from cases.json to
-    check the vocabulary and abstention rules on questions they were not fitted to; the same checks of pages and
+    check the vocabulary and abstention rules on questions they were not fitted to; dev-colloquial.json, the
+    development set the answerer's thresholds are chosen on, written as shoppers type; the same checks of pages and
     facts, ids of their own, both languages, both kinds."""
     ids = {c.id for c in load_cases()}
-    for name in ("holdout.json", "holdout2.json"):
+    for name in ("holdout.json", "holdout2.json", "dev-colloquial.json"):
         cases = load_cases(ROOT / "knowledge" / "eval" / name)
         assert len({c.id for c in cases}) == len(cases) >= 40 and not ids & {c.id for c in cases}
         assert sum(not c.answerable for c in cases) >= 15 and sum(c.answerable for c in cases) >= 20
@@ -113,10 +114,12 @@ def test_eval_command_reports_every_figure_per_variant(database_url: str) -> Non
         assert set(figures) >= {"hit@3", "mrr", "followup_hit@3", "facts", "citation", "abstention_precision",
                                 "abstention_recall", "abstention_f1", "seller_pages_in_shopper_answers",
                                 "latency_ms_p50", "latency_ms_p95", "false_declines", "section",
-                                "handoff_on_support", "handoff_on_person"}
+                                "handoff_on_support", "handoff_on_person", "hedged_answerable",
+                                "hedged_unanswerable", "unanswerable_not_passed_off"}
         assert figures["hit@3"] >= FLOORS["hit@3"] and figures["facts"] >= FLOORS["facts"], figures
         assert figures["followup_hit@3"] >= FLOORS["followup_hit@3"], figures
-        assert figures["abstention_f1"] >= FLOORS["abstention_f1"], figures
+        assert figures["false_declines"] <= FLOORS["false_declines"], figures
+        assert figures["unanswerable_not_passed_off"] >= FLOORS["unanswerable_not_passed_off"], figures
         assert figures["seller_pages_in_shopper_answers"] <= FLOORS["seller_pages_in_shopper_answers"], figures
     # each ranking alone, on what the turns searched for: the fused one loses to neither leg
     legs = report["retrieval_legs"]
@@ -149,9 +152,12 @@ def test_eval_takes_another_help_centre(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "no such folder" in missing.stderr
 
 
-# what the offline default reaches today; raised as retrieval and the answerer improve (never lowered)
-FLOORS = {"hit@3": 0.97, "facts": 0.86, "followup_hit@3": 0.95, "abstention_f1": 0.8,
-          "seller_pages_in_shopper_answers": 0}
+# what the offline default reaches today; raised as retrieval and the answerer improve (never lowered). Abstention
+# F1 (0.8 here before) gave way to declining only on evidence (README, "Answer quality"): a question it cannot answer
+# is declined, or answered with the closest section said to be the closest; what is held is that neither answerable
+# questions are declined nor unanswerable ones passed off as answered
+FLOORS = {"hit@3": 0.97, "facts": 0.92, "followup_hit@3": 0.95, "false_declines": 0.03,
+          "unanswerable_not_passed_off": 0.85, "seller_pages_in_shopper_answers": 0}
 
 
 def test_eval_runs_each_variant_as_a_langsmith_experiment(database_url: str, fake_openai: FakeOpenAIServer,
