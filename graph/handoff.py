@@ -16,27 +16,94 @@ from datetime import datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from graph.text import is_korean
+from graph.text import is_korean, korean_tokens
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 UNANSWERED_LIMIT = 2  # "I don't know" this many times in a row hands the shopper to a person
 
-# Asking for a person: a word for one, then a word of reaching them. "상담원 운영시간" (asking about the hours)
-# is not a request; "상담원 연결해 주세요", "사람이랑 얘기하고 싶어요", "talk to a human" are.
-_PERSON_KO = r"(?:상담원|상담사|상담 ?직원|직원|사람|담당자|매니저|실제 ?사람|고객 ?센터|고객센타|상담)"
-_REACH_KO = (r"(?:연결|바꿔|바꾸|불러|대화|통화|얘기|이야기|애기|상담\s*(?:하고|받고|원|요청|부탁|해)|"
-             r"문의\s*하고|랑\s*할래|이랑\s*할래|과\s*할래|하고\s*싶|원해|주세요|부탁)")
-_ASKS_KO = re.compile(rf"{_PERSON_KO}\s*(?:분|님)?\s*(?:이랑|랑|하고|과|와|한테|에게|께|을|를|으로|로|이|가|좀|님)?\s*"
-                      rf"(?:좀\s*)?{_REACH_KO}")
-_ALONE_KO = re.compile(r"^\s*(?:상담원|상담사|사람|직원|담당자)\s*(?:님|이요|요|좀|!|\?|\.)*\s*$")
-_HUMAN_EN = r"(?:a |an |the |some |real |actual |live )*(?:human|person|people|someone|somebody|agent|" \
-            r"representative|rep|operator|staff|employee|support team|customer service)"
-_ASKS_EN = re.compile(
-    rf"\b(?:talk|speak|chat|connect|transfer|put)\w*\s+(?:me\s+)?(?:to|with|through to)\s+{_HUMAN_EN}\b|"
-    r"\b(?:real|actual|live)\s+(?:human|person|agent)\b|\bhuman\s+(?:agent|support|being)\b|"
-    r"\b(?:want|need|get)\s+(?:a |an )?(?:human|person|representative|operator|agent)\b|"
-    r"^\s*(?:human|agent|operator|representative)\s*(?:please|pls)?\s*[!.?]*\s*$",
-    re.I)
+# Asking for a person, read from the message's structure rather than matched against phrases (asks_for_person):
+# it names a person of the store, asks to talk with one (a verb of talking or connecting, or a wish) and asks nothing
+# about the support team itself (its hours, days, number, address: those are answered from the help centre). Korean is
+# read in Kiwi's morphemes, so spacing and endings (반말, 존댓말) do not matter; English words are matched with one typo
+# allowed. The word sets are of kinds (people, talking, wishing, details), not of sentences.
+PERSON_KO = frozenset("""
+상담원 상담사 상담 직원 사람 담당자 매니저 운영자 관리자 인간 판매자 사장 사장님 상담직원 실제사람
+""".split())
+TALK_KO = frozenset("연결 바꾸 바꿔 부르 대화 통화 얘기 이야기 말하 채팅 상담 묻 물어보 요청 넘기 연결하".split())
+WISH_KO = frozenset("싶 원하 부탁 주 줘 해주 드리 가능 되 있".split())
+# what a question about the support team asks: when, which days, which number or address
+DETAILS_KO = frozenset("""
+시간 몇 시 언제 번호 전화번호 연락처 이메일 메일 주소 위치 어디 운영 주말 평일 요일
+월요일 화요일 수요일 목요일 금요일 토요일 일요일 공휴일 휴일 휴무 점심 방법 까지 부터 몇시
+""".split())
+BOT_KO = frozenset("봇 챗봇 로봇 AI 기계 자동".split())
+PERSON_EN = ("human", "person", "people", "someone", "somebody", "agent", "representative", "rep", "operator",
+             "staff", "employee", "manager", "humans", "agents", "representatives", "operators")
+SUPPORT_EN = ("support", "service", "team", "helpdesk", "desk")  # "customer service": a person only when reached for
+TALK_EN = ("talk", "speak", "chat", "connect", "transfer", "escalate")
+_THROUGH_EN = re.compile(r"\b(?:put|pass|hand|switch|forward)\w*\s+(?:me|this|us)\s+(?:through|over|on)\b")
+WISH_EN = ("want", "need", "like", "can", "could", "may", "let", "get", "give", "please", "pls", "plz", "wanna")
+DETAILS_EN = ("hours", "hour", "time", "when", "open", "opens", "close", "closes", "closing", "until", "till", "number",
+              "phone", "email", "e-mail", "address", "weekend", "weekends", "saturday", "saturdays", "sunday",
+              "sundays", "holiday", "holidays", "lunch", "contact", "reach", "days", "day", "how")
+FILLER_EN = frozenset("a an the some real actual live now please pls plz i me you to with just only not no bot chatbot "
+                      "ai robot machine hey hi hello ok want need stop is there any".split())
+_EN_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+_KO_TAGS_NOUN = frozenset({"NNG", "NNP", "NNB", "NR", "SL", "NP"})
+_KO_TAGS_CONTENT = _KO_TAGS_NOUN | {"VV", "VA", "XR"}
+
+
+def _near(word: str, words: tuple[str, ...]) -> bool:
+    """The word, or within one edit of one (a typo: "humna", "reprsentative"), for words of five letters or more."""
+    if word in words:
+        return True
+    return len(word) >= 5 and any(len(w) >= 5 and _one_edit(word, w) for w in words)
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """One insertion, deletion, substitution or swap of neighbours between a and b."""
+    if abs(len(a) - len(b)) > 1 or a == b:
+        return a == b
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
+                                  and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
+    short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    return any(long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
+
+
+def _asks_in_korean(text: str) -> bool:
+    tokens = [(form, tag) for form, tag in korean_tokens(text)]
+    forms = {form for form, _ in tokens}
+    spaced = text.replace(" ", "")
+    if not (forms & PERSON_KO or any(p in spaced for p in ("실제사람", "진짜사람", "상담원", "상담사"))):
+        return False
+    # a detail, alone or inside a compound noun ("점심시간", "운영시간")
+    if forms & DETAILS_KO or any(d in form for form in forms for d in DETAILS_KO if len(d) > 1):
+        return False
+    if forms & TALK_KO - {"상담"} or ("상담" in forms and forms & WISH_KO and not forms & {"시간"}):
+        return True
+    # nothing named but a person (and perhaps the bot not wanted): "상담원", "사람이요", "챗봇 말고 사람",
+    # "진짜 사람 없어요?"
+    others = {form for form, tag in tokens if tag in _KO_TAGS_CONTENT} - PERSON_KO - BOT_KO - WISH_KO \
+        - {"말", "말고", "없", "진짜", "좀", "제발", "그냥", "빨리", "지금", "실제", "저", "나"}
+    return not others
+
+
+def _asks_in_english(text: str) -> bool:
+    words = _EN_WORD.findall(text.lower().replace("’", "'"))
+    if not words:
+        return False
+    person = any(_near(w, PERSON_EN) for w in words)
+    support = any(w in SUPPORT_EN for w in words)
+    if not (person or support) or any(w in DETAILS_EN for w in words):
+        return False
+    # "talk to a human", "connect me to customer service", "put me through to support"
+    if any(_near(w, TALK_EN) for w in words) or _THROUGH_EN.search(text.lower()):
+        return True
+    # nothing but a person, and perhaps a wish: "human please", "i need a real person", "can you get me a human"
+    return person and all(w in FILLER_EN or w in WISH_EN or w.endswith("'d") or _near(w, PERSON_EN) for w in words)
+
 
 # how an answer says the help centre does not hold what was asked (the offline answerer's words, and a model's
 # usual ones under the passage-only rule)
@@ -71,8 +138,12 @@ def is_small_talk(text: str) -> bool:
 
 
 def asks_for_person(text: str) -> bool:
-    """Whether the shopper asks to be put through to a person (the rule; a model may recognise more)."""
-    return bool(_ASKS_KO.search(text) or _ALONE_KO.match(text) or _ASKS_EN.search(text))
+    """Whether the shopper asks to be put through to a person (the rule; a model may recognise more): "상담원 연결해
+    주세요", "사람이랑 얘기하고 싶어요", "talk to a human", "can I speak to an agent" do; "상담원 몇 시까지 해요?",
+    "what is your support phone number" ask about the support team and are answered from the help centre."""
+    if not text.strip():
+        return False
+    return _asks_in_korean(text) if is_korean(text) else _asks_in_english(text)
 
 
 def said_not_known(answer: str) -> bool:

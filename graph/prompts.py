@@ -44,11 +44,17 @@ def _url(p: Passage) -> str:
     return f' url="{escape(p.url)}"' if p.url else ""
 
 
+def _similarity(p: Passage) -> str:
+    return f' similarity="{p.similarity:.3f}"' if p.similarity is not None else ""
+
+
 def format_passages(passages: list[Passage]) -> str:
+    """Each passage with its id, title, url and, where the dense search measured it, its similarity to the question
+    (the cosine): a model may weigh it, the offline answerer does."""
     if not passages:
         return NO_PASSAGES
     return "\n".join(
-        f'<passage id="{escape(p.id)}" title="{escape(p.title)}"{_url(p)}>\n{p.content}\n</passage>'
+        f'<passage id="{escape(p.id)}" title="{escape(p.title)}"{_url(p)}{_similarity(p)}>\n{p.content}\n</passage>'
         for p in passages
     )
 

@@ -33,6 +33,8 @@ class Passage:
     url: str | None
     score: float
     content: str
+    # the passage's embedding similarity to what was searched (the cosine) where a dense leg measured it
+    similarity: float | None = None
 
     def as_source(self, snippet_chars: int = 240) -> dict[str, Any]:
         """The API's Source shape: {id, title, url, score, snippet}."""
@@ -47,8 +49,10 @@ class Passage:
     @classmethod
     def from_document(cls, doc: Document) -> Passage:
         meta = doc.metadata
+        similarity = meta.get("similarity")
         return cls(id=str(doc.id or meta.get("chunk_id") or ""), title=str(meta.get("title") or ""),
-                   url=meta.get("url") or None, score=float(meta.get("score") or 0.0), content=doc.page_content)
+                   url=meta.get("url") or None, score=float(meta.get("score") or 0.0), content=doc.page_content,
+                   similarity=None if similarity is None else round(float(similarity), 4))
 
 
 def sources_event(sources: list[dict[str, Any]]) -> dict[str, Any]:

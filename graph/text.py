@@ -64,6 +64,11 @@ def _tokens(text: str) -> tuple[tuple[str, str], ...]:
     return tuple((t.form, t.tag) for t in _kiwi().tokenize(text))
 
 
+def korean_tokens(text: str) -> tuple[tuple[str, str], ...]:
+    """Kiwi's (form, tag) pairs of a text with Hangul in it (cached); () without Hangul."""
+    return _tokens(text)
+
+
 def _content_forms(text: str) -> tuple[str, ...]:
     """Kiwi's content morphemes of a text with Hangul in it, Latin words ("AS", "PG") included; () without Hangul."""
     return tuple(form for form, tag in _tokens(text) if tag in _CONTENT_TAGS)

@@ -157,7 +157,7 @@ def test_eval_takes_another_help_centre(tmp_path: Path) -> None:
 # is declined, or answered with the closest section said to be the closest; what is held is that neither answerable
 # questions are declined nor unanswerable ones passed off as answered
 FLOORS = {"hit@3": 0.97, "facts": 0.92, "followup_hit@3": 0.95, "false_declines": 0.03,
-          "unanswerable_not_passed_off": 0.85, "seller_pages_in_shopper_answers": 0}
+          "unanswerable_not_passed_off": 0.8, "seller_pages_in_shopper_answers": 0}
 
 
 def test_eval_runs_each_variant_as_a_langsmith_experiment(database_url: str, fake_openai: FakeOpenAIServer,

@@ -54,13 +54,35 @@ async def _status(c: httpx.AsyncClient, sid: str) -> str:
     return str((await c.get(f"{API}/sessions/{sid}")).json()["status"])
 
 
+# Requests for a person and questions about the support team, written to develop the rule (graph/handoff.py); the
+# 40 + 40 of knowledge/eval/fresh.json, written before it, only measure it (`sixshop-agent eval`: handoff_on_person,
+# handoff_on_support)
+REQUESTS = ("상담원 연결해 주세요", "사람이랑 얘기하고 싶어요", "직원분이랑 통화하고 싶어요", "상담사 바꿔줘", "상담원",
+            "사람 바꿔주세요", "실제 사람이랑 대화하고 싶어요", "직원 불러주세요", "상담사랑 통화 가능할까요",
+            "담당자 연결 부탁드립니다", "사람한테 물어보고 싶은데요", "챗봇 말고 사람이요", "상담원이랑 채팅하고 싶어",
+            "매니저님 연결해줘요", "상담 직원 연결 가능해요?", "진짜 사람 없어요?", "상담원좀", "사람이랑얘기할래요",
+            "봇 말고 상담원이요", "I want to talk to a human", "Can I speak with a real person?", "agent please",
+            "connect me to customer service", "let me talk to someone", "i need a real person",
+            "transfer me to an agent", "can you get me a human", "is there a person i can chat with",
+            "put me through to support", "talk to human", "representative", "I'd like to speak to a representative",
+            "stop bot, human", "talk to a humna", "can I speak to an agent")
+ABOUT_SUPPORT = ("상담원 운영시간이 언제예요?", "고객센터 전화번호 알려주세요", "상담 가능 시간이 어떻게 돼요",
+                 "주말에도 상담원 있어요?", "상담원 연결은 몇 시까지 돼요?", "고객센터 이메일 주소가 뭐예요",
+                 "점심시간에도 상담 돼요?", "고객센터 위치가 어디예요", "전화 상담은 몇 시부터예요",
+                 "다른 사람이 대신 받아도 돼요?", "사이즈는 사람마다 달라요?", "배송 언제 와요",
+                 "What are your customer service hours?", "How do I contact the seller?",
+                 "what's your support phone number", "when does the support team reply",
+                 "is customer service open on weekends", "what time do your agents finish",
+                 "what email can I write to support", "can someone else pick up my parcel",
+                 "my package was left with a person next door", "can someone put it in the mailbox")
+
+
 def test_the_rule_tells_a_request_for_a_person_from_a_question_about_one() -> None:
-    for asked in ("상담원 연결해 주세요", "사람이랑 얘기하고 싶어요", "직원분이랑 통화하고 싶어요", "상담사 바꿔줘",
-                  "상담원", "I want to talk to a human", "Can I speak with a real person?", "agent please",
-                  "connect me to customer service"):
+    """Korean in any spacing or politeness, English with a typo: a person named, and talking to one asked for (or
+    nothing else said); a question about the support team's hours, days, number or address is not a request."""
+    for asked in REQUESTS:
         assert asks_for_person(asked), asked
-    for not_asked in ("상담원 운영시간이 언제예요?", "고객센터 전화번호 알려주세요",
-                      "What are your customer service hours?", "How do I contact the seller?", "배송 언제 와요"):
+    for not_asked in ABOUT_SUPPORT:
         assert not asks_for_person(not_asked), not_asked
     assert said_not_known("죄송합니다. 도움말 센터에서 이 질문에 대한 답을 찾지 못했습니다.")
     assert said_not_known("Sorry, I could not find the answer to that in the help centre.")
@@ -159,10 +181,10 @@ async def test_two_answers_that_could_not_help_hand_the_session_over(
     a, _ = replicas
     async with httpx.AsyncClient(base_url=a.base_url, timeout=30) as c:
         sid = await _session(c)
-        first = await c.post(f"{API}/sessions/{sid}/chat", json={"message": "대표님 성함이 뭐예요"})
+        first = await c.post(f"{API}/sessions/{sid}/chat", json={"message": "프랑스의 수도는 어디예요?"})
         assert first.status_code == 200 and said_not_known(first.json()["message"]["content"]), first.text
         assert await _status(c, sid) == "active"  # once is not enough
-        second = await c.post(f"{API}/sessions/{sid}/chat", json={"message": "블랙프라이데이 세일 언제 해요"})
+        second = await c.post(f"{API}/sessions/{sid}/chat", json={"message": "축구 경기 결과 알려줘"})
         assert second.status_code == 200, second.text
         answer = second.json()["message"]["content"]
         assert said_not_known(answer) and "상담원" in answer  # the answer, then the notice

@@ -355,10 +355,11 @@ async def test_a_search_begun_ahead_is_the_retrieve_nodes_and_traced_as_one() ->
     assert other.begun.cancelled()
 
 
-async def test_a_page_naming_every_word_of_the_question_outweighs_a_low_embedding_similarity() -> None:
-    """The retrieve node drops what it found when the closest passage's embedding similarity is under the model's
-    threshold (min_similarity) - unless a passage names every one of the question's words (names_its_words): a
-    short question such as "do you take amex" sits far from a whole section in the embedding space."""
+async def test_a_low_embedding_similarity_alone_does_not_decline() -> None:
+    """The retrieve node drops what it found only on evidence both ways (graph/graph.py names_its_words): the closest
+    passage's embedding similarity under the model's threshold (min_similarity) and nothing of the question in it. A
+    question naming what the page names is answered; one sharing a word is answered with the closest section said to
+    be the closest; one sharing nothing is declined."""
     from typing import Any
 
     from langchain_core.documents import Document
@@ -379,8 +380,12 @@ async def test_a_page_naming_every_word_of_the_question_outweighs_a_low_embeddin
 
     graph = build_graph(InMemorySaver())
     ctx = ChatContext(store_id="s1", model=ExtractiveChatModel(), retriever=Distant(), k=3, min_similarity=0.82)
-    for question, kept in (("do you take amex", True), ("do you sell gift cards", False)):
+    for question, kept, says in (("do you take amex", True, "According to our help centre"),
+                                 ("do you sell gift cards", True, "The closest our help centre comes to that is"),
+                                 ("what is the capital of france", False, "could not find")):
         out = await graph.ainvoke({"messages": [HumanMessage(question)]},
                                   {"configurable": {"thread_id": question}}, context=ctx)
         assert bool(out["passages"]) is kept, question
-        assert ("AMEX" in str(out["messages"][-1].content)) is kept, question
+        answer = str(out["messages"][-1].content)
+        assert answer.startswith(says) or says in answer, (question, answer)
+        assert ("AMEX" in answer) is kept, question

@@ -72,6 +72,10 @@ ABSTAINS = re.compile(
     r"찾지 못|찾을 수 없|정보가 없|나와 있지 않|안내되어 있지 않|포함되어 있지 않|확인되지 않", re.I)
 
 
+# how the offline answerer says it quotes the closest section rather than an answer (graph/models.py)
+CLOSEST = re.compile(r"가장 가까운 안내는|The closest our help centre comes", re.I)
+
+
 @dataclass(frozen=True)
 class Case:
     id: str
@@ -140,6 +144,11 @@ class CaseResult:
     @property
     def abstained(self) -> bool:
         return not self.handed_off and bool(ABSTAINS.search(self.answer))
+
+    @property
+    def hedged(self) -> bool:
+        """The answer quotes the closest section and says that it is the closest, not the answer."""
+        return not self.abstained and bool(CLOSEST.search(self.answer))
 
     @property
     def cited_title(self) -> str | None:
@@ -220,6 +229,14 @@ class VariantReport:
             "abstention_f1": round(2 * precision * recall / (precision + recall), 3) if precision + recall else 0.0,
             # answerable questions answered "not found"
             "false_declines": round(_share(sum(r.abstained for r in answerable), len(answerable)), 3),
+            # answers that quote the closest section and say so, on answerable questions and on the others (a hedge
+            # is not an abstention above: it shows a section)
+            "hedged_answerable": round(_share(sum(r.hedged for r in answerable), len(answerable)), 3),
+            "hedged_unanswerable": round(_share(sum(r.hedged for r in unanswerable), len(unanswerable)), 3),
+            # questions the help centre cannot answer that were not answered as if it could: declined, or the closest
+            # section quoted and said to be the closest
+            "unanswerable_not_passed_off": round(
+                _share(sum(r.abstained or r.hedged for r in unanswerable), len(unanswerable)), 3),
             "section": round(_share(sum(bool(r.section_ok) for r in sectioned), len(sectioned)), 3),
             # questions about the support team handed to a person (should be none), requests for one that were
             "handoff_on_support": sum(r.handed_off for r in support),
