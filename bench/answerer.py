@@ -173,9 +173,11 @@ def main() -> int:
     for objective, setting, fig in sure[: args.show]:
         print(f"  {objective:.3f} {setting} " + " ".join(f"{k}={v:.3f}" for k, v in fig.items()))
     chosen = sure[0][1]
-    rows = {"no similarity": ExtractiveChatModel(similarity_weight=0.0, close_similarity=2.0, decline_coverage=0.1,
-                                                 sure_similarity=2.0, sure_coverage=0.0),
-            "default": ExtractiveChatModel(), "chosen": ExtractiveChatModel(**chosen)}
+    # what each part adds (the prompts were recorded without the retrieve node's cut: the first row is the
+    # answerer's own rules of before, not the whole of before)
+    rows = {"words only": ExtractiveChatModel(similarity_weight=0.0, decline_on_evidence=False),
+            "+ section by meaning": ExtractiveChatModel(decline_on_evidence=False),
+            "+ decline on evidence": ExtractiveChatModel(), "chosen here": ExtractiveChatModel(**chosen)}
     print(f"\nchosen: {chosen}\n")
     print(f"{'':<34}" + "".join(f"{name:>16}" for name in kept))
     for label, model in rows.items():

@@ -179,6 +179,7 @@ class ExtractiveChatModel(BaseChatModel):
     # (band). Each figure was chosen with bench/answerer.py on the development sets (knowledge/eval/cases.json,
     # holdout.json, holdout2.json), never on the sets that measure it (README, "Answer quality"):
     similarity_weight: float = SIMILARITY_WEIGHT  # per unit of cosine below the closest section, in the choice
+    decline_on_evidence: bool = True  # off: decide as without similarities (only to measure what it adds)
     close_similarity: float = 0.84  # a passage this similar (the local model's cosine) is close in meaning
     decline_coverage: float = DECLINE_COVERAGE  # declining needs less coverage than this and no close passage
     sure_similarity: float = 0.87  # a section this similar, or covering this share, is answered outright; between
@@ -200,7 +201,7 @@ class ExtractiveChatModel(BaseChatModel):
         decides, as does a Korean noun no passage mentions."""
         if best is None:
             return "decline"
-        sims = [p[2] for p in passages if len(p) > 2 and p[2] is not None]
+        sims = [p[2] for p in passages if len(p) > 2 and p[2] is not None] if self.decline_on_evidence else []
         if not sims:
             if best.coverage < self.min_coverage or (
                     self.abstain_on_unknown_nouns and unknown_nouns(question, [(p[0], p[1]) for p in passages])):
