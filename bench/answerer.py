@@ -179,12 +179,12 @@ def main() -> int:
             "+ section by meaning": ExtractiveChatModel(decline_on_evidence=False),
             "+ decline on evidence": ExtractiveChatModel(), "chosen here": ExtractiveChatModel(**chosen)}
     print(f"\nchosen: {chosen}\n")
-    print(f"{'':<34}" + "".join(f"{name:>16}" for name in kept))
+    print(f"{'':<44}" + "".join(f"{name:>16}" for name in kept))
     for label, model in rows.items():
         figures = {name: judge(model, items) for name, items in kept.items()}
         for key in ("facts", "section", "false_declines", "abstention_f1", "hedged_answerable",
                     "hedged_unanswerable"):
-            print(f"{label + ' ' + key:<34}" + "".join(f"{figures[n][key]:>16.3f}" for n in kept))
+            print(f"{label + ' ' + key:<44}" + "".join(f"{figures[n][key]:>16.3f}" for n in kept))
     return 0
 
 

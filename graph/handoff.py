@@ -16,7 +16,7 @@ from datetime import datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from graph.text import is_korean, korean_tokens
+from graph.text import is_korean, korean_tokens, one_edit
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 UNANSWERED_LIMIT = 2  # "I don't know" this many times in a row hands the shopper to a person
@@ -57,19 +57,7 @@ def _near(word: str, words: tuple[str, ...]) -> bool:
     """The word, or within one edit of one (a typo: "humna", "reprsentative"), for words of five letters or more."""
     if word in words:
         return True
-    return len(word) >= 5 and any(len(w) >= 5 and _one_edit(word, w) for w in words)
-
-
-def _one_edit(a: str, b: str) -> bool:
-    """One insertion, deletion, substitution or swap of neighbours between a and b."""
-    if abs(len(a) - len(b)) > 1 or a == b:
-        return a == b
-    if len(a) == len(b):
-        diff = [i for i in range(len(a)) if a[i] != b[i]]
-        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
-                                  and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
-    short, long_ = (a, b) if len(a) < len(b) else (b, a)
-    return any(long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
+    return len(word) >= 5 and any(len(w) >= 5 and one_edit(word, w) for w in words)
 
 
 def _asks_in_korean(text: str) -> bool:

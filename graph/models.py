@@ -18,7 +18,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 
 from graph.condense import speaks_of, standalone_question
 from graph.lexicon import known_word
-from graph.text import ASKING_NOUNS_KO, hangul_bigrams, is_korean, korean_nouns, question_terms, terms
+from graph.text import ASKING_NOUNS_KO, hangul_bigrams, is_korean, korean_nouns, one_edit, question_terms, terms
 
 OFFLINE_MODEL_NAME = "offline-extractive-v1"
 
@@ -106,6 +106,13 @@ def unknown_nouns(question: str, passages: list[tuple[str, str]]) -> list[str]:
     return out
 
 
+def typed_near(missing: set[str], have: frozenset[str]) -> set[str]:
+    """The English words of a question the section lacks but holds with one typo ("purchse", "cancle", "ddo" does
+    not count: too short to tell), as found."""
+    latin = [h for h in have if h.isascii() and h.isalpha() and len(h) >= 4]
+    return {t for t in missing if t.isascii() and t.isalpha() and len(t) >= 5 and any(one_edit(t, h) for h in latin)}
+
+
 @dataclass(frozen=True)
 class Section:
     title: str
@@ -144,7 +151,7 @@ def best_section(question: str, passages: Sequence[PassageText], *, similarity_w
         similarity = passage[2] if len(passage) > 2 else None
         # the page's title is on each of its sections: only the section's own heading says what it is about
         have, in_title = terms(f"{title} {body}"), terms(title.rsplit(" › ", 1)[-1])
-        coverage = sum(_weight(t) for t in wanted & have) / total
+        coverage = sum(_weight(t) for t in wanted & have | typed_near(wanted - have, have)) / total
         shared = sum(_weight(t) for t in wanted & in_title)
         heading = sum(_weight(t) for t in in_title)
         recall, precision = shared / total, shared / heading if heading else 0.0

@@ -112,11 +112,57 @@ def stem(word: str) -> str:
     return str(stemmer.stemWord(word))
 
 
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3})")
+_REPEATED = re.compile(r"([a-z])\1{2,}")
+_LONG_NUMBER = re.compile(r"#?\b\d{5,}\b")
+_SINO = {"일": 1, "이": 2, "삼": 3, "사": 4, "오": 5, "육": 6, "칠": 7, "팔": 8, "구": 9}
+_UNIT = {"십": 10, "백": 100, "천": 1000}
+_NUMERAL = "일이삼사오육칠팔구십백천만"
+_KOREAN_AMOUNT = re.compile(rf"(?<![가-힣])([{_NUMERAL}]*[십백천만][{_NUMERAL}]*)(?=\s*원)")
+
+
+def _korean_amount(words: str) -> str:
+    """"오만" → "50000", "삼천" → "3000", "이만오천" → "25000": a sum of money written in Sino-Korean numerals."""
+    total = section = digit = 0
+    for ch in words:
+        if ch in _SINO:
+            digit = _SINO[ch]
+        elif ch in _UNIT:
+            section += (digit or 1) * _UNIT[ch]
+            digit = 0
+        elif ch == "만":
+            total += (section + digit or 1) * 10000
+            section = digit = 0
+    return str(total + section + digit)
+
+
+def normalized_numbers(text: str) -> str:
+    """Numbers as the help centre writes them: no thousands separators ("50,000" → "50000"), and amounts in
+    Sino-Korean numerals as digits ("오만원" → "50000원")."""
+    text = _THOUSANDS.sub("", text)
+    return _KOREAN_AMOUNT.sub(lambda m: _korean_amount(m.group(1)), text)
+
+
+def one_edit(a: str, b: str) -> bool:
+    """Whether a and b differ by at most one insertion, deletion, substitution or swap of neighbours."""
+    if a == b:
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
+                                  and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
+    short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    return any(long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
+
+
 @functools.lru_cache(maxsize=4096)  # the same passages come back turn after turn
 def terms(text: str) -> frozenset[str]:
-    """Content terms for overlap scoring: Latin words (no stop words, Snowball-stemmed), Hangul bigrams and
-    Kiwi's Korean morphemes (prefixed "@", so that a one-syllable morpheme never equals a bigram)."""
-    lowered = text.lower()
+    """Content terms for overlap scoring: Latin words (no stop words, Snowball-stemmed; numbers without thousands
+    separators, letters typed three times or more as twice), Hangul bigrams and Kiwi's Korean morphemes (prefixed
+    "@", so that a one-syllable morpheme never equals a bigram)."""
+    lowered = _REPEATED.sub(r"\1\1", normalized_numbers(text.lower()))
     words = {stem(w) for w in _LATIN_WORD.findall(lowered) if w not in _STOP and len(w) > 1}
     morphemes = {f"@{m}" for m in korean_morphemes(text)} if TERMS_USE_KIWI else set()
     return frozenset(words | set(hangul_bigrams(lowered)) | morphemes)
@@ -161,6 +207,8 @@ def with_help_centre_words(text: str) -> str:
 
 
 def question_terms(question: str) -> set[str]:
-    """`terms` of a question and of the help centre's words for its words, without the words of asking."""
+    """`terms` of a question and of the help centre's words for its words, without the words of asking and without
+    long numbers (an order or a phone number says which, not what about)."""
+    question = _LONG_NUMBER.sub(" ", question)
     return {t for t in terms(with_help_centre_words(question))
             if t not in _ASKING and t not in _ASKING_EN and t not in _ASKING_KO}

@@ -389,3 +389,20 @@ async def test_a_low_embedding_similarity_alone_does_not_decline() -> None:
         answer = str(out["messages"][-1].content)
         assert answer.startswith(says) or says in answer, (question, answer)
         assert ("AMEX" in answer) is kept, question
+
+
+def test_how_people_type_numbers_and_typos_does_not_hide_what_they_ask() -> None:
+    """Amounts in Sino-Korean numerals and with thousands separators read as the help centre writes them; an order
+    number names no topic; an English word with one typo counts as the section's word (graph/text.py, models.py)."""
+    from graph.models import best_section, typed_near
+    from graph.text import normalized_numbers, question_terms, terms
+
+    assert normalized_numbers("오만원 넘게 사면") == "50000원 넘게 사면"
+    assert normalized_numbers("이만오천 원, 육천원") == "25000 원, 6000원"
+    assert normalized_numbers("사원 할인") == "사원 할인"  # a word that only starts like a numeral
+    assert "50000" in terms("50,000원 이상 주문") and "50000" in question_terms("오만원 넘으면 무료예요?")
+    assert not any(t.isdigit() for t in question_terms("where is order 2026120612345"))
+    assert typed_near({"purchs", "ddo"}, terms("Track your purchase")) == {"purchs"}  # "ddo": too short to tell
+    fees = ("Shipping › Fees", "Delivery costs 3,000 KRW; orders of 50,000 KRW or more ship free.")
+    section = best_section("how much is dellivery", [fees])
+    assert section is not None and section.coverage == 1.0
