@@ -11,11 +11,14 @@ pgvector, hybrid with full-text); + similarity threshold (below the calibrated s
 answerer, which says the help centre does not have it); + shoppers' words (graph/lexicon.py: "무배", "ads" also
 search for the help centre's words); + words over similarity (a passage naming all of the question's words
 is kept under the threshold, graph/graph.py names_its_words); + unknown nouns (a Korean question naming something
-no passage mentions is not answered, graph/models.py unknown_nouns) — the service's default. English words are
-Snowball-stemmed in every row. Columns: hit@3, MRR, follow-up hit@3, facts, citation, abstention F1, seller pages
-shown to shoppers, latency p50/p95 of the judged turn. `--dataset` measures another set (the held-out ones,
-knowledge/eval/holdout*.json). `--openai` adds a row with OpenAI's chat model and embeddings (OPENAI_API_KEY,
-OPENAI_MODEL), or says it cannot. Everything runs on a throwaway embedded PostgreSQL.
+no passage mentions is not answered, graph/models.py unknown_nouns); + score fusion (the legs fused by their scores,
+the dense one weighing 0.8, 20 candidates each, instead of by rank); + meaning (the answerer picks the section with
+each passage's similarity and declines only when no passage is close and nothing of the question is in it, quoting
+the closest section in between) — the service's default. English words are Snowball-stemmed in every row. Columns:
+the figures of `sixshop-agent eval`. `--dataset` measures another set (the held-out ones, knowledge/eval/*.json),
+`--knowledge` another help centre (knowledge/electronics for electronics.json). `--openai` adds a row with OpenAI's
+chat model and embeddings (OPENAI_API_KEY, OPENAI_MODEL), or says it cannot. Everything runs on a throwaway
+embedded PostgreSQL.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ class Row:
     lexicon: bool = False
     words_over_similarity: bool = False
     unknown_nouns: bool = False
+    fusion: str = "rrf"  # how the hybrid fuses its legs (RETRIEVAL_FUSION)
+    meaning: bool = False  # the answerer weighs each passage's similarity and declines only on evidence
 
 
 DEFAULT = dict(history=True, audience=True, kiwi=True, embeddings=True, threshold=True)
@@ -77,13 +82,17 @@ ROWS = [
     Row("+ shoppers' words", **DEFAULT, lexicon=True),
     Row("+ words over similarity", **DEFAULT, lexicon=True, words_over_similarity=True),
     Row("+ unknown nouns", **DEFAULT, lexicon=True, words_over_similarity=True, unknown_nouns=True),
+    Row("+ score fusion", **DEFAULT, lexicon=True, words_over_similarity=True, unknown_nouns=True, fusion="score"),
+    Row("+ meaning (section by similarity, decline on evidence)", **DEFAULT, lexicon=True, words_over_similarity=True,
+        unknown_nouns=True, fusion="score", meaning=True),
 ]
 WORDS_OVER_SIMILARITY = graph.graph.WORDS_OVER_SIMILARITY
-COLUMNS = ["hit@3", "mrr", "followup_hit@3", "facts", "citation", "abstention_f1",
-           "seller_pages_in_shopper_answers", "latency_ms_p50", "latency_ms_p95"]
+COLUMNS = ["hit@3", "mrr", "followup_hit@3", "facts", "section", "citation", "false_declines", "abstention_f1",
+           "unanswerable_not_passed_off", "handoff_on_support", "handoff_on_person", "seller_pages_in_shopper_answers",
+           "latency_ms_p50", "latency_ms_p95"]
 
 
-async def measure(conninfo: str, openai: bool, dataset: Path) -> None:
+async def measure(conninfo: str, openai: bool, dataset: Path, knowledge: Path) -> None:
     pool = await open_pool(PoolConfig(conninfo=conninfo, min_size=1, max_size=4))
     try:
         await migrate(pool)
@@ -94,14 +103,19 @@ async def measure(conninfo: str, openai: bool, dataset: Path) -> None:
         print("|---" * (len(COLUMNS) + 1) + "|")
         for row in ROWS:
             settings = Settings(korean_analyzer="kiwi" if row.kiwi else "bigrams",  # type: ignore[arg-type]
-                                embeddings="local" if row.embeddings else "none")  # type: ignore[arg-type]
+                                embeddings="local" if row.embeddings else "none",  # type: ignore[arg-type]
+                                retrieval_fusion=row.fusion, retrieval_candidates=20 if row.fusion == "score" else 10)
             graph.text.TERMS_USE_KIWI = row.kiwi
             graph.text.terms.cache_clear()
             graph.lexicon.IN_USE = row.lexicon
-            graph.graph.WORDS_OVER_SIMILARITY = WORDS_OVER_SIMILARITY if row.words_over_similarity else float("inf")
+            # before the meaning row, a passage had to name every word of the question to outweigh a low similarity
+            words = WORDS_OVER_SIMILARITY if row.meaning else 1.0
+            graph.graph.WORDS_OVER_SIMILARITY = words if row.words_over_similarity else float("inf")
             stack = await build_knowledge(settings, pool)
-            await ingest_path(stack.indexer, ROOT / "knowledge" / "sample", source="sample")  # re-indexes on change
-            model = ExtractiveChatModel(read_follow_ups=row.history, abstain_on_unknown_nouns=row.unknown_nouns)
+            await ingest_path(stack.indexer, knowledge, source="sample")  # re-indexes on change
+            model = ExtractiveChatModel(read_follow_ups=row.history, abstain_on_unknown_nouns=row.unknown_nouns,
+                                        **({} if row.meaning else {"similarity_weight": 0.0,
+                                                                   "decline_on_evidence": False}))
 
             def context(variant: str, case: Case, row: Row = row, model: ExtractiveChatModel = model,
                         stack: object = stack) -> ChatContext:
@@ -116,12 +130,12 @@ async def measure(conninfo: str, openai: bool, dataset: Path) -> None:
             print(f"| {row.name} | " + " | ".join(str(figures[c]) for c in COLUMNS) + " |", flush=True)
             await stack.aclose()
         if openai:
-            await openai_row(pool, cases, graph_)
+            await openai_row(pool, cases, graph_, knowledge)
     finally:
         await pool.close()
 
 
-async def openai_row(pool: object, cases: list[Case], graph_: object) -> None:
+async def openai_row(pool: object, cases: list[Case], graph_: object, knowledge: Path) -> None:
     """The default pipeline with OpenAI's model (answers, follow-up rewrites) and embeddings, when there is a key."""
     settings = Settings()
     if settings.openai_api_key is None:
@@ -133,7 +147,7 @@ async def openai_row(pool: object, cases: list[Case], graph_: object) -> None:
     graph.text.terms.cache_clear()
     graph.graph.WORDS_OVER_SIMILARITY = WORDS_OVER_SIMILARITY
     stack = await build_knowledge(settings, pool)  # type: ignore[arg-type]
-    await ingest_path(stack.indexer, ROOT / "knowledge" / "sample", source="sample")
+    await ingest_path(stack.indexer, knowledge, source="sample")
     model = chat_model(settings)
 
     def context(variant: str, case: Case) -> ChatContext:
@@ -150,10 +164,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--openai", action="store_true", help="add a row with OpenAI's model and embeddings")
     parser.add_argument("--dataset", type=Path, default=EVAL_CASES, help="cases JSON (default: cases.json)")
+    parser.add_argument("--knowledge", type=Path, default=ROOT / "knowledge" / "sample",
+                        help="the help centre the dataset's pages are in (default: the sample)")
     args = parser.parse_args()
     server = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
     try:
-        asyncio.run(measure(embedded_conninfo(server), args.openai, args.dataset.resolve()))
+        asyncio.run(measure(embedded_conninfo(server), args.openai, args.dataset.resolve(), args.knowledge.resolve()))
     finally:
         server.cleanup()
     return 0
