@@ -198,3 +198,17 @@ def test_eval_runs_each_variant_as_a_langsmith_experiment(database_url: str, fak
         assert any("I saw" in str(r.get("outputs", {}).get("answer", "")) for r in langsmith.runs.values()
                    if r.get("outputs"))  # the model's answers were traced as the experiment's runs
     assert runs[0]["variants"][0]["variant"] == "v1" and runs[0]["variants"][0]["cases"] == len(keep)
+
+
+def test_the_scale_set_is_what_it_says() -> None:
+    """knowledge/scale (2,000 pages of tldr-pages, CC BY 4.0, with its attribution) and knowledge/eval/scale.json
+    (bench/make_scale_set.py): every question's pages exist, and the task it asks is on its own page."""
+    scale = ROOT / "knowledge" / "scale"
+    pages = sorted(scale.rglob("*.md"))
+    assert len(pages) >= 2000 and "Creative Commons Attribution 4.0" in (scale / "NOTICE").read_text()
+    cases = load_cases(ROOT / "knowledge" / "eval" / "scale.json")
+    assert len(cases) >= 300 and len({c.turns[-1] for c in cases}) == len(cases)
+    for case in cases:
+        assert all((scale / page).is_file() for page in case.pages), case.id
+        task = case.turns[-1].removeprefix("how do i ")
+        assert task.lower() in (scale / case.pages[0]).read_text(encoding="utf-8").lower(), case.id
