@@ -76,13 +76,16 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--ramp-seconds", type=float, default=20)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--token-ms", type=int, default=TOKEN_MS,
+                        help="the model's pause between tokens (default 2000: a 29 s answer); shorter answers must "
+                             "still outlast the ramp for every stream to be open at once")
     args = parser.parse_args()
 
     pg = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
     conninfo = embedded_conninfo(pg)
     server: ChildProcess | None = None
     try:
-        with paced_model(FIRST_TOKEN_MS, TOKEN_MS, TOKENS) as (model_url, _):
+        with paced_model(FIRST_TOKEN_MS, args.token_ms, TOKENS) as (model_url, _):
             server, ours = serve_ours(conninfo, model_url, args.workers)
             idle_rss = server.rss_mb()
             r = asyncio.run(drive(ours, server, args.streams, args.ramp_seconds))
@@ -93,7 +96,7 @@ def main() -> int:
     errors = r["errors"]
     assert isinstance(errors, Counter)
     print(f"## {args.streams} streams started over {args.ramp_seconds:g} s, {args.workers} worker(s); model: first "
-          f"token {FIRST_TOKEN_MS} ms, then one every {TOKEN_MS} ms, {TOKENS} tokens")
+          f"token {FIRST_TOKEN_MS} ms, then one every {args.token_ms} ms, {TOKENS} tokens")
     print(f"open at once (peak)   {r['peak_open']}")
     print(f"answers done          {r['done']}   errors {sum(errors.values())}")
     for reason, count in errors.most_common():

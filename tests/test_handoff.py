@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 from zoneinfo import ZoneInfo
@@ -317,3 +318,18 @@ async def test_a_store_key_reaches_only_its_own_handoffs(
         assert [w["session_id"] for w in own] == [sid]
         assert (await c.post(f"/api/admin/sessions/{sid}/reply", headers=h2, json={"content": "곧 도와드릴게요"})
                 ).status_code == 201
+
+
+def test_the_rule_on_requests_and_questions_written_before_it() -> None:
+    """knowledge/eval/fresh.json and electronics.json were written before the rule and never used to shape it (40 + 4
+    requests for a person, 40 + 4 questions about the support team, each half Korean): at least 95 % of the requests
+    hand off, and not one question about the support team does (README, "Answer quality")."""
+    from server.integrations.evaluation import load_cases
+
+    root = Path(__file__).resolve().parent.parent / "knowledge" / "eval"
+    cases = [c for name in ("fresh.json", "electronics.json") for c in load_cases(root / name)]
+    requests = [c.turns[-1] for c in cases if c.handoff is True]
+    about_support = [c.turns[-1] for c in cases if c.handoff is False]
+    assert len(requests) >= 40 and len(about_support) >= 40
+    assert sum(map(asks_for_person, requests)) / len(requests) >= 0.95
+    assert [q for q in about_support if asks_for_person(q)] == []
