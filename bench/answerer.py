@@ -31,23 +31,17 @@ import asyncio
 import itertools
 import pickle
 import re
-import tempfile
 from dataclasses import replace
 from typing import Any
 
 from langchain_core.messages import BaseMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
+from bench._throwaway import help_centre
 from graph.graph import build_graph
 from graph.models import ExtractiveChatModel, content_text
 from graph.state import ChatContext
-from persistence.db import PoolConfig, open_pool
-from persistence.embedded import embedded_conninfo, start_embedded
-from persistence.migrations import migrate
 from server.integrations.evaluation import Case, CaseResult, load_cases, page_of, run_case
-from server.integrations.ingest import ingest_path
-from server.integrations.knowledge import build_knowledge
-from server.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVELOPMENT = ("cases", "holdout", "holdout2", "dev-colloquial")
@@ -82,30 +76,20 @@ class Recorder(ExtractiveChatModel):
 
 async def record(knowledge: Path, cases: list[Case]) -> list[tuple[Case, list[BaseMessage]]]:
     """Each case (but the requests for a person, which never reach the answerer) with its judged turn's prompt."""
-    server = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
-    try:
-        pool = await open_pool(PoolConfig(conninfo=embedded_conninfo(server), min_size=1, max_size=4))
-        try:
-            await migrate(pool)
-            stack = await build_knowledge(Settings(retrieval_mode="hybrid"), pool)
-            await ingest_path(stack.indexer, knowledge, source="sample")
-            model = Recorder()
-            graph = build_graph(InMemorySaver())
-            out = []
-            for case in cases:
-                if case.handoff:
-                    continue
-                context = ChatContext(store_id="eval", audience=case.audience, model=model, retriever=stack.retriever,
-                                      k=4, min_similarity=None)
-                model.last = None
-                await run_case(graph, replace(case, handoff=None), context)
-                if model.last is not None:
-                    out.append((case, model.last))
-            return out
-        finally:
-            await pool.close()
-    finally:
-        server.cleanup()
+    async with help_centre(knowledge) as stack:
+        model = Recorder()
+        graph = build_graph(InMemorySaver())
+        out = []
+        for case in cases:
+            if case.handoff:
+                continue
+            context = ChatContext(store_id="eval", audience=case.audience, model=model, retriever=stack.retriever, k=4,
+                                  min_similarity=None)
+            model.last = None
+            await run_case(graph, replace(case, handoff=None), context)
+            if model.last is not None:
+                out.append((case, model.last))
+        return out
 
 
 def judge(model: ExtractiveChatModel, kept: list[tuple[Case, list[BaseMessage]]]) -> dict[str, float]:

@@ -29,7 +29,6 @@ if __name__ == "__main__":
 
 import argparse
 import asyncio
-import tempfile
 from typing import Any
 
 from langchain_core.documents import Document
@@ -37,15 +36,10 @@ from langchain_core.messages import HumanMessage
 
 ROOT = Path(__file__).resolve().parent.parent
 
+from bench._throwaway import help_centre  # noqa: E402
 from graph.condense import needs_condensing, standalone_question  # noqa: E402
 from graph.retrieval import reciprocal_rank_fusion, score_fusion  # noqa: E402
-from persistence.db import PoolConfig, open_pool  # noqa: E402
-from persistence.embedded import embedded_conninfo, start_embedded  # noqa: E402
-from persistence.migrations import migrate  # noqa: E402
 from server.integrations.evaluation import Case, load_cases, page_of  # noqa: E402
-from server.integrations.ingest import ingest_path  # noqa: E402
-from server.integrations.knowledge import build_knowledge  # noqa: E402
-from server.settings import Settings  # noqa: E402
 
 SETS = [("cases", ROOT / "knowledge/eval/cases.json", ROOT / "knowledge/sample"),
         ("holdout", ROOT / "knowledge/eval/holdout.json", ROOT / "knowledge/sample"),
@@ -65,26 +59,16 @@ def searched_for(case: Case) -> str:
 async def rankings(knowledge: Path, cases: list[Case], depth: int) -> list[tuple[Case, list[Document],
                                                                                 list[Document]]]:
     """Each answerable case with its dense and its full-text ranking (`depth` deep), on an index of `knowledge`."""
-    server = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
-    try:
-        pool = await open_pool(PoolConfig(conninfo=embedded_conninfo(server), min_size=1, max_size=4))
-        try:
-            await migrate(pool)
-            stack = await build_knowledge(Settings(retrieval_mode="hybrid"), pool)
-            await ingest_path(stack.indexer, knowledge, source="sample")
-            dense, fulltext = stack.retriever.retrievers  # type: ignore[attr-defined]
-            out = []
-            for case in cases:
-                if not case.answerable:
-                    continue
-                query = searched_for(case)
-                scope: dict[str, Any] = {"k": depth, "store_id": "eval", "audience": case.audience}
-                out.append((case, await dense.ainvoke(query, **scope), await fulltext.ainvoke(query, **scope)))
-            return out
-        finally:
-            await pool.close()
-    finally:
-        server.cleanup()
+    async with help_centre(knowledge) as stack:
+        dense, fulltext = stack.retriever.retrievers  # type: ignore[attr-defined]
+        out = []
+        for case in cases:
+            if not case.answerable:
+                continue
+            query = searched_for(case)
+            scope: dict[str, Any] = {"k": depth, "store_id": "eval", "audience": case.audience}
+            out.append((case, await dense.ainvoke(query, **scope), await fulltext.ainvoke(query, **scope)))
+        return out
 
 
 def figures(ranked: list[tuple[Case, list[Document]]], k: int) -> tuple[float, float, float]:
