@@ -54,7 +54,7 @@ MIN_COVERAGE = 0.1
 # also matches inside unrelated words)
 _WORD_WEIGHT, _BIGRAM_WEIGHT, _TITLE_BONUS = 1.0, 0.6, 0.5
 _RANK_PRIOR = (0.15, 0.08, 0.04)  # the retriever's order, as a tie-breaker between sections
-# chosen with bench/answerer.py on the development sets (cases.json, holdout.json, holdout2.json): how much a section's
+# chosen with bench/answerer.py on the development sets (cases, holdout, holdout2, dev-colloquial): how much a section's
 # similarity weighs in the choice (per unit of cosine), and the coverage below which, with no passage close in
 # meaning, the answerer declines (the retrieve node cuts the passages there: graph/graph.py)
 SIMILARITY_WEIGHT = 20.0
@@ -184,7 +184,7 @@ class ExtractiveChatModel(BaseChatModel):
     abstain_on_unknown_nouns: bool = True
     # Where the passages carry their embedding similarity (the local model's cosine), the evidence is weighed
     # (band). Each figure was chosen with bench/answerer.py on the development sets (knowledge/eval/cases.json,
-    # holdout.json, holdout2.json), never on the sets that measure it (README, "Answer quality"):
+    # holdout.json, holdout2.json, dev-colloquial.json), never on the sets that measure it (README, "Answer quality"):
     similarity_weight: float = SIMILARITY_WEIGHT  # per unit of cosine below the closest section, in the choice
     decline_on_evidence: bool = True  # off: decide as without similarities (only to measure what it adds)
     close_similarity: float = 0.84  # a passage this similar (the local model's cosine) is close in meaning
