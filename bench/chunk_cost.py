@@ -9,7 +9,10 @@ the first line is the machine's floor for that: the loop waking --chunks times w
 
 Layers, each including the ones before: httpx reading the SSE lines and json.loads of each chunk; the OpenAI SDK
 (`chat.completions.create(stream=True)`); langchain-openai (`ChatOpenAI.astream`, as the graph's model); LangGraph
-running a one-node graph with the service's stream modes (`messages`, `updates`). What the service adds on top (its
+running a one-node graph with the service's stream modes (`messages`, `updates`); and the direct token path: a
+one-node graph whose node reads the SDK's stream itself and writes each chunk's text to LangGraph's `custom` stream
+writer, bare and with the SDK in langsmith's `wrap_openai` (tracing off unless LANGSMITH_TRACING says otherwise).
+What the service adds on top (its
 own SSE events through Litestar, the database, retrieval) is the difference to `bench/run.py`'s server CPU per turn.
 """
 
@@ -35,8 +38,10 @@ from typing import Any
 import httpx
 import openai
 import uvloop
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import AIMessage, HumanMessage
+from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, MessagesState, StateGraph
+from langsmith.wrappers import wrap_openai
 
 from graph.models import make_chat_model
 
@@ -102,8 +107,41 @@ async def measure(base: str, answers: int, chunks: int, token_ms: float) -> None
             async for _ in graph.astream({"messages": messages}, stream_mode=["messages", "updates"]):
                 pass
 
+        # the direct token path of issue 28: the node reads the SDK's own stream and hands each chunk's text to
+        # LangGraph's `custom` stream writer; no LangChain message per chunk, no callback managers
+        def direct_graph(client: Any) -> Any:
+            async def generate_direct(state: MessagesState) -> dict[str, Any]:
+                write = get_stream_writer()
+                stream: Any = await client.chat.completions.create(
+                    model="gpt-4o-mini", stream=True, stream_options={"include_usage": True},
+                    messages=[{"role": "user", "content": "hi"}])
+                parts = []
+                async for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        parts.append(chunk.choices[0].delta.content)
+                        write(chunk.choices[0].delta.content)
+                return {"messages": [AIMessage("".join(parts))]}
+
+            direct = StateGraph(MessagesState)
+            direct.add_node("generate", generate_direct)
+            direct.add_edge(START, "generate")
+            direct.add_edge("generate", END)
+            return direct.compile()
+
+        direct, traced = direct_graph(sdk), direct_graph(wrap_openai(sdk))
+
+        async def with_direct() -> None:
+            async for _ in direct.astream({"messages": messages}, stream_mode=["custom", "updates"]):
+                pass
+
+        async def with_direct_wrapped() -> None:
+            async for _ in traced.astream({"messages": messages}, stream_mode=["custom", "updates"]):
+                pass
+
         for name, fn in (("httpx + json.loads", raw), ("OpenAI SDK", with_sdk), ("langchain-openai", with_langchain),
-                         ("LangGraph (messages, updates)", with_langgraph)):
+                         ("LangGraph (messages, updates)", with_langgraph),
+                         ("LangGraph custom writer, SDK", with_direct),
+                         ("... SDK in wrap_openai", with_direct_wrapped)):
             print(f"{name:<32} {await per_answer(answers, fn):6.1f} ms CPU per answer", flush=True)
 
 
