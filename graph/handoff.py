@@ -66,8 +66,10 @@ def _asks_in_korean(text: str) -> bool:
     spaced = text.replace(" ", "")
     if not (forms & PERSON_KO or any(p in spaced for p in ("실제사람", "진짜사람", "상담원", "상담사"))):
         return False
-    # a detail, alone or inside a compound noun ("점심시간", "운영시간")
-    if forms & DETAILS_KO or any(d in form for form in forms for d in DETAILS_KO if len(d) > 1):
+    # a detail, alone or inside a compound noun ("점심시간", "운영시간"); never read from an ending (the honorific 시 of
+    # "연결해 주시겠어요" is not an hour)
+    words = {form for form, tag in tokens if not tag.startswith("E")}
+    if words & DETAILS_KO or any(d in form for form in words for d in DETAILS_KO if len(d) > 1):
         return False
     if forms & TALK_KO - {"상담"} or ("상담" in forms and forms & WISH_KO and not forms & {"시간"}):
         return True
