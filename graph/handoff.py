@@ -45,7 +45,7 @@ _THROUGH_EN = re.compile(r"\b(?:put|pass|hand|switch|forward)\w*\s+(?:me|this|us
 WISH_EN = ("want", "need", "like", "can", "could", "may", "let", "get", "give", "please", "pls", "plz", "wanna")
 DETAILS_EN = ("hours", "hour", "time", "when", "open", "opens", "close", "closes", "closing", "until", "till", "number",
               "phone", "email", "e-mail", "address", "weekend", "weekends", "saturday", "saturdays", "sunday",
-              "sundays", "holiday", "holidays", "lunch", "contact", "reach", "days", "day", "how")
+              "sundays", "holiday", "holidays", "lunch", "contact", "reach", "days", "day")
 FILLER_EN = frozenset("a an the some real actual live now please pls plz i me you to with just only not no bot chatbot "
                       "ai robot machine hey hi hello ok want need stop is there any".split())
 _EN_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")

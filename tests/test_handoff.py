@@ -67,7 +67,7 @@ REQUESTS = ("상담원 연결해 주세요", "사람이랑 얘기하고 싶어�
             "transfer me to an agent", "can you get me a human", "is there a person i can chat with",
             "put me through to support", "talk to human", "representative", "I'd like to speak to a representative",
             "stop bot, human", "talk to a humna", "can I speak to an agent", "상담원 연결해 주시겠어요?",
-            "직원분 좀 불러주시겠어요", "상담원이랑 통화하고 싶은데 가능하실까요")
+            "직원분 좀 불러주시겠어요", "상담원이랑 통화하고 싶은데 가능하실까요", "how can i talk to a human")
 ABOUT_SUPPORT = ("상담원 운영시간이 언제예요?", "고객센터 전화번호 알려주세요", "상담 가능 시간이 어떻게 돼요",
                  "주말에도 상담원 있어요?", "상담원 연결은 몇 시까지 돼요?", "고객센터 이메일 주소가 뭐예요",
                  "점심시간에도 상담 돼요?", "고객센터 위치가 어디예요", "전화 상담은 몇 시부터예요",
@@ -76,7 +76,8 @@ ABOUT_SUPPORT = ("상담원 운영시간이 언제예요?", "고객센터 전화
                  "what's your support phone number", "when does the support team reply",
                  "is customer service open on weekends", "what time do your agents finish",
                  "what email can I write to support", "can someone else pick up my parcel",
-                 "my package was left with a person next door", "can someone put it in the mailbox")
+                 "my package was left with a person next door", "can someone put it in the mailbox",
+                 "how do i reach customer service")
 
 
 def test_the_rule_tells_a_request_for_a_person_from_a_question_about_one() -> None:
