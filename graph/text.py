@@ -114,7 +114,7 @@ def stem(word: str) -> str:
 
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3})")
 _REPEATED = re.compile(r"([a-z])\1{2,}")
-_LONG_NUMBER = re.compile(r"#?\b\d{5,}\b")
+_LONG_NUMBER = re.compile(r"#?\b\d{5,}\b(?!\s*(?:원|won|krw))", re.I)  # not an amount
 _SINO = {"일": 1, "이": 2, "삼": 3, "사": 4, "오": 5, "육": 6, "칠": 7, "팔": 8, "구": 9}
 _UNIT = {"십": 10, "백": 100, "천": 1000}
 _NUMERAL = "일이삼사오육칠팔구십백천만"

@@ -402,6 +402,7 @@ def test_how_people_type_numbers_and_typos_does_not_hide_what_they_ask() -> None
     assert normalized_numbers("사원 할인") == "사원 할인"  # a word that only starts like a numeral
     assert "50000" in terms("50,000원 이상 주문") and "50000" in question_terms("오만원 넘으면 무료예요?")
     assert not any(t.isdigit() for t in question_terms("where is order 2026120612345"))
+    assert "50000" in question_terms("is shipping free over 50000 won")  # an amount is not an order number
     assert typed_near({"purchs", "ddo"}, terms("Track your purchase")) == {"purchs"}  # "ddo": too short to tell
     fees = ("Shipping › Fees", "Delivery costs 3,000 KRW; orders of 50,000 KRW or more ship free.")
     section = best_section("how much is dellivery", [fees])
