@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 from bench._throwaway import help_centre  # noqa: E402
 from graph.condense import needs_condensing, standalone_question  # noqa: E402
 from graph.retrieval import reciprocal_rank_fusion, score_fusion  # noqa: E402
-from server.integrations.evaluation import Case, load_cases, page_of  # noqa: E402
+from server.integrations.evaluation import Case, load_cases, ranking_figures  # noqa: E402
 
 SETS = [("cases", ROOT / "knowledge/eval/cases.json", ROOT / "knowledge/sample"),
         ("holdout", ROOT / "knowledge/eval/holdout.json", ROOT / "knowledge/sample"),
@@ -71,20 +71,6 @@ async def rankings(knowledge: Path, cases: list[Case], depth: int) -> list[tuple
         return out
 
 
-def figures(ranked: list[tuple[Case, list[Document]]], k: int) -> tuple[float, float, float]:
-    """hit@1, hit@k and MRR (within the first k)."""
-    first = top = 0
-    reciprocal = 0.0
-    for case, docs in ranked:
-        pages = [page_of(str(d.id)) for d in docs]
-        rank = next((i for i, p in enumerate(pages, start=1) if p in case.pages), None)
-        first += rank == 1
-        top += rank is not None and rank <= k
-        reciprocal += 1 / rank if rank else 0.0
-    n = len(ranked) or 1
-    return first / n, top / n, reciprocal / n
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, default=20, help="how deep each leg searches before fusing")
@@ -101,7 +87,7 @@ def main() -> int:
         }
         for a in WEIGHTS:
             methods[f"score a={a}"] = [(c, score_fusion([d, f], [a, 1 - a], k=args.k)) for c, d, f in data]
-        rows[name] = {m: figures(r, args.k) for m, r in methods.items()}
+        rows[name] = {m: tuple(ranking_figures(r, args.k).values()) for m, r in methods.items()}
         print(f"# {name}: {len(data)} answerable cases", file=sys.stderr)
     print(f"{'hit@1 hit@' + str(args.k) + ' mrr':<16}" + "".join(f"{n:>22}" for n in rows))
     for method in next(iter(rows.values())):

@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -278,6 +279,21 @@ def retrieval_legs(retriever: BaseRetriever) -> dict[str, BaseRetriever]:
     return {str(retriever.name or type(retriever).__name__): retriever}
 
 
+def ranking_figures(ranked: Sequence[tuple[Case, Sequence[Any]]], k: int) -> dict[str, float]:
+    """hit@1, hit@k and MRR of rankings (each case with the passages found for it, best first; a passage's id names
+    its page)."""
+    first = top = 0
+    reciprocal = 0.0
+    for case, found in ranked:
+        pages = [page_of(str(d.id or "")) for d in found]
+        rank = next((i for i, p in enumerate(pages, start=1) if p in case.pages), None)
+        first += rank == 1
+        top += rank is not None and rank <= k
+        reciprocal += 1 / rank if rank else 0.0
+    n = len(ranked) or 1
+    return {"hit@1": first / n, f"hit@{k}": top / n, "mrr": reciprocal / n}
+
+
 async def leg_figures(legs: dict[str, BaseRetriever], results: list[CaseResult], *, k: int, store_id: str | None
                       ) -> dict[str, dict[str, float]]:
     """hit@1, hit@k and MRR of each ranking on the answerable cases, each searched for what the graph searched for
@@ -285,17 +301,9 @@ async def leg_figures(legs: dict[str, BaseRetriever], results: list[CaseResult],
     answerable = [r for r in results if r.case.answerable and r.search_query]
     out: dict[str, dict[str, float]] = {}
     for name, leg in legs.items():
-        first = top = 0
-        reciprocal = 0.0
-        for r in answerable:
-            found = await leg.ainvoke(r.search_query, k=k, store_id=store_id, audience=r.case.audience)
-            pages = [page_of(str(d.id or "")) for d in found]
-            rank = next((i for i, p in enumerate(pages, start=1) if p in r.case.pages), None)
-            first += rank == 1
-            top += rank is not None and rank <= k
-            reciprocal += 1 / rank if rank else 0.0
-        n = len(answerable) or 1
-        out[name] = {"hit@1": round(first / n, 3), f"hit@{k}": round(top / n, 3), "mrr": round(reciprocal / n, 3)}
+        ranked = [(r.case, await leg.ainvoke(r.search_query, k=k, store_id=store_id, audience=r.case.audience))
+                  for r in answerable]
+        out[name] = {key: round(value, 3) for key, value in ranking_figures(ranked, k).items()}
     return out
 
 
