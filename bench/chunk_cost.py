@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+import msgspec
 import openai
 import uvloop
 from langchain_core.messages import AIMessage, HumanMessage
@@ -46,6 +47,7 @@ from langsmith.wrappers import wrap_openai
 from graph.models import make_chat_model
 
 ROOT = Path(__file__).resolve().parent.parent
+decode_chunk = msgspec.json.Decoder().decode
 
 
 def cpu_s() -> float:
@@ -79,12 +81,26 @@ async def measure(base: str, answers: int, chunks: int, token_ms: float) -> None
                         json.loads(line[6:])
 
         sdk = openai.AsyncOpenAI(api_key="sk-local", base_url=base, max_retries=0)
+        sdk_aiohttp = openai.AsyncOpenAI(api_key="sk-local", base_url=base, max_retries=0,
+                                         http_client=openai.DefaultAioHttpClient())
 
-        async def with_sdk() -> None:
-            stream: Any = await sdk.chat.completions.create(model="gpt-4o-mini", stream=True,
-                                                            messages=[{"role": "user", "content": "hi"}])
-            async for _ in stream:
-                pass
+        def through(client: Any) -> Callable[[], Awaitable[None]]:
+            async def with_sdk() -> None:
+                stream: Any = await client.chat.completions.create(model="gpt-4o-mini", stream=True,
+                                                                   messages=[{"role": "user", "content": "hi"}])
+                async for _ in stream:
+                    pass
+            return with_sdk
+
+        def raw_lines(client: Any) -> Callable[[], Awaitable[None]]:
+            """The SDK's request (auth, retries, timeouts, status errors), its body's lines decoded here."""
+            async def with_lines() -> None:
+                async with client.chat.completions.with_streaming_response.create(
+                        model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "hi"}]) as r:
+                    async for line in r.iter_lines():
+                        if line.startswith("data: {"):
+                            decode_chunk(line[6:])
+            return with_lines
 
         model = make_chat_model(openai_api_key="sk-local", openai_base_url=base, model_name="gpt-4o-mini",
                                 max_retries=0)
@@ -138,7 +154,11 @@ async def measure(base: str, answers: int, chunks: int, token_ms: float) -> None
             async for _ in traced.astream({"messages": messages}, stream_mode=["custom", "updates"]):
                 pass
 
-        for name, fn in (("httpx + json.loads", raw), ("OpenAI SDK", with_sdk), ("langchain-openai", with_langchain),
+        for name, fn in (("httpx + json.loads", raw), ("OpenAI SDK", through(sdk)),
+                         ("OpenAI SDK on aiohttp", through(sdk_aiohttp)),
+                         ("SDK request, lines + msgspec", raw_lines(sdk)),
+                         ("... on aiohttp", raw_lines(sdk_aiohttp)),
+                         ("langchain-openai", with_langchain),
                          ("LangGraph (messages, updates)", with_langgraph),
                          ("LangGraph custom writer, SDK", with_direct),
                          ("... SDK in wrap_openai", with_direct_wrapped)):

@@ -18,12 +18,13 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AnyMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.retrievers import BaseRetriever
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.config import get_stream_writer
+from langgraph.config import get_config, get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
+from graph.answer_stream import OnText, stream_answer
 from graph.condense import needs_condensing, speaks_of, standalone_question, worth_a_model_call
 from graph.handoff import UNANSWERED_LIMIT, asks_for_person, is_small_talk, language_of, notice, said_not_known
 from graph.models import DECLINE_COVERAGE, ExtractiveChatModel, best_section, content_text, make_chat_model
@@ -148,16 +149,6 @@ REQUEST_HUMAN = {
 }
 
 
-def _answering_model(model: BaseChatModel, offer_handoff: bool) -> Any:
-    """The model with the request_human tool bound when it takes tools (the offline answerer does not)."""
-    if not offer_handoff or isinstance(model, ExtractiveChatModel):
-        return model
-    try:
-        return model.bind_tools([REQUEST_HUMAN])
-    except NotImplementedError:
-        return model
-
-
 def _histories(messages: list[AnyMessage], keep: int) -> list[AnyMessage]:
     """The last `keep` messages, not starting inside a tool exchange (a provider refuses a tool result whose call
     was cut off)."""
@@ -165,6 +156,13 @@ def _histories(messages: list[AnyMessage], keep: int) -> list[AnyMessage]:
     while history and isinstance(history[0], ToolMessage):
         history = history[1:]
     return history
+
+
+def _token_writer() -> OnText:
+    """Where no one gave the run a sink for the answer's text (`langgraph dev`, Studio): LangGraph's `custom`
+    stream, one {"type": "token", "delta"} per chunk (its `messages` stream has them too: chunks_to_callbacks)."""
+    write = get_stream_writer()
+    return lambda text: write({"type": "token", "delta": text})
 
 
 def first_step(state: ChatState, runtime: Runtime[ChatContext]) -> Literal["handoff", "condense"]:
@@ -179,8 +177,10 @@ async def generate(state: ChatState, runtime: Runtime[ChatContext]) -> dict[str,
     passages = [Passage(**p) for p in state.get("passages", [])]
     history = _histories(state.get("messages", []), ctx.history_messages)
     prompt: list[BaseMessage] = [SystemMessage(system_prompt(passages, ctx.prompt_variant, ctx.store_voice)), *history]
+    tools = [REQUEST_HUMAN] if ctx.handoff and not isinstance(model, ExtractiveChatModel) else None
     try:
-        response = await _answering_model(model, ctx.handoff).ainvoke(prompt)
+        response = await stream_answer(model, prompt, on_text=ctx.on_token or _token_writer(), tools=tools,
+                                       callbacks=get_config().get("callbacks"), chunks_to_callbacks=not ctx.on_token)
     except Exception as exc:  # the caller must tell a model failure from a failure of ours
         raise ModelCallError(f"{type(exc).__name__} from the chat model") from exc
     if ctx.answer_id:

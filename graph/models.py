@@ -8,7 +8,7 @@ import re
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from html import unescape
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
@@ -270,6 +270,15 @@ class ExtractiveChatModel(BaseChatModel):
             input_tokens=prompt_units, output_tokens=len(output), total_tokens=prompt_units + len(output)
         )
 
+    def reply(self, messages: list[BaseMessage]) -> tuple[list[str], AIMessage]:
+        """The answer's pieces as it streams them, and the whole answer with its usage (graph/answer_stream.py)."""
+        pieces = _pieces(self.answer(messages))
+        return pieces, AIMessage(
+            content="".join(pieces),
+            usage_metadata=self._usage(messages, pieces),
+            response_metadata={"model_name": self.model_name, "finish_reason": "stop"},
+        )
+
     def _chunks(self, messages: list[BaseMessage]) -> Iterator[ChatGenerationChunk]:
         pieces = _pieces(self.answer(messages))
         usage = self._usage(messages, pieces)
@@ -289,13 +298,7 @@ class ExtractiveChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        pieces = _pieces(self.answer(messages))
-        message = AIMessage(
-            content="".join(pieces),
-            usage_metadata=self._usage(messages, pieces),
-            response_metadata={"model_name": self.model_name, "finish_reason": "stop"},
-        )
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        return ChatResult(generations=[ChatGeneration(message=self.reply(messages)[1])])
 
     def _stream(
         self,
@@ -333,12 +336,15 @@ def make_chat_model(
     timeout_s: float = 60.0,
     max_retries: int = 2,
     offline_chunk_delay_s: float = 0.0,
+    http_client: Literal["aiohttp", "httpx"] = "aiohttp",
 ) -> BaseChatModel:
+    """The offline answerer without a key; else ChatOpenAI (any OpenAI-compatible server at `openai_base_url`), on
+    the SDK's aiohttp transport unless `http_client` says httpx (graph/openai_model.py)."""
     if not openai_api_key:
         return ExtractiveChatModel(chunk_delay_s=offline_chunk_delay_s)
     from pydantic import SecretStr
 
-    from graph.openai_model import ChatOpenAIFastRequest
+    from graph.openai_model import ChatOpenAIFastRequest, aiohttp_client
 
     return ChatOpenAIFastRequest(
         model=model_name,
@@ -352,7 +358,15 @@ def make_chat_model(
         # no per-chunk asyncio.wait_for (a task per token): the client's read timeout bounds each wait
         # for bytes and the service's turn deadline bounds the whole answer
         stream_chunk_timeout=None,
+        **({"http_async_client": aiohttp_client()} if http_client == "aiohttp" else {}),
     )
+
+
+async def aclose_model(model: BaseChatModel) -> None:
+    """Close the HTTP client a model made here holds (its connections), if any."""
+    client = getattr(model, "root_async_client", None)
+    if client is not None and getattr(model, "http_async_client", None) is not None:
+        await client.close()
 
 
 def model_label(model: BaseChatModel) -> str:

@@ -7,10 +7,16 @@ messages langchain-openai builds are already plain wire-format dicts, so the wal
 SDK merges `extra_body` into the JSON body after the transform, so the messages go there and the typed
 `messages` argument stays an empty placeholder: the same request on the wire, without the walk.
 (The workaround known from openai-python perf reports; `tests/test_openai_model.py` checks the bodies.)
+
+`aiohttp_client()` is the SDK's aiohttp transport (`openai[aiohttp]`), which reads a paced stream for about half
+the CPU of its default httpx transport (bench/chunk_cost.py), with an aiohttp session per event loop: a model made
+once (a cached default, a store's model) may serve more than one loop in a process (tests, `langgraph dev`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from typing import Any
 
 from langchain_core.language_models import LanguageModelInput
@@ -29,3 +35,33 @@ class ChatOpenAIFastRequest(ChatOpenAI):
             payload["extra_body"] = {**(payload.get("extra_body") or {}), "messages": messages}
             payload["messages"] = []
         return payload
+
+
+def aiohttp_client() -> Any:
+    """An httpx-compatible client for the OpenAI SDK on aiohttp (the SDK's DefaultAioHttpClient defaults)."""
+    import openai
+    from openai._vendor.httpx_aiohttp.transport import AiohttpTransport
+
+    class PerLoopTransport(AiohttpTransport):
+        """AiohttpTransport with its aiohttp session made in, and kept per, the event loop that sends."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+
+        async def handle_async_request(self, request: Any) -> Any:
+            loop = asyncio.get_running_loop()
+            session = self.sessions.get(loop)
+            if session is None or session.closed:
+                self.client = None
+                session = self.sessions[loop] = self.get_client()
+            self.client = session
+            return await super().handle_async_request(request)
+
+        async def aclose(self) -> None:
+            loop = asyncio.get_running_loop()
+            session = self.sessions.pop(loop, None)
+            if session is not None:
+                await session.close()
+
+    return openai.DefaultAioHttpClient(transport=PerLoopTransport())

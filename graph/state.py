@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypedDict
 
@@ -52,5 +53,8 @@ class ChatContext:
     # the id the answer gets in the thread's state (the service uses the assistant message's row id, so
     # the row, the checkpoint and every streamed chunk name the same message); None keeps the model's
     answer_id: str | None = None
+    # where the answer's text goes chunk by chunk as the model streams it (graph/answer_stream.py); None: LangGraph's
+    # `custom` stream writer
+    on_token: Callable[[str], None] | None = None
     # the search of the question begun before the run (graph/retrieval.py SearchAhead); None: the node searches
     search_ahead: Any = None

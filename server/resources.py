@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,7 +14,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 
 from graph.graph import build_graph
-from graph.models import make_chat_model
+from graph.models import aclose_model, make_chat_model
 from graph.text import korean_morphemes
 from persistence.capacity import CapacityRepository
 from persistence.checkpointer import make_checkpointer
@@ -224,20 +223,30 @@ def chat_model(settings: Settings) -> BaseChatModel:
         timeout_s=settings.openai_timeout_seconds,
         max_retries=settings.openai_max_retries,
         offline_chunk_delay_s=settings.offline_chunk_delay_ms / 1000,
+        http_client=settings.openai_http_client,
     )
 
 
-def store_model_factory(settings: Settings) -> Callable[[str], BaseChatModel] | None:
-    """A chat model by name for stores that set their own (`model` in their settings), made once per name; None
-    without an OpenAI key (the offline answerer has no models to choose from)."""
-    if settings.openai_api_key is None:
-        return None
+class StoreModels:
+    """A chat model by name for stores that set their own (`model` in their settings), made once per name."""
 
-    @functools.cache
-    def model_for(name: str) -> BaseChatModel:
-        return chat_model(settings.model_copy(update={"openai_model": name}))
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.made: dict[str, BaseChatModel] = {}
 
-    return model_for
+    def __call__(self, name: str) -> BaseChatModel:
+        if name not in self.made:
+            self.made[name] = chat_model(self.settings.model_copy(update={"openai_model": name}))
+        return self.made[name]
+
+    async def aclose(self) -> None:
+        for model in self.made.values():
+            await aclose_model(model)
+
+
+def store_model_factory(settings: Settings) -> StoreModels | None:
+    """None without an OpenAI key (the offline answerer has no models to choose from)."""
+    return StoreModels(settings) if settings.openai_api_key is not None else None
 
 
 def make_capacity(settings: Settings, pool: Pool) -> CapacityService:
@@ -297,6 +306,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         handoff_repo = HandoffRepository(pool)
         handoffs = HandoffService(handoff_repo, graph, max_message_chars=settings.max_message_chars,
                                   stale_after=timedelta(seconds=settings.turn_timeout_seconds))
+        store_models = store_model_factory(settings)
         chat = IntegratedChatService(
             graph=graph,
             messages=messages,
@@ -314,7 +324,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             on_disconnect=settings.turn_on_disconnect,
             max_queued=settings.max_queued_turns,
             store_settings=store_settings,
-            model_for=store_model_factory(settings),
+            model_for=store_models,
             handoffs=handoff_repo if settings.handoff_enabled else None,
             lease=timedelta(seconds=settings.turn_lease_seconds) if settings.turn_lease_seconds > 0 else None,
         )
@@ -377,4 +387,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
                 await asyncio.gather(leases, return_exceptions=True)
             await listener.aclose()
             await knowledge.aclose()
+            await aclose_model(model)
+            if store_models is not None:
+                await store_models.aclose()
             await tracing.aclose()

@@ -115,6 +115,7 @@ class Settings(BaseSettings):
     openai_temperature: float = 0.2
     openai_timeout_seconds: float = 60
     openai_max_retries: int = 2
+    openai_http_client: Literal["aiohttp", "httpx"] = "aiohttp"  # the SDK's transport (graph/openai_model.py)
     offline_chunk_delay_ms: float = 0
     model_prices: dict[str, dict[str, float]] = Field(
         default_factory=lambda: dict(DEFAULT_PRICES),

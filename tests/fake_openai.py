@@ -8,6 +8,8 @@ requests get a `chat.completion` object with usage.
 Behaviour is chosen by markers in the last user message, so one server serves every test:
   [[fail]]   two content chunks, then the connection is cut (a model failing mid-stream)
   [[truncate]] two content chunks, then the body ends cleanly with no finish_reason nor [DONE]
+  [[error_event]] two content chunks, then an `error` object as a `data:` line (how the API reports a failure
+             after the stream began), then the body ends
   [[slow]]   60 chunks, 50 ms apart (for 409 and disconnect tests)
   [[http500]] an HTTP 500 error body before any stream starts
   [[stall]]  two content chunks, then nothing for 5 s before the rest (a model hanging mid-stream)
@@ -215,6 +217,11 @@ class _Handler(JsonHandler):
                     return
                 if "[[stall]]" in last_user and i == 2:
                     time.sleep(5)
+                if "[[error_event]]" in last_user and i == 2:
+                    send(b'data: {"error": {"message": "The server had an error while processing your request.", '
+                         b'"type": "server_error", "param": null, "code": null}}\n\n')
+                    send(b"")
+                    return
                 if "[[truncate]]" in last_user and i == 2:
                     send(b"")  # a clean end of body, but no finish_reason, usage or [DONE]
                     return

@@ -72,6 +72,15 @@ async def test_a_streamed_turn_is_one_trace_with_its_metadata_and_usage(
     (llm,) = [r for r in trace if r["run_type"] == "llm"]
     usage = llm["extra"]["metadata"]["usage_metadata"]
     assert (usage["input_tokens"], usage["output_tokens"]) == (stored.input_tokens, stored.output_tokens)
+    # the answer is read from the model client's own stream (graph/answer_stream.py), yet its LLM run is whole:
+    # under the generate node, with the prompt, the answer, and the first token's time as LangSmith records it
+    (generate,) = [r for r in trace if r["name"] == "generate"]
+    assert llm["parent_run_id"] == generate["id"]
+    assert llm["inputs"]["messages"][0][-1]["kwargs"]["content"] == "How much is shipping?"
+    answer = llm["outputs"]["generations"][0][0]["message"]["kwargs"]
+    assert answer["content"] == stored.content and answer["response_metadata"]["finish_reason"] == "stop"
+    (first, *_) = [e for e in llm["events"] if e["name"] == "new_token"]
+    assert llm["start_time"] <= first["time"] < llm["end_time"]
     assert all(r["api_key_ok"] for r in langsmith.requests)
 
 

@@ -101,7 +101,7 @@ async def test_stored_usage_is_exactly_the_providers(res: Resources, fake_openai
     assert tokens == done.content
 
 
-@pytest.mark.parametrize("marker", ["[[fail]]", "[[truncate]]"])
+@pytest.mark.parametrize("marker", ["[[fail]]", "[[truncate]]", "[[error_event]]"])
 async def test_model_cut_mid_stream_is_stored_as_error_and_session_stays_usable(res: Resources, marker: str) -> None:
     session = await res.sessions.create("store-f", None, {})
     events = await _events(res, session.session_id, f"{marker} tell me")
@@ -232,7 +232,7 @@ async def test_a_model_that_hangs_mid_stream_times_out(res: Resources, fake_open
                                                        database_url: str) -> None:
     from datetime import timedelta
 
-    from graph.models import make_chat_model
+    from graph.models import aclose_model, make_chat_model
     from server.services.chat import IntegratedChatService
 
     def chat_with(model: Any, turn_timeout_s: float) -> IntegratedChatService:
@@ -250,6 +250,7 @@ async def test_a_model_that_hangs_mid_stream_times_out(res: Resources, fake_open
     turn = await chat_with(impatient, 30).start_turn(session.session_id, "[[stall]] hello", {})
     events = [e async for e in turn.stream()]
     assert events[-1][0] == "error" and events[-1][1]["code"] == "model_error"
+    await aclose_model(impatient)
     # the turn's own deadline, whatever the client does
     session = await res.sessions.create("store-hang", None, {})
     turn = await chat_with(res.chat.model, 1).start_turn(session.session_id, "[[stall]] hello", {})

@@ -667,6 +667,7 @@ class IntegratedChatService:
             answer_id=str(turn.message_id),
             handoff=self.handoffs is not None,
             handoff_hours=store.get("handoff_hours"),
+            on_token=functools.partial(self._on_text, turn, progress),
         )
         graph_input = {"messages": [*turn.prelude, HumanMessage(content=turn.content, id=str(turn.user_message_id))]}
         if turn.attempt > 1:
@@ -730,9 +731,7 @@ class IntegratedChatService:
             if mode == "messages":
                 chunk, meta = payload
                 node = meta.get("langgraph_node")
-                if node == "generate" and isinstance(chunk, AIMessageChunk):
-                    self._on_chunk(turn, progress, chunk)
-                elif node == "condense" and getattr(chunk, "usage_metadata", None):
+                if node == "condense" and getattr(chunk, "usage_metadata", None):
                     used = chunk.usage_metadata
                     progress.condense_usage = add_usage(progress.condense_usage, used) if progress.condense_usage \
                         else used
@@ -743,6 +742,8 @@ class IntegratedChatService:
                     turn.emit("sources", {"sources": progress.sources})
                 if "generate" in payload:
                     progress.final = payload["generate"]["messages"][-1]
+                    if named := progress.final.response_metadata.get("model_name"):
+                        progress.model = str(named)  # the provider's name for the model that answered
                 if "handoff" in payload:  # the shopper is told a person will reply: part of this turn's answer
                     said = payload["handoff"]
                     progress.handoff = said["handoff"]
@@ -750,6 +751,13 @@ class IntegratedChatService:
                         progress.model = HANDOFF_MODEL
                     text = content_text(said["messages"][-1].content)
                     self._on_chunk(turn, progress, AIMessageChunk(content=f"\n\n{text}" if progress.parts else text))
+
+    def _on_text(self, turn: Turn, progress: _Progress, text: str) -> None:
+        """A chunk of the answer's text as the model streams it (graph/answer_stream.py): one `token` event."""
+        if progress.first_token_ms is None:
+            progress.first_token_ms = int((time.perf_counter() - turn.started) * 1000)
+        progress.parts.append(text)
+        turn.emit("token", {"delta": text})
 
     def _on_chunk(self, turn: Turn, progress: _Progress, chunk: AIMessageChunk) -> None:
         if chunk.usage_metadata:
