@@ -7,13 +7,14 @@ With --token-ms 0 (default) the chunks come back to back, many to a read; with -
 model's pace, like a real model's 40 tokens/s) each chunk is a read of its own and a wake-up of the event loop, and
 the first line is the machine's floor for that: the loop waking --chunks times with nothing to do.
 
-Layers, each including the ones before: httpx reading the SSE lines and json.loads of each chunk; the OpenAI SDK
-(`chat.completions.create(stream=True)`); langchain-openai (`ChatOpenAI.astream`, as the graph's model); LangGraph
-running a one-node graph with the service's stream modes (`messages`, `updates`); and the direct token path: a
-one-node graph whose node reads the SDK's stream itself and writes each chunk's text to LangGraph's `custom` stream
-writer, bare and with the SDK in langsmith's `wrap_openai` (tracing off unless LANGSMITH_TRACING says otherwise).
-What the service adds on top (its
-own SSE events through Litestar, the database, retrieval) is the difference to `bench/run.py`'s server CPU per turn.
+Rows: httpx reading the SSE lines and json.loads of each chunk; the OpenAI SDK (`chat.completions.create(
+stream=True)`) on its default httpx transport and on aiohttp; the SDK's request with the body's lines decoded here
+(msgspec), on each; then the old path, each including the one before: langchain-openai (`ChatOpenAI.astream`) and
+LangGraph running a one-node graph with the stream modes the service used (`messages`, `updates`); and the direct
+token path (graph/answer_stream.py, the generate node's): a one-node graph whose node hands each chunk's text to
+LangGraph's `custom` stream writer, or to a plain callable as the service does, on aiohttp, and that on httpx.
+Tracing is off unless LANGSMITH_TRACING says otherwise. What the service adds on top (its own SSE events through
+Litestar, the database, retrieval) is the difference to `bench/run.py`'s server CPU per turn.
 """
 
 from __future__ import annotations
@@ -39,12 +40,12 @@ import httpx
 import msgspec
 import openai
 import uvloop
-from langchain_core.messages import AIMessage, HumanMessage
-from langgraph.config import get_stream_writer
+from langchain_core.messages import HumanMessage
+from langgraph.config import get_config, get_stream_writer
 from langgraph.graph import END, START, MessagesState, StateGraph
-from langsmith.wrappers import wrap_openai
 
-from graph.models import make_chat_model
+from graph.answer_stream import stream_answer
+from graph.models import aclose_model, make_chat_model
 
 ROOT = Path(__file__).resolve().parent.parent
 decode_chunk = msgspec.json.Decoder().decode
@@ -102,8 +103,10 @@ async def measure(base: str, answers: int, chunks: int, token_ms: float) -> None
                             decode_chunk(line[6:])
             return with_lines
 
-        model = make_chat_model(openai_api_key="sk-local", openai_base_url=base, model_name="gpt-4o-mini",
-                                max_retries=0)
+        # the old path's rows on the SDK's default httpx transport, as it ran; the direct path on either
+        model, model_aiohttp = (make_chat_model(openai_api_key="sk-local", openai_base_url=base,
+                                                model_name="gpt-4o-mini", max_retries=0, http_client=http)
+                                for http in ("httpx", "aiohttp"))
         messages = [HumanMessage("hi")]
 
         async def with_langchain() -> None:
@@ -123,20 +126,22 @@ async def measure(base: str, answers: int, chunks: int, token_ms: float) -> None
             async for _ in graph.astream({"messages": messages}, stream_mode=["messages", "updates"]):
                 pass
 
-        # the direct token path of issue 28: the node reads the SDK's own stream and hands each chunk's text to
-        # LangGraph's `custom` stream writer; no LangChain message per chunk, no callback managers
-        def direct_graph(client: Any) -> Any:
+        # the direct token path (graph/answer_stream.py, as the generate node runs it): the model client's own
+        # stream, each chunk's text to LangGraph's `custom` stream writer, or to a plain callable (the service's)
+        def direct_graph(to_writer: bool, model: Any) -> Any:
             async def generate_direct(state: MessagesState) -> dict[str, Any]:
-                write = get_stream_writer()
-                stream: Any = await client.chat.completions.create(
-                    model="gpt-4o-mini", stream=True, stream_options={"include_usage": True},
-                    messages=[{"role": "user", "content": "hi"}])
-                parts = []
-                async for chunk in stream:
-                    if chunk.choices and chunk.choices[0].delta.content:
-                        parts.append(chunk.choices[0].delta.content)
-                        write(chunk.choices[0].delta.content)
-                return {"messages": [AIMessage("".join(parts))]}
+                if to_writer:
+                    write = get_stream_writer()
+
+                    def on_text(text: str) -> None:
+                        write({"type": "token", "delta": text})
+                else:
+                    def on_text(text: str) -> None:
+                        sink.append(text)
+                answer = await stream_answer(model, state["messages"], on_text=on_text,
+                                             callbacks=get_config().get("callbacks"))
+                sink.clear()
+                return {"messages": [answer]}
 
             direct = StateGraph(MessagesState)
             direct.add_node("generate", generate_direct)
@@ -144,15 +149,19 @@ async def measure(base: str, answers: int, chunks: int, token_ms: float) -> None
             direct.add_edge("generate", END)
             return direct.compile()
 
-        direct, traced = direct_graph(sdk), direct_graph(wrap_openai(sdk))
+        sink: list[str] = []
+        to_writer, to_sink, to_sink_httpx = (direct_graph(True, model_aiohttp), direct_graph(False, model_aiohttp),
+                                             direct_graph(False, model))
 
-        async def with_direct() -> None:
-            async for _ in direct.astream({"messages": messages}, stream_mode=["custom", "updates"]):
+        async def with_writer() -> None:
+            async for _ in to_writer.astream({"messages": messages}, stream_mode=["custom", "updates"]):
                 pass
 
-        async def with_direct_wrapped() -> None:
-            async for _ in traced.astream({"messages": messages}, stream_mode=["custom", "updates"]):
-                pass
+        def with_sink(graph: Any) -> Callable[[], Awaitable[None]]:
+            async def run() -> None:
+                async for _ in graph.astream({"messages": messages}, stream_mode=["messages", "updates", "custom"]):
+                    pass
+            return run
 
         for name, fn in (("httpx + json.loads", raw), ("OpenAI SDK", through(sdk)),
                          ("OpenAI SDK on aiohttp", through(sdk_aiohttp)),
@@ -160,9 +169,12 @@ async def measure(base: str, answers: int, chunks: int, token_ms: float) -> None
                          ("... on aiohttp", raw_lines(sdk_aiohttp)),
                          ("langchain-openai", with_langchain),
                          ("LangGraph (messages, updates)", with_langgraph),
-                         ("LangGraph custom writer, SDK", with_direct),
-                         ("... SDK in wrap_openai", with_direct_wrapped)):
-            print(f"{name:<32} {await per_answer(answers, fn):6.1f} ms CPU per answer", flush=True)
+                         ("direct path, custom writer", with_writer),
+                         ("direct path, a sink (the service)", with_sink(to_sink)),
+                         ("... on httpx", with_sink(to_sink_httpx))):
+            print(f"{name:<34} {await per_answer(answers, fn):6.1f} ms CPU per answer", flush=True)
+        await aclose_model(model_aiohttp)
+        await sdk_aiohttp.close()
 
 
 def main() -> int:
