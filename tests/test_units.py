@@ -407,3 +407,37 @@ def test_how_people_type_numbers_and_typos_does_not_hide_what_they_ask() -> None
     fees = ("Shipping › Fees", "Delivery costs 3,000 KRW; orders of 50,000 KRW or more ship free.")
     section = best_section("how much is dellivery", [fees])
     assert section is not None and section.coverage == 1.0
+
+
+async def test_a_turns_events_leave_in_batches_a_pause_flushes_at_once() -> None:
+    """Turn.batches: events that come while the last write is recent gather into one write (one SSE event each
+    still), an event after a pause leaves at once; a wide window here keeps the test free of scheduling luck."""
+    import asyncio
+    import time as clock
+
+    from server.services.chat import Turn
+
+    turn = Turn(session_id=uuid4(), store_id="s", user_id=None, user_message_id=uuid4(), message_id=uuid4(),
+                content="hi", model="m", prompt_variant="v1", started=clock.perf_counter())
+    got: list[list[str]] = []
+
+    async def read() -> None:
+        async for batch in turn.batches(window_s=0.3):
+            got.append([data.get("delta", event) for _, event, data in batch])
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0.01)
+    for delta in ("a", "b", "c"):  # a burst before the reader runs: one write
+        turn.emit("token", {"delta": delta})
+    await asyncio.sleep(0.05)
+    turn.emit("token", {"delta": "d"})  # within the window of the last write: they wait for it together
+    await asyncio.sleep(0.05)
+    turn.emit("token", {"delta": "e"})
+    await asyncio.sleep(0.6)  # a pause: the next one goes at once, alone
+    turn.emit("token", {"delta": "f"})
+    await asyncio.sleep(0.05)
+    assert got == [["a", "b", "c"], ["d", "e"], ["f"]]
+    turn.end()
+    await reader
+    ids = [n async for n, _, _ in turn.events()]
+    assert ids == list(range(1, 7))  # still one event, with its own id, per token

@@ -64,7 +64,7 @@ from server.http.deps import SSE_HEADERS, Caller, checked, parse_event_id, parse
 from server.resources import Resources
 from server.schemas import Session, StoreId, UserId, decode_body, sse_frame
 from server.services.auth import Principal
-from server.services.chat import Numbered, OnBusy, Turn
+from server.services.chat import Batches, Numbered, OnBusy, Turn
 
 ASSISTANT_ID = "agent"  # the graph's id in langgraph.json, and LangGraph's default assistant id
 GRAPH_NAME = build_graph().name
@@ -346,7 +346,13 @@ def run_paths(thread_id: UUID | str, run_id: UUID | str, modes: set[str]) -> dic
     return {"Content-Location": run, "Location": f"{run}/stream?{query}"}
 
 
-async def run_events(res: Resources, run: RunRef, items: Numbered,
+async def one_by_one(items: Numbered) -> Batches:
+    async with contextlib.aclosing(items):
+        async for item in items:
+            yield [item]
+
+
+async def run_events(res: Resources, run: RunRef, batches: Batches,
                      modes: set[str], before: dict[str, Any] | None, *, resumable: bool) -> AsyncIterator[bytes]:
     """A turn's events in the shapes LangGraph's server streams (metadata, messages, updates, values, error); the
     turn itself is the service's, so it is stored and traced as usual. Resumable: the last frame made of each of
@@ -357,47 +363,62 @@ async def run_events(res: Resources, run: RunRef, items: Numbered,
     meta = {"langgraph_node": "generate", "langgraph_step": 2, "thread_id": thread_id, "run_id": run_id,
             "assistant_id": ASSISTANT_ID, "graph_id": ASSISTANT_ID, "store_id": run.store_id}
     restarted = False
-    async for n, event, data in items:
-        frames: list[tuple[str, Any]] = []
-        if event == "restart":
-            restarted = True
-            frames.append(("metadata", {"run_id": run_id, "thread_id": thread_id, "attempt": data["attempt"]}))
-        elif event == "metadata":
-            if not restarted:
-                frames.append(("metadata", {"run_id": run_id, "thread_id": thread_id, "attempt": 1}))
-            if "values" in modes and before is not None:
-                frames.append(("values", before))
-        elif event == "sources":
-            if "updates" in modes:
-                frames.append(("updates", {"retrieve": {"passages": data["sources"]}}))
-            if "custom" in modes:  # what the graph's retrieve node writes to LangGraph's stream writer
-                frames.append(("custom", sources_event(data["sources"])))
-        elif event == "custom" and "custom" in modes:  # anything else a node wrote: passed through
-            frames.append(("custom", data))
-        elif event == "token" and "messages-tuple" in modes:
-            frames.append(("messages", [_chunk(run_id, data["delta"]), meta]))
-        elif event == "done":
-            message = data["message"]
-            usage = {"input_tokens": message.input_tokens, "output_tokens": message.output_tokens,
-                     "total_tokens": message.input_tokens + message.output_tokens}
-            if "messages-tuple" in modes:  # the closing chunk: finish reason and the provider's usage
-                frames.append(("messages", [_chunk(run_id, "", usage_metadata=usage, chunk_position="last",
-                                                   response_metadata={"finish_reason": "stop",
-                                                                      "model_name": message.model}), meta]))
-            if "updates" in modes:
-                final = {"type": "ai", "id": run_id, "content": message.content, "usage_metadata": usage,
-                         "response_metadata": {"finish_reason": "stop", "model_name": message.model}}
-                frames.append(("updates", {"generate": {"messages": [final]}}))
-            if "values" in modes:
-                frames.append(("values", _values(await _snapshot(res, thread_id))))
-        elif event == "handoff" and "updates" in modes:  # the run ends at the graph's interrupt: a person replies
-            frames.append(("updates", {"__interrupt__": [{"value": {"waiting_for": "operator", **data},
-                                                          "id": run_id}]}))
-        elif event == "error":
-            frames.append(("error", {"error": data.get("code", "internal_error"), "message": data.get("message", ""),
-                                     "run_id": run_id}))
-        for i, (name, payload) in enumerate(frames, start=1):
-            yield sse_frame(n if resumable and i == len(frames) else None, name, payload)
+    async with contextlib.aclosing(batches):
+        async for batch in batches:  # a batch's frames leave in one write
+            out: list[bytes] = []
+            for n, event, data in batch:
+                restarted = await _frames_of(res, run, n, event, data, modes, before, meta, restarted, resumable,
+                                             out)
+            if out:  # (an empty body chunk is no write at all)
+                yield b"".join(out)
+
+
+async def _frames_of(res: Resources, run: RunRef, n: int, event: str, data: dict[str, Any], modes: set[str],
+                     before: dict[str, Any] | None, meta: dict[str, Any], restarted: bool, resumable: bool,
+                     out: list[bytes]) -> bool:
+    """One of our events as LangGraph's server's frames, added to `out`; whether the run has restarted."""
+    run_id, thread_id = str(run.run_id), str(run.thread_id)
+    frames: list[tuple[str, Any]] = []
+    if event == "restart":
+        restarted = True
+        frames.append(("metadata", {"run_id": run_id, "thread_id": thread_id, "attempt": data["attempt"]}))
+    elif event == "metadata":
+        if not restarted:
+            frames.append(("metadata", {"run_id": run_id, "thread_id": thread_id, "attempt": 1}))
+        if "values" in modes and before is not None:
+            frames.append(("values", before))
+    elif event == "sources":
+        if "updates" in modes:
+            frames.append(("updates", {"retrieve": {"passages": data["sources"]}}))
+        if "custom" in modes:  # what the graph's retrieve node writes to LangGraph's stream writer
+            frames.append(("custom", sources_event(data["sources"])))
+    elif event == "custom" and "custom" in modes:  # anything else a node wrote: passed through
+        frames.append(("custom", data))
+    elif event == "token" and "messages-tuple" in modes:
+        frames.append(("messages", [_chunk(run_id, data["delta"]), meta]))
+    elif event == "done":
+        message = data["message"]
+        usage = {"input_tokens": message.input_tokens, "output_tokens": message.output_tokens,
+                 "total_tokens": message.input_tokens + message.output_tokens}
+        if "messages-tuple" in modes:  # the closing chunk: finish reason and the provider's usage
+            frames.append(("messages", [_chunk(run_id, "", usage_metadata=usage, chunk_position="last",
+                                               response_metadata={"finish_reason": "stop",
+                                                                  "model_name": message.model}), meta]))
+        if "updates" in modes:
+            final = {"type": "ai", "id": run_id, "content": message.content, "usage_metadata": usage,
+                     "response_metadata": {"finish_reason": "stop", "model_name": message.model}}
+            frames.append(("updates", {"generate": {"messages": [final]}}))
+        if "values" in modes:
+            frames.append(("values", _values(await _snapshot(res, thread_id))))
+    elif event == "handoff" and "updates" in modes:  # the run ends at the graph's interrupt: a person replies
+        frames.append(("updates", {"__interrupt__": [{"value": {"waiting_for": "operator", **data},
+                                                      "id": run_id}]}))
+    elif event == "error":
+        frames.append(("error", {"error": data.get("code", "internal_error"), "message": data.get("message", ""),
+                                 "run_id": run_id}))
+    for i, (name, payload) in enumerate(frames, start=1):
+        out.append(sse_frame(n if resumable and i == len(frames) else None, name, payload))
+    return restarted
 
 
 # -- routes --------------------------------------------------------------------------------------
@@ -598,7 +619,7 @@ async def start_run(res: Resources, principal: Principal, thread_id: UUID, body:
     if not body.stream_resumable:
         del paths["Location"]
     run = RunRef(turn.message_id, thread_id, turn.store_id)
-    return Stream(run_events(res, run, turn.numbered(), modes, before, resumable=body.stream_resumable),
+    return Stream(run_events(res, run, turn.batches(), modes, before, resumable=body.stream_resumable),
                   media_type="text/event-stream", headers={**SSE_HEADERS, **paths})
 
 
@@ -682,7 +703,7 @@ async def join_stream(res: Resources, request: Request[Any, Any, Any], row: dict
     async def frames() -> AsyncIterator[bytes]:
         ended = False
         try:
-            async for frame in run_events(res, run, items, modes, before, resumable=True):
+            async for frame in run_events(res, run, one_by_one(items), modes, before, resumable=True):
                 yield frame
             ended = True
         finally:

@@ -198,10 +198,10 @@ class SessionController(Controller):
         sid = await _turn_session(res, principal, session_id)
         turn = await res.chat.start_turn(sid, data.message, data.metadata, on_busy=data.on_busy)
 
-        async def frames() -> AsyncIterator[bytes]:
-            async with contextlib.aclosing(turn.numbered()) as events:
-                async for n, event, payload in events:
-                    yield sse_frame(n, event, payload)
+        async def frames() -> AsyncIterator[bytes]:  # each event framed once, a batch of them to a write
+            async with contextlib.aclosing(turn.batches()) as batches:
+                async for batch in batches:
+                    yield b"".join([sse_frame(n, event, payload) for n, event, payload in batch])
 
         return Stream(frames(), media_type="text/event-stream", headers=SSE_HEADERS)
 

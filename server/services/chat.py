@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 
 Event = tuple[str, dict[str, Any]]
 Numbered = AsyncGenerator[tuple[int, str, dict[str, Any]], None]  # (id, event, data) as they come
+Batches = AsyncGenerator[list[tuple[int, str, dict[str, Any]]], None]  # the same, a socket write's worth at a time
+# the longest an event waits to leave with the ones after it in one socket write (Turn.batches)
+WRITE_WINDOW_S = 0.005
 OnDisconnect = Literal["continue", "cancel"]
 OnBusy = Literal["enqueue", "reject", "interrupt"]
 INTERRUPT_WAIT_S = 5.0  # how long an interrupting message waits for the stopped turn to let go of the session
@@ -282,15 +285,38 @@ class Turn:
             async for _, event, data in items:
                 yield event, data
 
-    async def numbered(self) -> Numbered:
-        """The stream of the client that started the turn, with event ids. Leaving early cancels the turn only
-        when its `on_disconnect` says so (TURN_ON_DISCONNECT=cancel); by default it runs on and is stored."""
+    async def batches(self, window_s: float = WRITE_WINDOW_S) -> Batches:
+        """The stream of the client that started the turn (as `numbered`), in batches to leave in one socket write
+        each: every event that came since the last batch. After a pause a batch goes at once; while events come
+        faster than `window_s` apart they gather for the rest of the window since the last batch, so no event
+        waits longer than that. Leaving early cancels the turn as `numbered` says."""
+        seen, last = 0, float("-inf")
+        clock = asyncio.get_running_loop().time
         try:
-            async for item in self.events():
-                yield item
+            while True:
+                if seen < len(self.log):
+                    if (wait := last + window_s - clock()) > 0 and not self.ended:
+                        await asyncio.sleep(wait)
+                    batch = [(self.first_id + i, *self.log[i]) for i in range(seen, len(self.log))]
+                    seen += len(batch)
+                    last = clock()
+                    yield batch
+                    continue
+                if self.ended:
+                    return
+                await self.wait_beyond(seen)
         finally:
             if not self.ended and self.task is not None and self.on_disconnect == "cancel":
                 self.task.cancel()
+
+    async def numbered(self) -> Numbered:
+        """The stream of the client that started the turn, with event ids, one at a time (`batches` without the
+        window). Leaving early cancels the turn only when its `on_disconnect` says so (TURN_ON_DISCONNECT=cancel);
+        by default it runs on and is stored."""
+        async with contextlib.aclosing(self.batches(window_s=0)) as batches:
+            async for batch in batches:
+                for item in batch:
+                    yield item
 
 
 @dataclass
