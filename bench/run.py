@@ -101,11 +101,15 @@ def admin_key(conninfo: str, cwd: Path = ROOT) -> str:
                           env={**os.environ, "DATABASE_URL": conninfo}).stdout.strip()
 
 
-def serve_ours(conninfo: str, model_url: str, workers: int = 1, code: Path | None = None
-               ) -> tuple[ChildProcess, Ours]:
+# ours searching hybrid with the local embedding model, as `serve` does with no key (benches' lean default: full-text)
+LOCAL_EMBEDDINGS = {"VECTOR_STORE": "auto", "EMBEDDINGS": "local"}
+
+
+def serve_ours(conninfo: str, model_url: str, workers: int = 1, code: Path | None = None,
+               env: dict[str, str] | None = None) -> tuple[ChildProcess, Ours]:
     """Our server as the one-machine benches run it (production mode, full-text retrieval, no tracing) on the paced
     model, ready, and a client with an admin key: (process, client). `code`: another checkout's server (its
-    packages first on the path), else this one's."""
+    packages first on the path), else this one's; `env`: settings on top (LOCAL_EMBEDDINGS)."""
     key = admin_key(conninfo, cwd=code or ROOT)
     port = free_port()
     command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
@@ -117,7 +121,8 @@ def serve_ours(conninfo: str, model_url: str, workers: int = 1, code: Path | Non
                                     "OPENAI_MAX_RETRIES": "0", "LANGSMITH_TRACING": "false", "DATABASE_URL": conninfo,
                                     "VECTOR_STORE": "none", "APP_ENV": "production", "LOG_LEVEL": "WARNING",
                                     "SESSION_TOKEN_SECRET": BENCH_SESSION_SECRET,
-                                    "CAPACITY_SAMPLE_SECONDS": "0", "WEB_CONCURRENCY": str(workers)},
+                                    "CAPACITY_SAMPLE_SECONDS": "0", "WEB_CONCURRENCY": str(workers),
+                                    **(env or {})},
                           f"http://127.0.0.1:{port}/health")
     try:
         server.wait_ready(180)
@@ -696,10 +701,7 @@ def main() -> int:
         common = {"OPENAI_API_KEY": "sk-local-bench", "OPENAI_BASE_URL": model_url, "OPENAI_MAX_RETRIES": "0",
                   "LANGSMITH_TRACING": "false", "LANGGRAPH_CLI_NO_ANALYTICS": "1", "DATABASE_URL": conninfo,
                   "VECTOR_STORE": "none"}  # both retrieve with the same full-text search
-        if args.embeddings == "local":  # ours searches hybrid with the local model (what it does with no key)
-            common_ours = {"VECTOR_STORE": "auto", "EMBEDDINGS": "local"}
-        else:
-            common_ours = {}
+        common_ours = LOCAL_EMBEDDINGS if args.embeddings == "local" else {}
         key = admin_key(conninfo)
         port = free_port()
         server_cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
