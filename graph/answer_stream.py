@@ -160,8 +160,8 @@ async def _openai_stream(model: Any, prompt: Sequence[BaseMessage], tools: list[
                 continue
             body = data[0] if len(data) == 1 else "\n".join(data)
             data.clear()
-            if body == "[DONE]":
-                break
+            if body == "[DONE]":  # read on to the body's end: a connection left mid-body is not reused
+                continue
             if (text := answer.take(_decode(body))) and (waits := relay(text)) is not None:
                 await waits
         if data and data[0] != "[DONE]":  # a last event the body ended without a blank line after
