@@ -149,7 +149,8 @@ class _Handler(JsonHandler):
             self._json(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
             return
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-        self.server.requests.append({"body": body, "headers": dict(self.headers), "path": path})
+        self.server.requests.append({"body": body, "headers": dict(self.headers), "path": path,
+                                     "peer": self.client_address[1]})  # the connection it came on
         if path.endswith("/embeddings"):
             self._embeddings(body)
             return

@@ -53,3 +53,25 @@ async def test_the_sdk_transform_no_longer_walks_the_conversation(fake_openai: F
         await _body(model, fake_openai)
     assert seen and seen[0]["messages"] == []  # what the SDK walked: an empty placeholder
     assert len(fake_openai.chat_requests[-1]["body"]["messages"]) == len(CONVERSATION)  # what was sent
+
+
+async def test_the_direct_path_streams_the_same_answer_and_reuses_its_connection(fake_openai: FakeOpenAIServer
+                                                                                  ) -> None:
+    """graph/answer_stream.py reads the body itself, on the SDK's aiohttp transport: the text as ChatOpenAI would
+    give it, chunk by chunk, with the provider's usage and finish reason; and the next answer goes on the same
+    connection (each body is read to its end: one left mid-body would be closed, not reused)."""
+    from graph.answer_stream import stream_answer
+    from graph.models import aclose_model
+
+    model = make_chat_model(openai_api_key="sk-local-test", openai_base_url=fake_openai.base_url,
+                            model_name="gpt-4o-mini", max_retries=0)
+    expected = "".join([str(c.content) async for c in model.astream(CONVERSATION)])
+    first = len(fake_openai.requests)
+    for _ in range(3):
+        chunks: list[str] = []
+        answer = await stream_answer(model, CONVERSATION, on_text=chunks.append)
+        assert len(chunks) > 1 and "".join(chunks) == answer.content == expected
+        assert answer.response_metadata["finish_reason"] == "stop" and answer.usage_metadata
+        assert answer.usage_metadata["output_tokens"] == fake_openai.usages[-1]["completion_tokens"]
+    assert len({r["peer"] for r in fake_openai.requests[first:]}) == 1
+    await aclose_model(model)
