@@ -4,6 +4,7 @@ then B then A, ...) so that this machine's drift (±25 % between runs) falls on 
 
     python bench/ab.py A B [--turns 60] [--tokens 1] [--db-delay-ms 0.5]    # --tokens 150: a whole answer's CPU
     python bench/ab.py A B --open-loop --workers 2 [--rates 5 10 20 30] [--seconds 20] [--embeddings local]
+    python bench/ab.py . . --servers uvicorn granian ...    # the same code under uvicorn and granian
 
 A and B are git revisions (checked out into temporary worktrees) or directories of a checkout; `.` is this one.
 Each session gets sequential turns "How much is shipping? (i)"; the first 3 are warm-up. Prints p10/p50/p90 and
@@ -118,11 +119,15 @@ def main() -> int:
     parser.add_argument("--embeddings", choices=["none", "local"], default="none",
                         help="local: both search hybrid with the local embedding model, as `serve` does with no key")
     parser.add_argument("--workers", type=int, default=1, help="each server's worker processes")
+    parser.add_argument("--servers", nargs=2, choices=["uvicorn", "granian"], default=["uvicorn", "uvicorn"],
+                        help="A's and B's HTTP server (`. . --servers uvicorn granian`: the same code on each)")
     parser.add_argument("--open-loop", action="store_true",
                         help="bench/run.py's open loop at --rates, alternating, instead of sequential turns")
     parser.add_argument("--rates", type=float, nargs="+", default=[5, 10, 15, 20, 30, 40])
     parser.add_argument("--seconds", type=float, default=20, help="open-loop duration per rate")
     args = parser.parse_args()
+    names = [f"{spec} ({server})" if args.servers[0] != args.servers[1] else spec
+             for spec, server in zip((args.a, args.b), args.servers, strict=True)]
     if args.open_loop:
         args.tokens = 150
 
@@ -138,17 +143,17 @@ def main() -> int:
             base = proxy.conninfo if proxy is not None else embedded_conninfo(pg)
             model_url, _ = stack.enter_context(paced_model(OPEN_FIRST_TOKEN_MS, OPEN_TOKEN_MS, args.tokens))
             clients = []
-            for code, db in zip(codes, ("ab_a", "ab_b"), strict=True):
+            for code, db, http_server in zip(codes, ("ab_a", "ab_b"), args.servers, strict=True):
                 server, client = serve_ours(psycopg.conninfo.make_conninfo(base, dbname=db), model_url,
-                                            workers=args.workers, code=code,
+                                            workers=args.workers, code=code, http_server=http_server,
                                             env=LOCAL_EMBEDDINGS if args.embeddings == "local" else None)
                 servers.append(server)
                 clients.append(client)
-            setting = f"{args.workers} worker(s) each, embeddings {args.embeddings}"
+            setting = f"{args.workers} worker(s) each, embeddings {args.embeddings}, servers {' / '.join(args.servers)}"
             if args.open_loop:
                 print(f"## open loop, alternating: {setting}; objective: first-token overhead p99 <= "
                       f"{OBJECTIVE_P99_MS:g} ms, 0 errors", flush=True)
-                asyncio.run(alternate_open_loop([args.a, args.b], clients, servers, args.rates, args.seconds))
+                asyncio.run(alternate_open_loop(names, clients, servers, args.rates, args.seconds))
                 return 0
             results, cpu = asyncio.run(alternate(clients, servers, args.turns))
             for server in servers:
@@ -162,7 +167,7 @@ def main() -> int:
     print(f"## first-token overhead ms, {args.turns} turns of {args.tokens} tokens each, alternating (model: first "
           f"token {OPEN_FIRST_TOKEN_MS} ms, then {OPEN_TOKEN_MS} ms/token{delay}); server CPU ms per turn; "
           f"{args.workers} worker(s) each, embeddings {args.embeddings}")
-    for name, r, c in zip((args.a, args.b), results, cpu, strict=True):
+    for name, r, c in zip(names, results, cpu, strict=True):
         deciles = statistics.quantiles(r, n=10)
         print(f"{name:<12} p10 {deciles[0]:6.2f}  p50 {statistics.median(r):6.2f}  p90 {deciles[-1]:6.2f}  "
               f"mean {statistics.mean(r):6.2f}   CPU {c:6.1f}")

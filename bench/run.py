@@ -105,18 +105,34 @@ def admin_key(conninfo: str, cwd: Path = ROOT) -> str:
 LOCAL_EMBEDDINGS = {"VECTOR_STORE": "auto", "EMBEDDINGS": "local"}
 
 
+def server_command(port: int, http_server: str, workers: int) -> list[str]:
+    """Our server's command line: `serve` (uvicorn with uvloop and httptools), or granian on the same app factory at
+    the version constraints.txt pins (`pip install -c constraints.txt granian`)."""
+    if http_server == "uvicorn":
+        return [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
+    granian = Path(sys.executable).parent / "granian"
+    if not granian.exists():
+        sys.exit(f"no granian in this venv: {Path(sys.executable).parent / 'pip'} install -c "
+                 f"{ROOT / 'constraints.txt'} granian")
+    return [str(granian), "--interface", "asgi", "--factory", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(workers), "--loop", "uvloop", "--http", "1", "--log-level", "warning",
+            "server.http.app:create_app"]
+
+
 def serve_ours(conninfo: str, model_url: str, workers: int = 1, code: Path | None = None,
-               env: dict[str, str] | None = None) -> tuple[ChildProcess, Ours]:
+               env: dict[str, str] | None = None, http_server: str = "uvicorn") -> tuple[ChildProcess, Ours]:
     """Our server as the one-machine benches run it (production mode, full-text retrieval, no tracing) on the paced
     model, ready, and a client with an admin key: (process, client). `code`: another checkout's server (its
     packages first on the path), else this one's; `env`: settings on top (LOCAL_EMBEDDINGS)."""
     key = admin_key(conninfo, cwd=code or ROOT)
     port = free_port()
-    command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
-    if code is not None:
+    command = server_command(port, http_server, workers)
+    if code is not None and http_server == "uvicorn":
         command = [sys.executable, "-c", f"import runpy, sys; sys.path.insert(0, {str(code)!r}); "
                    f"sys.argv = ['server.cli', 'serve', '--port', '{port}']; "
                    "runpy.run_module('server.cli', run_name='__main__')"]
+    elif code is not None:
+        env = {**(env or {}), "PYTHONPATH": str(code)}
     server = ChildProcess(command, {"OPENAI_API_KEY": "sk-local-bench", "OPENAI_BASE_URL": model_url,
                                     "OPENAI_MAX_RETRIES": "0", "LANGSMITH_TRACING": "false", "DATABASE_URL": conninfo,
                                     "VECTOR_STORE": "none", "APP_ENV": "production", "LOG_LEVEL": "WARNING",
@@ -704,16 +720,7 @@ def main() -> int:
         common_ours = LOCAL_EMBEDDINGS if args.embeddings == "local" else {}
         key = admin_key(conninfo)
         port = free_port()
-        server_cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
-        if args.server == "granian":  # the same app factory under granian, at the version constraints.txt pins
-            granian = Path(sys.executable).parent / "granian"
-            if not granian.exists():
-                sys.exit(f"no granian in this venv: {Path(sys.executable).parent / 'pip'} install -c "
-                         f"{ROOT / 'constraints.txt'} granian")
-            server_cmd = [str(granian), "--interface", "asgi", "--factory",
-                          "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers),
-                          "--loop", "uvloop", "--http", "1", "--log-level", "warning", "server.http.app:create_app"]
-        ours_proc = ChildProcess(server_cmd,
+        ours_proc = ChildProcess(server_command(port, args.server, args.workers),
                          {**common, "APP_ENV": "production", "LOG_LEVEL": "WARNING",
                           "SESSION_TOKEN_SECRET": BENCH_SESSION_SECRET,
                           "CAPACITY_SAMPLE_SECONDS": "0", "DB_POOL_MAX": "20",
