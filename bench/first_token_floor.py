@@ -24,6 +24,7 @@ if __name__ == "__main__":
     reexec_in_venv(__file__)
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -34,7 +35,7 @@ import httpx
 import openai
 import uvloop
 from langchain_core.documents import Document
-from langchain_core.messages import AIMessageChunk, HumanMessage
+from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 
 from bench.run import OPEN_FIRST_TOKEN_MS, paced_model, pct
@@ -106,14 +107,18 @@ async def measure(base: str, runs: int) -> None:
         context = ChatContext(store_id="s1", audience="shopper", model=model, retriever=_InMemory(), k=4)
 
         async def with_graph(i: int) -> float:
-            first = 0.0
-            async for mode, payload in graph.astream(
+            first: list[float] = []
+
+            def on_token(text: str) -> None:  # the service's sink for the direct token path (graph/answer_stream.py)
+                if not first:
+                    first.append(time.perf_counter())
+
+            async for _ in graph.astream(
                     {"messages": [HumanMessage(f"How much is shipping? ({i})")]},
-                    {"configurable": {"thread_id": "floor"}}, context=context,
+                    {"configurable": {"thread_id": "floor"}}, context=dataclasses.replace(context, on_token=on_token),
                     stream_mode=["messages", "updates", "custom"], durability="exit"):
-                if not first and mode == "messages" and isinstance(payload[0], AIMessageChunk) and payload[0].content:
-                    first = time.perf_counter()
-            return first
+                pass
+            return first[0] if first else 0.0
 
         for name, fn in (("httpx, first SSE line", raw), ("OpenAI SDK", with_sdk),
                          ("langchain-openai", with_langchain), ("the service's graph (no DB)", with_graph)):

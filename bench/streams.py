@@ -1,6 +1,6 @@
 """Many open streams at once: N shoppers' answers streaming together from a slow model, on one server.
 
-    python bench/streams.py [--streams 1000] [--ramp-seconds 20] [--workers 1]
+    python bench/streams.py [--streams 1000] [--ramp-seconds 20] [--workers 1] [--embeddings local]
 
 The model (tests/fake_openai.py, its own process) answers slowly, so that every stream is still open when the
 last one starts: first token after 1 s, then one token every 2 s, 15 tokens (29 s). N turns, each in a session of
@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections import Counter
 
-from bench.run import API, Ours, PeakRss, paced_model, serve_ours, sse_lines
+from bench.run import API, LOCAL_EMBEDDINGS, Ours, PeakRss, paced_model, serve_ours, sse_lines
 from persistence.embedded import embedded_conninfo, start_embedded
 from tests.server_process import ChildProcess
 
@@ -79,6 +79,8 @@ def main() -> int:
     parser.add_argument("--token-ms", type=int, default=TOKEN_MS,
                         help="the model's pause between tokens (default 2000: a 29 s answer); shorter answers must "
                              "still outlast the ramp for every stream to be open at once")
+    parser.add_argument("--embeddings", choices=["none", "local"], default="none",
+                        help="local: hybrid search with the local embedding model, as `serve` does with no key")
     args = parser.parse_args()
 
     pg = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
@@ -86,7 +88,8 @@ def main() -> int:
     server: ChildProcess | None = None
     try:
         with paced_model(FIRST_TOKEN_MS, args.token_ms, TOKENS) as (model_url, _):
-            server, ours = serve_ours(conninfo, model_url, args.workers)
+            server, ours = serve_ours(conninfo, model_url, args.workers,
+                                      env=LOCAL_EMBEDDINGS if args.embeddings == "local" else None)
             idle_rss = server.rss_mb()
             r = asyncio.run(drive(ours, server, args.streams, args.ramp_seconds))
     finally:
@@ -95,7 +98,8 @@ def main() -> int:
         pg.cleanup()
     errors = r["errors"]
     assert isinstance(errors, Counter)
-    print(f"## {args.streams} streams started over {args.ramp_seconds:g} s, {args.workers} worker(s); model: first "
+    print(f"## {args.streams} streams started over {args.ramp_seconds:g} s, {args.workers} worker(s), embeddings "
+          f"{args.embeddings}; model: first "
           f"token {FIRST_TOKEN_MS} ms, then one every {args.token_ms} ms, {TOKENS} tokens")
     print(f"open at once (peak)   {r['peak_open']}")
     print(f"answers done          {r['done']}   errors {sum(errors.values())}")
