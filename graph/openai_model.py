@@ -40,6 +40,7 @@ class ChatOpenAIFastRequest(ChatOpenAI):
 def aiohttp_client() -> Any:
     """An httpx-compatible client for the OpenAI SDK on aiohttp (the SDK's DefaultAioHttpClient defaults)."""
     import openai
+    from openai._constants import DEFAULT_CONNECTION_LIMITS
     from openai._vendor.httpx_aiohttp.transport import AiohttpTransport
 
     class PerLoopTransport(AiohttpTransport):
@@ -64,4 +65,5 @@ def aiohttp_client() -> Any:
             if session is not None:
                 await session.close()
 
-    return openai.DefaultAioHttpClient(transport=PerLoopTransport())
+    # the SDK's own limits (1,000 connections): the transport's default of 100 would queue the 101st open stream
+    return openai.DefaultAioHttpClient(transport=PerLoopTransport(limits=DEFAULT_CONNECTION_LIMITS))

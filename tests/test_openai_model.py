@@ -75,3 +75,14 @@ async def test_the_direct_path_streams_the_same_answer_and_reuses_its_connection
         assert answer.usage_metadata["output_tokens"] == fake_openai.usages[-1]["completion_tokens"]
     assert len({r["peer"] for r in fake_openai.requests[first:]}) == 1
     await aclose_model(model)
+
+
+def test_the_aiohttp_transport_takes_as_many_streams_as_the_sdks_own() -> None:
+    """Each open answer holds a connection to the model: the aiohttp transport must allow the SDK's 1,000, not
+    its own default of 100, past which the 101st stream waited for a free one until it timed out
+    (bench/streams.py: 700 of 1,000 failed)."""
+    from openai._constants import DEFAULT_CONNECTION_LIMITS
+
+    model = make_chat_model(openai_api_key="sk-local-test", openai_base_url="http://127.0.0.1:9/v1")
+    transport: Any = getattr(model, "http_async_client")._transport
+    assert transport.limits.max_connections == DEFAULT_CONNECTION_LIMITS.max_connections == 1000
