@@ -3,7 +3,9 @@ with a readiness URL, with its output kept in a temp file."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -43,8 +45,9 @@ class ChildProcess:
         self.ready_url = ready_url
         self.killed = False
         self.log = tempfile.NamedTemporaryFile(prefix="sixshop-child-", suffix=".log", delete=False)
+        # a process group of its own: stop() ends what it started too (granian's workers outlived their parent)
         self.proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **env}, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s
@@ -95,6 +98,8 @@ class ChildProcess:
             self.killed = True  # it did not stop in time after SIGTERM: what it flushes on the way out is lost
             self.proc.kill()
             self.proc.wait(5)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # whatever of its group is left
         self.log.close()
 
 

@@ -3,7 +3,7 @@ client-side walk of the conversation (graph/openai_model.py)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 from unittest import mock
 
 import openai.resources.chat.completions.completions as sdk_completions
@@ -84,5 +84,5 @@ def test_the_aiohttp_transport_takes_as_many_streams_as_the_sdks_own() -> None:
     from openai._constants import DEFAULT_CONNECTION_LIMITS
 
     model = make_chat_model(openai_api_key="sk-local-test", openai_base_url="http://127.0.0.1:9/v1")
-    transport: Any = getattr(model, "http_async_client")._transport
+    transport: Any = cast(Any, model).http_async_client._transport
     assert transport.limits.max_connections == DEFAULT_CONNECTION_LIMITS.max_connections == 1000
