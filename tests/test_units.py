@@ -441,3 +441,34 @@ async def test_a_turns_events_leave_in_batches_a_pause_flushes_at_once() -> None
     await reader
     ids = [n async for n, _, _ in turn.events()]
     assert ids == list(range(1, 7))  # still one event, with its own id, per token
+
+
+async def test_any_other_chat_model_streams_through_its_own_astream() -> None:
+    """graph/answer_stream.py reads OpenAI-compatible servers and the offline answerer directly; another chat
+    model (here LangChain's fake) streams through its own `astream`, its chunks to the same callable, and the
+    whole answer comes back as one AIMessage."""
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+
+    from graph.answer_stream import stream_answer
+
+    model = GenericFakeChatModel(messages=iter([AIMessage("Shipping is free over 50,000 KRW.")]))
+    chunks: list[str] = []
+    answer = await stream_answer(model, [HumanMessage("shipping?")], on_text=chunks.append,
+                                 tools=[{"type": "function", "function": {"name": "request_human",
+                                                                          "parameters": {"type": "object"}}}])
+    assert len(chunks) > 1 and "".join(chunks) == answer.content == "Shipping is free over 50,000 KRW."
+    assert type(answer) is AIMessage
+
+
+async def test_the_offline_answerer_streams_its_pieces_and_bills_its_units() -> None:
+    from graph.answer_stream import stream_answer
+
+    model = ExtractiveChatModel()
+    passage = Passage(id="p1", title="Shipping", url=None, score=1.0,
+                      content="Standard shipping costs 3,000 KRW per order. Orders ship within two days.")
+    prompt = [SystemMessage(system_prompt([passage], "v1")), HumanMessage("How much is shipping?")]
+    chunks: list[str] = []
+    answer = await stream_answer(model, prompt, on_text=chunks.append)
+    assert "".join(chunks) == answer.content and "3,000 KRW" in str(answer.content)
+    assert answer.usage_metadata and answer.usage_metadata["output_tokens"] == len(chunks)
+    assert answer.response_metadata["finish_reason"] == "stop"
