@@ -40,7 +40,7 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from bench.run import OPEN_FIRST_TOKEN_MS, paced_model, pct
 from graph.graph import build_graph
-from graph.models import make_chat_model
+from graph.models import aclose_model, make_chat_model
 from graph.retrieval import ScopedRetriever
 from graph.state import ChatContext
 
@@ -124,6 +124,7 @@ async def measure(base: str, runs: int) -> None:
                          ("langchain-openai", with_langchain), ("the service's graph (no DB)", with_graph)):
             r = await overheads(runs, fn)
             print(f"{name:<32} p50 {statistics.median(r):5.1f}  p90 {pct(r, 0.9):5.1f} ms", flush=True)
+        await aclose_model(model)
 
 
 def main() -> int:
