@@ -21,7 +21,7 @@ from uuid import UUID, uuid4
 import msgspec
 import psycopg
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.messages.ai import UsageMetadata, add_usage
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableConfig
@@ -323,7 +323,6 @@ class Turn:
 class _Progress:
     parts: list[str] = field(default_factory=list)
     sources: list[dict[str, Any]] = field(default_factory=list)
-    usage: UsageMetadata | None = None
     condense_usage: UsageMetadata | None = None  # the follow-up's rewrite (graph node `condense`), billed too
     model: str | None = None
     first_token_ms: int | None = None
@@ -716,7 +715,7 @@ class IntegratedChatService:
             raise ModelCallError("the model's stream ended without a finish reason")
         if not progress.parts and progress.final is not None and content_text(progress.final.content):
             # a model that does not stream: its whole answer is one token event
-            self._on_chunk(turn, progress, AIMessageChunk(content=content_text(progress.final.content)))
+            self._on_text(turn, progress, content_text(progress.final.content))
         if progress.handoff is not None and self.handoffs is not None:
             # the graph waits for a person (interrupt): the session says so before its claim is let go, so the
             # shopper's next message is kept for the operator, not answered
@@ -776,7 +775,7 @@ class IntegratedChatService:
                     if progress.final is None:  # no model spoke in this turn: the notice is the rule's words
                         progress.model = HANDOFF_MODEL
                     text = content_text(said["messages"][-1].content)
-                    self._on_chunk(turn, progress, AIMessageChunk(content=f"\n\n{text}" if progress.parts else text))
+                    self._on_text(turn, progress, f"\n\n{text}" if progress.parts else text)
 
     def _on_text(self, turn: Turn, progress: _Progress, text: str) -> None:
         """A chunk of the answer's text as the model streams it (graph/answer_stream.py): one `token` event."""
@@ -785,27 +784,11 @@ class IntegratedChatService:
         progress.parts.append(text)
         turn.emit("token", {"delta": text})
 
-    def _on_chunk(self, turn: Turn, progress: _Progress, chunk: AIMessageChunk) -> None:
-        if chunk.usage_metadata:
-            progress.usage = (
-                add_usage(progress.usage, chunk.usage_metadata) if progress.usage else chunk.usage_metadata
-            )
-        name = chunk.response_metadata.get("model_name") if chunk.response_metadata else None
-        if name:
-            progress.model = str(name)
-        text = content_text(chunk.content)
-        if text:
-            if progress.first_token_ms is None:
-                progress.first_token_ms = int((time.perf_counter() - turn.started) * 1000)
-            progress.parts.append(text)
-            turn.emit("token", {"delta": text})
-
     async def _finish(
         self, turn: Turn, progress: _Progress, status: str, error_code: str | None
     ) -> None:
-        usage = progress.usage
-        if progress.final is not None and progress.final.usage_metadata:
-            usage = progress.final.usage_metadata  # the provider's own total for the call
+        # the provider's own total for the answer's call (none when the turn ended before it did)
+        usage = progress.final.usage_metadata if progress.final is not None else None
         if progress.condense_usage:
             usage = add_usage(usage, progress.condense_usage) if usage else progress.condense_usage
         latency_ms = int((time.perf_counter() - turn.started) * 1000)
