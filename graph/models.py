@@ -280,14 +280,13 @@ class ExtractiveChatModel(BaseChatModel):
         )
 
     def _chunks(self, messages: list[BaseMessage]) -> Iterator[ChatGenerationChunk]:
-        pieces = _pieces(self.answer(messages))
-        usage = self._usage(messages, pieces)
+        pieces, whole = self.reply(messages)
         for i, piece in enumerate(pieces):
             last = i == len(pieces) - 1
             chunk = AIMessageChunk(
                 content=piece,
-                usage_metadata=usage if last else None,
-                response_metadata={"model_name": self.model_name, "finish_reason": "stop"} if last else {},
+                usage_metadata=whole.usage_metadata if last else None,
+                response_metadata=whole.response_metadata if last else {},
             )
             yield ChatGenerationChunk(message=chunk)
 
