@@ -32,7 +32,8 @@ def imported_modules(path: Path) -> set[str]:
 
 def violations(package: str, forbidden: tuple[str, ...]) -> list[str]:
     out = []
-    for path in sorted((ROOT / package).rglob("*.py")):
+    base = ROOT / package
+    for path in [base] if base.is_file() else sorted(base.rglob("*.py")):
         for module in sorted(imported_modules(path)):
             if any(module == f or module.startswith(f + ".") for f in forbidden):
                 out.append(f"{path.relative_to(ROOT)} imports {module}")
@@ -50,6 +51,38 @@ def violations(package: str, forbidden: tuple[str, ...]) -> list[str]:
 )
 def test_layers_import_only_downwards(package: str, forbidden: tuple[str, ...]) -> None:
     assert violations(package, forbidden) == []
+
+
+# the turn's parts (server/services/turns/): running knows nothing of how a turn was admitted nor of HTTP; the event
+# log, which every reader follows, holds no database code; setup and finishing, which running uses, no admission
+DATABASE_CODE = ("persistence", "psycopg", "psycopg_pool", "langgraph.checkpoint")
+TURN_RULES = [
+    ("server/services/turns/running.py", ("server.services.turns.admission", "server.services.turns.relay",
+                                          "server.services.turns.leases", "server.http", "litestar")),
+    ("server/services/turns/finishing.py", ("server.services.turns.admission", "server.services.turns.running",
+                                            "server.http", "litestar")),
+    ("server/services/turns/setup.py", ("server.services.turns.admission", "server.services.turns.running",
+                                        "server.http", "litestar")),
+    ("server/services/turns/events.py", (*DATABASE_CODE, "server.services.turns.admission",
+                                         "server.services.turns.running", "server.http", "litestar")),
+]
+
+
+@pytest.mark.parametrize(("module", "forbidden"), TURN_RULES, ids=[m for m, _ in TURN_RULES])
+def test_each_part_of_a_turn_imports_only_what_its_job_needs(module: str, forbidden: tuple[str, ...]) -> None:
+    assert violations(module, forbidden) == []
+
+
+def test_every_part_of_a_turn_has_a_rule_and_the_service_is_a_thin_composition() -> None:
+    parts = {p.name for p in (ROOT / "server/services/turns").glob("*.py")} - {"__init__.py"}
+    ruled = {Path(m).name for m, _ in TURN_RULES}
+    # admission, relay and leases may use the others: they are the parts that compose the rest
+    assert parts - ruled == {"admission.py", "relay.py", "leases.py"}
+    for path in (ROOT / "server/services/turns").glob("*.py"):
+        assert len(path.read_text().splitlines()) <= 300, f"{path.name}: a part holds one job, a few hundred lines"
+    service = ROOT / "server/services/chat.py"
+    assert len(service.read_text().splitlines()) <= 150
+    assert not [m for m in imported_modules(service) if m.startswith(("psycopg", "langgraph.checkpoint"))]
 
 
 def test_the_check_sees_an_import_inside_a_function(tmp_path: Path) -> None:

@@ -415,7 +415,7 @@ async def test_a_turns_events_leave_in_batches_a_pause_flushes_at_once() -> None
     import asyncio
     import time as clock
 
-    from server.services.chat import Turn
+    from server.services.turns.events import Turn
 
     turn = Turn(session_id=uuid4(), store_id="s", user_id=None, user_message_id=uuid4(), message_id=uuid4(),
                 content="hi", model="m", prompt_variant="v1", started=clock.perf_counter())

@@ -64,7 +64,8 @@ from server.http.deps import SSE_HEADERS, Caller, checked, parse_event_id, parse
 from server.resources import Resources
 from server.schemas import Session, StoreId, UserId, decode_body, sse_frame
 from server.services.auth import Principal
-from server.services.chat import Batches, Numbered, OnBusy, Turn
+from server.services.turns.admission import OnBusy
+from server.services.turns.events import Batches, Numbered, Turn
 
 ASSISTANT_ID = "agent"  # the graph's id in langgraph.json, and LangGraph's default assistant id
 GRAPH_NAME = build_graph().name
