@@ -122,7 +122,7 @@ class ShuttingDown(AppError):
         super().__init__(message, detail, {"Retry-After": "1", "Connection": "close", **(headers or {})})
 
 
-# the Agent Protocol front door (server/http/agent_protocol.py)
+# the Agent Protocol front door (server/http/agent_protocol/)
 
 class Unsupported(AppError):
     status_code, code, default_message = 422, "unsupported", "This Agent Protocol feature is not supported"

@@ -106,3 +106,14 @@ def test_langgraph_json_points_at_the_studio_entry_point_in_the_server_layer() -
     path, _, name = target.partition(":")
     assert (ROOT / path).is_file() and path.startswith("./server/"), target
     assert f"def {name}(" in (ROOT / path).read_text()
+
+
+def test_the_agent_protocol_door_is_split_by_resource_and_frames_are_made_in_one_place() -> None:
+    package = ROOT / "server/http/agent_protocol"
+    modules = {p.stem for p in package.glob("*.py")}
+    assert {"threads", "runs", "streams", "assistants", "run_stream"} <= modules
+    for path in package.glob("*.py"):
+        assert len(path.read_text().splitlines()) <= 400, path.name
+        # a run's events become LangGraph's frames only in run_stream.py, whichever route streams them
+        if path.stem != "run_stream":
+            assert "server.schemas.sse_frame" not in imported_modules(path), path.name

@@ -30,7 +30,7 @@ from server.errors import (
 )
 from server.http.access import access, check_access
 from server.http.admin import AdminController
-from server.http.agent_protocol import AgentProtocolController, RunController
+from server.http.agent_protocol import CONTROLLERS as AGENT_PROTOCOL
 from server.http.cors import Cors
 from server.http.csrf import OperatorCsrf
 from server.http.operations import VERSION, MetricsController, health, live, ready
@@ -102,8 +102,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                                   exclude=["/metrics"])
     return Litestar(
         route_handlers=[SessionController, AdminController, StoreSettingsController, OperatorController,
-                        AgentProtocolController, RunController, WidgetController, OperatorSignInController, health,
-                        live, ready,
+                        *AGENT_PROTOCOL, WidgetController, OperatorSignInController, health, live, ready,
                         MetricsController, shopper_page, chat_page, operator_page, static_files, widget,
                         widget_version],
         # CORS for CORS_ALLOW_ORIGINS, and the stores' allowed_origins on the shoppers' routes (server/http/cors.py)
