@@ -2,7 +2,13 @@
 """Bootstrap: the README's two commands, with nothing but Python 3.11+ on the machine.
 
     python3 run.py serve     # venv + pinned install, then the service on :8000 (embedded PostgreSQL)
-    python3 run.py test      # venv + pinned install, then ruff, mypy and the whole pytest suite
+    python3 run.py test      # venv + pinned install, then ruff, mypy and the whole pytest suite (which builds the
+                             # docs site with `mkdocs build --strict`: tests/test_docs.py)
+
+and for the docs:
+
+    python3 run.py docs         # the docs site (docs/, mkdocs.yml) on http://127.0.0.1:8001, rebuilt on save
+    python3 run.py screenshots  # every picture in docs/screenshots/ redrawn from the current build (Chromium)
 
 The venv lives in .venv/ and is re-installed only when pyproject.toml or constraints.txt change, or the checkout
 moves (their hash and its path are stamped in the venv), so the second run starts at once.
@@ -14,6 +20,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -94,8 +101,28 @@ def pg15_leg() -> int:
     return rc
 
 
+SCREENSHOT_TESTS = ["tests/test_web.py", "tests/test_widget.py", "tests/test_agent_chat_ui.py"]
+
+
+def cmd_screenshots() -> int:
+    """The browser tests with UPDATE_SCREENSHOTS=1, which write their pictures into docs/screenshots/ (a test run
+    writes them to a temporary folder); fails when a picture the docs hold was not redrawn (no Chromium: skipped)."""
+    shots = ROOT / "docs" / "screenshots"
+    started = time.time()
+    env = {**os.environ, "UPDATE_SCREENSHOTS": "1"}
+    cmd = [str(PY), "-m", "pytest", "-q", *SCREENSHOT_TESTS]
+    print("[run.py] $ UPDATE_SCREENSHOTS=1 " + " ".join(cmd), flush=True)
+    rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    stale = sorted(p.name for p in shots.glob("*.png") if p.stat().st_mtime < started)
+    if stale:
+        print(f"[run.py] not redrawn: {', '.join(stale)} (were the browser tests skipped? apt-get install chromium "
+              "fonts-noto-cjk)", flush=True)
+        return rc or 1
+    return rc
+
+
 def main() -> int:
-    if len(sys.argv) < 2 or sys.argv[1] not in {"serve", "test", "agent", "install"}:
+    if len(sys.argv) < 2 or sys.argv[1] not in {"serve", "test", "agent", "install", "docs", "screenshots"}:
         print(__doc__)
         print("also: python3 run.py agent <sixshop-agent args>   # any CLI subcommand in the venv")
         return 2
@@ -105,6 +132,10 @@ def main() -> int:
         return 0
     if what == "test":
         return cmd_test(rest)
+    if what == "screenshots":
+        return cmd_screenshots()
+    if what == "docs":
+        os.execv(str(BIN / "mkdocs"), [str(BIN / "mkdocs"), "serve", "-a", "127.0.0.1:8001", *rest])
     agent = [str(BIN / "sixshop-agent")]
     if what == "serve":
         os.execv(agent[0], [*agent, "serve", *rest])

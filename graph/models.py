@@ -184,7 +184,7 @@ class ExtractiveChatModel(BaseChatModel):
     abstain_on_unknown_nouns: bool = True
     # Where the passages carry their embedding similarity (the local model's cosine), the evidence is weighed
     # (band). Each figure was chosen with bench/answerer.py on the development sets (knowledge/eval/cases.json,
-    # holdout.json, holdout2.json, dev-colloquial.json), never on the sets that measure it (README, "Answer quality"):
+    # holdout.json, holdout2.json, dev-colloquial.json), never on the sets that measure it (docs/answer-quality.md):
     similarity_weight: float = SIMILARITY_WEIGHT  # per unit of cosine below the closest section, in the choice
     decline_on_evidence: bool = True  # off: decide as without similarities (only to measure what it adds)
     close_similarity: float = 0.84  # a passage this similar (the local model's cosine) is close in meaning

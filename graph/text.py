@@ -34,7 +34,7 @@ def hangul_bigrams(text: str) -> list[str]:
 
 # How Korean is cut for the full-text index (KOREAN_ANALYZER): Hangul character bigrams, Kiwi's morphemes, or both
 ANALYZERS = ("bigrams", "kiwi", "kiwi+bigrams")
-DEFAULT_ANALYZER = "kiwi"  # measured on knowledge/eval/cases.json (README, "Answer quality")
+DEFAULT_ANALYZER = "kiwi"  # measured on knowledge/eval/cases.json (docs/answer-quality.md)
 # content morphemes: nouns, verb and adjective stems, roots, foreign words and Hanja (particles and endings
 # say how something is asked, not what about)
 _CONTENT_TAGS = frozenset({"NNG", "NNP", "NR", "VV", "VA", "XR", "SL", "SH"})
@@ -52,7 +52,7 @@ def _kiwi() -> Any:
     # titles, WikiData's multi-word names): 498 → 234 MB per process. Of the 271 distinct Korean lines of the
     # sample help centre and the evaluation set, 3 are cut differently (배송지 → 배송, 지; 개인정보 → 개인, 정보),
     # alike in the index and in a question; `sixshop-agent eval` gives the same result for each of the 175 cases
-    # (README, "Korean"; bench/streams.py for the memory)
+    # (docs/concepts/knowledge.md; bench/streams.py for the memory)
     return Kiwi(load_multi_dict=False, load_default_dict=False)
 
 

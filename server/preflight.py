@@ -130,7 +130,7 @@ async def check_schema(pool: Pool) -> None:
     denied = [r["name"] for r in rows if r["present"] and not r["ok"]]
     if denied:
         raise StartupError(f"role {user!r} may not read and write {', '.join(denied)}: grant it select, insert, "
-                           f"update, delete on them (README, Deploying: roles)")
+                           f"update, delete on them (docs/deploying.md, roles)")
     missing = [r["name"] for r in rows if not r["present"]]
     if have < want or missing:
         raise StartupError(f"the database schema is at migration {have:03d} and this release needs {want:03d}"

@@ -140,7 +140,7 @@ async def open_database(settings: Settings, *, direct: bool = False) -> AsyncIte
              facts.user, ", through a transaction pooler: no prepared statements" if pooled else "")
     if facts.superuser and settings.app_env == "production" and not direct:
         log.warning("the service connects as a superuser (%s): production replicas should use an app role "
-                    "without DDL rights (README, Deploying)", facts.user)
+                    "without DDL rights (docs/deploying.md)", facts.user)
     try:
         yield pool, embedded
     finally:

@@ -1,7 +1,7 @@
 """Who can do what: every operation of the OpenAPI document has an owner rule (server/http/access.py), the rules are
-the table the README shows, and a real server refuses every credential a rule does not take with 403 `forbidden`
-on every operation — so a new route without a rule, or one reachable with a browser's key where it should not be,
-fails here."""
+the table the docs show (docs/concepts/your-store.md), and a real server refuses every credential a rule does not
+take with 403 `forbidden` on every operation — so a new route without a rule, or one reachable with a browser's key
+where it should not be, fails here."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def test_every_operation_has_the_rule_the_contract_gives(app: Any) -> None:
                 assert rule_of(handler) is not None, route.path
 
 
-# the README's columns: each credential a caller may hold, and the kind the guard reads it as
+# the docs' columns (docs/concepts/your-store.md): each credential a caller may hold, and the kind the guard reads it as
 COLUMNS = [("no credential (development)", "none"), ("publishable key", "publishable"),
            ("own session token", "session"), ("another session's token", "session"),
            ("verified shopper's token", "session"), ("operator cookie", "cookie"), ("store key", "key"),
@@ -119,8 +119,9 @@ def readme_table() -> str:
     return "\n".join(lines)
 
 
-def test_the_readme_shows_the_rules_as_they_are() -> None:
-    assert readme_table() in (ROOT / "README.md").read_text(encoding="utf-8"), readme_table()
+def test_the_docs_show_the_rules_as_they_are() -> None:
+    page = ROOT / "docs" / "concepts" / "your-store.md"
+    assert readme_table() in page.read_text(encoding="utf-8"), readme_table()
 
 
 @pytest.fixture(scope="module")

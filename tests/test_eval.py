@@ -38,7 +38,7 @@ def test_the_set_is_worth_the_name() -> None:
 
 
 def test_the_held_out_sets_are_sound() -> None:
-    """knowledge/eval/holdout.json and holdout2.json (README, "Answer quality"): written apart from cases.json to
+    """knowledge/eval/holdout.json and holdout2.json (docs/answer-quality.md): written apart from cases.json to
     check the vocabulary and abstention rules on questions they were not fitted to; dev-colloquial.json, the
     development set the answerer's thresholds are chosen on, written as shoppers type; the same checks of pages and
     facts, ids of their own, both languages, both kinds."""
@@ -100,7 +100,7 @@ def test_facts_and_abstention_are_read_as_written() -> None:
 
 def test_eval_command_reports_every_figure_per_variant(database_url: str) -> None:
     """The command on the offline default (no key): every figure, holding the floors the offline default reaches
-    (README, "Answer quality"). One variant: the offline answerer reads no prompt's wording, so a second would only
+    (docs/answer-quality.md). One variant: the offline answerer reads no prompt's wording, so a second would only
     repeat the first (test_eval_runs_each_variant_as_a_langsmith_experiment reports two)."""
     env = {**os.environ, "DATABASE_URL": database_url, "OPENAI_API_KEY": "", "LANGSMITH_API_KEY": "",
            "LANGSMITH_TRACING": "false"}
@@ -154,7 +154,7 @@ def test_eval_takes_another_help_centre(tmp_path: Path) -> None:
 
 
 # what the offline default reaches today; raised as retrieval and the answerer improve (never lowered). Abstention
-# F1 (0.8 here before) gave way to declining only on evidence (README, "Answer quality"): a question it cannot answer
+# F1 (0.8 here before) gave way to declining only on evidence (docs/answer-quality.md): a question it cannot answer
 # is declined, or answered with the closest section said to be the closest; what is held is that neither answerable
 # questions are declined nor unanswerable ones passed off as answered
 FLOORS = {"hit@3": 0.97, "facts": 0.92, "followup_hit@3": 0.95, "false_declines": 0.03,

@@ -325,7 +325,7 @@ async def test_a_store_key_reaches_only_its_own_handoffs(
 def test_the_rule_on_requests_and_questions_written_before_it() -> None:
     """knowledge/eval/fresh.json and electronics.json were written before the rule and never used to shape it (40 + 4
     requests for a person, 40 + 4 questions about the support team, each half Korean): at least 95 % of the requests
-    hand off, and not one question about the support team does (README, "Answer quality")."""
+    hand off, and not one question about the support team does (docs/answer-quality.md)."""
     from server.integrations.evaluation import load_cases
 
     root = Path(__file__).resolve().parent.parent / "knowledge" / "eval"

@@ -1,6 +1,6 @@
 """The shopper page (/) and the operator page (/admin) in headless Chromium (Debian's `chromium`, driven
 by Playwright through `executable_path`; `.ci/run` installs it). Screenshots of both pages go to a temporary
-folder, or with UPDATE_SCREENSHOTS=1 to docs/screenshots/, which the README shows (a test run does not
+folder, or with UPDATE_SCREENSHOTS=1 to docs/screenshots/, which the docs show (a test run does not
 rewrite tracked files)."""
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ class _StorePage(BaseHTTPRequestHandler):
                 f'<script src="{self.server_url}/widget.js"></script></body></html>').encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/html; charset=utf-8")
-        # what the README tells a store to add for the widget, and nothing else
+        # what the docs tell a store to add for the widget, and nothing else
         self.send_header("Content-Security-Policy", f"default-src 'none'; script-src {self.server_url}; "
                                                     f"connect-src {self.server_url}; img-src 'self'")
         self.send_header("Content-Length", str(len(body)))
@@ -319,7 +319,7 @@ def test_the_widget_script_is_versioned_cacheable_and_its_integrity_documented(s
     pinned = httpx.get(f"{server.base_url}/widget/{version}.js")
     assert pinned.content == body and "immutable" in pinned.headers["cache-control"]
     assert httpx.get(f"{server.base_url}/widget/000000000000.js").status_code == 404
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert f"/widget/{version}.js" in readme and integrity in readme, (version, integrity)
+    page = (ROOT / "docs" / "concepts" / "your-store.md").read_text(encoding="utf-8")
+    assert f"/widget/{version}.js" in page and integrity in page, (version, integrity)
     assert not [banned for banned in ("innerHTML", "outerHTML", "insertAdjacentHTML", "eval(", "new Function")
                 if banned in body.decode()]  # content goes in as text; nothing a strict CSP refuses

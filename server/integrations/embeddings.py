@@ -26,7 +26,7 @@ def _model(threads: int | None = None) -> Any:
 
     # one thread per query: the engine's OpenMP threads spin while they wait, which on a busy server burns the
     # cores the turns need (2 threads: 6 ms a query alone, but half the turns per second at 100 concurrent; see
-    # README, "Answer quality"); concurrent turns run their queries in parallel anyway (the GIL is released)
+    # docs/answer-quality.md); concurrent turns run their queries in parallel anyway (the GIL is released)
     return E5(num_threads=threads or int(os.environ.get("LOCAL_EMBEDDING_THREADS", "1")))
 
 

@@ -2,7 +2,7 @@
 
 Clients written for LangGraph Platform (`langgraph_sdk.get_client(url=...)`, LangChain's Agent Chat UI)
 talk to the service through these routes; a thread IS a session and a run IS a turn, stored, counted
-and traced like any turn of /api/session-chat. Supported (README "Agent Protocol"):
+and traced like any turn of /api/session-chat. Supported (docs/agent-protocol.md):
 
     POST   /threads                      threads.create   (metadata.store_id; thread_id; if_exists)
     GET    /threads/{id}                 threads.get      (with values: the conversation)
