@@ -34,6 +34,7 @@ from contextlib import ExitStack
 
 import psycopg
 
+from bench._throwaway import throwaway_postgres
 from bench.delay_proxy import DelayProxy
 from bench.run import (
     LOCAL_EMBEDDINGS,
@@ -49,7 +50,6 @@ from bench.run import (
     sequential_turns,
     serve_ours,
 )
-from persistence.embedded import embedded_conninfo, start_embedded
 from tests.server_process import ChildProcess
 
 WARM_UP = 3
@@ -131,38 +131,38 @@ def main() -> int:
     if args.open_loop:
         args.tokens = 150
 
-    pg = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
-    servers: list[ChildProcess] = []
-    try:
-        with ExitStack() as stack:
-            codes = [checkout(args.a, stack), checkout(args.b, stack)]
-            with psycopg.connect(embedded_conninfo(pg), autocommit=True) as conn:
-                conn.execute("create database ab_a")
-                conn.execute("create database ab_b")
-            proxy = stack.enter_context(DelayProxy(pg, args.db_delay_ms)) if args.db_delay_ms else None
-            base = proxy.conninfo if proxy is not None else embedded_conninfo(pg)
-            model_url, _ = stack.enter_context(paced_model(OPEN_FIRST_TOKEN_MS, OPEN_TOKEN_MS, args.tokens))
-            clients = []
-            for code, db, http_server in zip(codes, ("ab_a", "ab_b"), args.servers, strict=True):
-                server, client = serve_ours(psycopg.conninfo.make_conninfo(base, dbname=db), model_url,
-                                            workers=args.workers, code=code, http_server=http_server,
-                                            env=LOCAL_EMBEDDINGS if args.embeddings == "local" else None)
-                servers.append(server)
-                clients.append(client)
-            setting = f"{args.workers} worker(s) each, embeddings {args.embeddings}, servers {' / '.join(args.servers)}"
-            if args.open_loop:
-                print(f"## open loop, alternating: {setting}; objective: first-token overhead p99 <= "
-                      f"{OBJECTIVE_P99_MS:g} ms, 0 errors", flush=True)
-                asyncio.run(alternate_open_loop(names, clients, servers, args.rates, args.seconds))
-                return 0
-            results, cpu = asyncio.run(alternate(clients, servers, args.turns))
+    with throwaway_postgres() as pg:
+        servers: list[ChildProcess] = []
+        try:
+            with ExitStack() as stack:
+                codes = [checkout(args.a, stack), checkout(args.b, stack)]
+                with psycopg.connect(pg.conninfo, autocommit=True) as conn:
+                    conn.execute("create database ab_a")
+                    conn.execute("create database ab_b")
+                proxy = stack.enter_context(DelayProxy(pg.server, args.db_delay_ms)) if args.db_delay_ms else None
+                base = proxy.conninfo if proxy is not None else pg.conninfo
+                model_url, _ = stack.enter_context(paced_model(OPEN_FIRST_TOKEN_MS, OPEN_TOKEN_MS, args.tokens))
+                clients = []
+                for code, db, http_server in zip(codes, ("ab_a", "ab_b"), args.servers, strict=True):
+                    server, client = serve_ours(psycopg.conninfo.make_conninfo(base, dbname=db), model_url,
+                                                workers=args.workers, code=code, http_server=http_server,
+                                                env=LOCAL_EMBEDDINGS if args.embeddings == "local" else None)
+                    servers.append(server)
+                    clients.append(client)
+                setting = (f"{args.workers} worker(s) each, embeddings {args.embeddings}, "
+                           f"servers {' / '.join(args.servers)}")
+                if args.open_loop:
+                    print(f"## open loop, alternating: {setting}; objective: first-token overhead p99 <= "
+                          f"{OBJECTIVE_P99_MS:g} ms, 0 errors", flush=True)
+                    asyncio.run(alternate_open_loop(names, clients, servers, args.rates, args.seconds))
+                    return 0
+                results, cpu = asyncio.run(alternate(clients, servers, args.turns))
+                for server in servers:
+                    server.stop()
+                servers.clear()
+        finally:
             for server in servers:
                 server.stop()
-            servers.clear()
-    finally:
-        for server in servers:
-            server.stop()
-        pg.cleanup()
     delay = f", database {args.db_delay_ms:g} ms away each way" if args.db_delay_ms else ""
     print(f"## first-token overhead ms, {args.turns} turns of {args.tokens} tokens each, alternating (model: first "
           f"token {OPEN_FIRST_TOKEN_MS} ms, then {OPEN_TOKEN_MS} ms/token{delay}); server CPU ms per turn; "

@@ -34,7 +34,6 @@ if __name__ == "__main__":
 
 import argparse
 import asyncio
-import tempfile
 from dataclasses import dataclass
 
 from langgraph.checkpoint.memory import InMemorySaver
@@ -42,11 +41,11 @@ from langgraph.checkpoint.memory import InMemorySaver
 import graph.graph
 import graph.lexicon
 import graph.text
+from bench._throwaway import throwaway_postgres
 from graph.graph import build_graph
 from graph.models import ExtractiveChatModel
 from graph.state import ChatContext
 from persistence.db import PoolConfig, open_pool
-from persistence.embedded import embedded_conninfo, start_embedded
 from persistence.migrations import migrate
 from server.integrations.evaluation import EVAL_CASES, Case, evaluate_variants, load_cases
 from server.integrations.ingest import ingest_path
@@ -167,11 +166,8 @@ def main() -> int:
     parser.add_argument("--knowledge", type=Path, default=ROOT / "knowledge" / "sample",
                         help="the help centre the dataset's pages are in (default: the sample)")
     args = parser.parse_args()
-    server = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
-    try:
-        asyncio.run(measure(embedded_conninfo(server), args.openai, args.dataset.resolve(), args.knowledge.resolve()))
-    finally:
-        server.cleanup()
+    with throwaway_postgres() as pg:
+        asyncio.run(measure(pg.conninfo, args.openai, args.dataset.resolve(), args.knowledge.resolve()))
     return 0
 
 

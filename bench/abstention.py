@@ -24,15 +24,14 @@ if __name__ == "__main__":
 
 import argparse
 import asyncio
-import tempfile
 
 from langgraph.checkpoint.memory import InMemorySaver
 
+from bench._throwaway import throwaway_postgres
 from graph.graph import build_graph
 from graph.models import MIN_COVERAGE, ExtractiveChatModel
 from graph.state import ChatContext
 from persistence.db import PoolConfig, open_pool
-from persistence.embedded import embedded_conninfo, start_embedded
 from persistence.migrations import migrate
 from server.integrations.embeddings import LOCAL_MIN_SIMILARITY
 from server.integrations.evaluation import Case, evaluate_variants, load_cases
@@ -79,11 +78,8 @@ def main() -> int:
     args = parser.parse_args()
     thresholds = args.thresholds or ([0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4] if args.what == "coverage" else
                                      [0.0, 0.8, 0.82, 0.83, 0.84, 0.845, 0.85, 0.855, 0.86, 0.87])
-    server = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
-    try:
-        asyncio.run(sweep(embedded_conninfo(server), args.what, thresholds))
-    finally:
-        server.cleanup()
+    with throwaway_postgres() as pg:
+        asyncio.run(sweep(pg.conninfo, args.what, thresholds))
     return 0
 
 

@@ -24,11 +24,10 @@ if __name__ == "__main__":
 import argparse
 import asyncio
 import random
-import tempfile
 import time
 from datetime import timedelta
 
-from persistence.embedded import embedded_conninfo, start_embedded
+from bench._throwaway import throwaway_postgres
 from server.resources import Resources, open_resources
 from server.services.chat import IntegratedChatService
 from server.settings import Settings
@@ -106,11 +105,8 @@ def main() -> int:
     parser.add_argument("--turns", default="10,100,500")
     parser.add_argument("--stock-up-to", type=int, default=100, help="largest turn count for the stock saver")
     args = parser.parse_args()
-    server = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
-    try:
-        asyncio.run(run(embedded_conninfo(server), [int(n) for n in args.turns.split(",")], args.stock_up_to))
-    finally:
-        server.cleanup()
+    with throwaway_postgres() as pg:
+        asyncio.run(run(pg.conninfo, [int(n) for n in args.turns.split(",")], args.stock_up_to))
     return 0
 
 

@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 import time
 
-from persistence.embedded import embedded_conninfo, start_embedded
+from bench._throwaway import throwaway_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,17 +59,14 @@ def generate(folder: Path, articles: int, seed: int = 7) -> int:
 
 
 def ingest(folder: Path, threads: int) -> tuple[float, str]:
-    pg = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
-    try:
-        env = {**os.environ, "DATABASE_URL": embedded_conninfo(pg), "EMBEDDINGS": "local", "VECTOR_STORE": "auto",
+    with throwaway_postgres() as pg:
+        env = {**os.environ, "DATABASE_URL": pg.conninfo, "EMBEDDINGS": "local", "VECTOR_STORE": "auto",
                "OPENAI_API_KEY": "", "INGEST_EMBEDDING_THREADS": str(threads), "INGEST_SAMPLE_IF_EMPTY": "false",
                "LOG_LEVEL": "WARNING"}
         t0 = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "server.cli", "ingest", str(folder)], cwd=ROOT, env=env,
                               capture_output=True, text=True, check=True)
         return time.perf_counter() - t0, done.stdout.strip().splitlines()[-1]
-    finally:
-        pg.cleanup()
 
 
 def main() -> int:

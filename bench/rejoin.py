@@ -21,12 +21,11 @@ if __name__ == "__main__":
 
 import argparse
 import asyncio
-import tempfile
 import time
 
 import httpx
 
-from persistence.embedded import embedded_conninfo, start_embedded
+from bench._throwaway import throwaway_postgres
 from tests.fake_openai import FakeOpenAIServer, Pace
 from tests.server_process import ServerProcess
 from tests.sse import read_sse
@@ -62,10 +61,9 @@ async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--turns", type=int, default=10)
     args = ap.parse_args()
-    pg = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-")) / "pg", delete_on_exit=True)
-    try:
+    with throwaway_postgres() as pg:
         with FakeOpenAIServer(Pace(0.2, 0.02, 100)) as model:
-            env = {"DATABASE_URL": embedded_conninfo(pg), "OPENAI_API_KEY": "sk-local-bench",
+            env = {"DATABASE_URL": pg.conninfo, "OPENAI_API_KEY": "sk-local-bench",
                    "OPENAI_BASE_URL": model.base_url, "CAPACITY_SAMPLE_SECONDS": "0"}
             with ServerProcess(env) as a, ServerProcess(env) as b:
                 lags: list[float] = []
@@ -76,8 +74,6 @@ async def main() -> None:
         print(f"relay lag of a follower on another replica behind the turn's own client, over {len(lags)} live "
               f"events of {args.turns} turns: p50 {lags[len(lags) // 2]:.1f} ms, "
               f"p95 {lags[int(len(lags) * 0.95)]:.1f} ms, max {lags[-1]:.1f} ms")
-    finally:
-        pg.cleanup()
 
 
 if __name__ == "__main__":

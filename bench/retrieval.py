@@ -28,13 +28,12 @@ if __name__ == "__main__":
 import argparse
 import asyncio
 import os
-import tempfile
 from contextlib import ExitStack
 
 ROOT = Path(__file__).resolve().parent.parent
 
+from bench._throwaway import throwaway_postgres  # noqa: E402
 from persistence.db import PoolConfig, open_pool  # noqa: E402
-from persistence.embedded import embedded_conninfo, start_embedded  # noqa: E402
 from persistence.migrations import migrate  # noqa: E402
 from server.integrations.evaluation import HitReport, hit_at_k, load_pairs  # noqa: E402
 from server.integrations.ingest import ingest_path  # noqa: E402
@@ -69,8 +68,7 @@ def main() -> int:
     parser.add_argument("--openai", action="store_true", help="use the real OpenAI embeddings (OPENAI_API_KEY)")
     args = parser.parse_args()
     with ExitStack() as stack:
-        server = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
-        stack.callback(server.cleanup)
+        pg = stack.enter_context(throwaway_postgres())
         if args.openai:
             key = os.environ.get("OPENAI_API_KEY")
             if not key:
@@ -82,7 +80,7 @@ def main() -> int:
 
             fake = stack.enter_context(FakeOpenAIServer())
             url, key, label = fake.base_url, "sk-local-bench", "local hashed embeddings"
-        reports = asyncio.run(measure(embedded_conninfo(server), url, key, args.k))
+        reports = asyncio.run(measure(pg.conninfo, url, key, args.k))
     print(f"# {next(iter(reports.values())).total} questions (tests/retrieval_pairs.json), "
           f"sample knowledge base, vectors: {label}")
     for name, report in reports.items():

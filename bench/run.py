@@ -65,7 +65,8 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from persistence.embedded import embedded_conninfo, start_embedded
+from bench._throwaway import throwaway_postgres
+from persistence.embedded import embedded_conninfo
 from tests.server_process import ChildProcess, free_port, process_cpu_s
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -706,26 +707,21 @@ def main() -> int:
     args.turns = 15 if args.quick else 60
     args.concurrency = args.concurrency or ([10, 100] if args.quick else [10, 100, 500])
 
-    pg = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
-    conninfo = enable_statement_stats(pg)
     pace = (OPEN_FIRST_TOKEN_MS, OPEN_TOKEN_MS, OPEN_TOKENS) if args.open_loop else (FIRST_TOKEN_MS, TOKEN_MS, TOKENS)
     stack = ExitStack()
     procs: list[ChildProcess] = []
     redis_proc: subprocess.Popen[bytes] | None = None
     try:
+        pg = stack.enter_context(throwaway_postgres())
+        conninfo = enable_statement_stats(pg.server)
         model_url, model_pid = stack.enter_context(paced_model(*pace))
         common = {"OPENAI_API_KEY": "sk-local-bench", "OPENAI_BASE_URL": model_url, "OPENAI_MAX_RETRIES": "0",
                   "LANGSMITH_TRACING": "false", "LANGGRAPH_CLI_NO_ANALYTICS": "1", "DATABASE_URL": conninfo,
                   "VECTOR_STORE": "none"}  # both retrieve with the same full-text search
-        common_ours = LOCAL_EMBEDDINGS if args.embeddings == "local" else {}
-        key = admin_key(conninfo)
-        port = free_port()
-        ours_proc = ChildProcess(server_command(port, args.server, args.workers),
-                         {**common, "APP_ENV": "production", "LOG_LEVEL": "WARNING",
-                          "SESSION_TOKEN_SECRET": BENCH_SESSION_SECRET,
-                          "CAPACITY_SAMPLE_SECONDS": "0", "DB_POOL_MAX": "20",
-                          "WEB_CONCURRENCY": str(args.workers), **common_ours},
-                                 f"http://127.0.0.1:{port}/health")
+        # ours as every bench starts it (serve_ours: production, full-text unless --embeddings local, an admin key)
+        ours_proc, ours = serve_ours(conninfo, model_url, args.workers, http_server=args.server,
+                                     env={"DB_POOL_MAX": "20",
+                                          **(LOCAL_EMBEDDINGS if args.embeddings == "local" else {})})
         procs.append(ours_proc)
         peers: list[tuple[System, ChildProcess]] = []
         if not args.no_langgraph:
@@ -745,8 +741,7 @@ def main() -> int:
                 peers.append((LangGraphServer(f"http://127.0.0.1:{aegra_port}", name="aegra"), aegra_proc))
         for p in procs:
             p.wait_ready(180)
-        args.pids = {"model": model_pid, "postgres": int(pg.get_pid() or 0)}
-        ours = Ours(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"})
+        args.pids = {"model": model_pid, "postgres": int(pg.server.get_pid() or 0)}
         asyncio.run(drive(args, ours, ours_proc, peers, conninfo))
     finally:
         for p in procs:
@@ -754,7 +749,6 @@ def main() -> int:
         if redis_proc is not None:
             redis_proc.terminate()
         stack.close()
-        pg.cleanup()
     if not args.quick and not args.open_loop:
         print("\n## checkpoint bytes per turn (bench/checkpoints.py)", flush=True)
         subprocess.run([sys.executable, str(ROOT / "bench" / "checkpoints.py")], cwd=ROOT, check=False)

@@ -22,14 +22,13 @@ if __name__ == "__main__":
 import argparse
 import asyncio
 import statistics
-import tempfile
 import time
 from datetime import timedelta
 
 ROOT = Path(__file__).resolve().parent.parent
 
+from bench._throwaway import throwaway_postgres  # noqa: E402
 from persistence.db import PoolConfig, open_pool  # noqa: E402
-from persistence.embedded import embedded_conninfo, start_embedded  # noqa: E402
 from persistence.migrations import migrate  # noqa: E402
 from persistence.sessions import SessionRepository  # noqa: E402
 from persistence.stats import StatsRepository  # noqa: E402
@@ -91,11 +90,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--explain", action="store_true", help="print the plan of the 30-day query")
     args = parser.parse_args()
-    server = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
-    try:
-        asyncio.run(run(embedded_conninfo(server), args.messages, args.runs, args.explain))
-    finally:
-        server.cleanup()
+    with throwaway_postgres() as pg:
+        asyncio.run(run(pg.conninfo, args.messages, args.runs, args.explain))
     return 0
 
 

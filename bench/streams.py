@@ -22,12 +22,11 @@ if __name__ == "__main__":
 
 import argparse
 import asyncio
-import tempfile
 import time
 from collections import Counter
 
+from bench._throwaway import throwaway_postgres
 from bench.run import API, LOCAL_EMBEDDINGS, Ours, PeakRss, paced_model, serve_ours, sse_lines
-from persistence.embedded import embedded_conninfo, start_embedded
 from tests.server_process import ChildProcess
 
 FIRST_TOKEN_MS, TOKEN_MS, TOKENS = 1000, 2000, 15
@@ -83,19 +82,18 @@ def main() -> int:
                         help="local: hybrid search with the local embedding model, as `serve` does with no key")
     args = parser.parse_args()
 
-    pg = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
-    conninfo = embedded_conninfo(pg)
-    server: ChildProcess | None = None
-    try:
-        with paced_model(FIRST_TOKEN_MS, args.token_ms, TOKENS) as (model_url, _):
-            server, ours = serve_ours(conninfo, model_url, args.workers,
-                                      env=LOCAL_EMBEDDINGS if args.embeddings == "local" else None)
-            idle_rss = server.rss_mb()
-            r = asyncio.run(drive(ours, server, args.streams, args.ramp_seconds))
-    finally:
-        if server is not None:
-            server.stop()
-        pg.cleanup()
+    with throwaway_postgres() as pg:
+        conninfo = pg.conninfo
+        server: ChildProcess | None = None
+        try:
+            with paced_model(FIRST_TOKEN_MS, args.token_ms, TOKENS) as (model_url, _):
+                server, ours = serve_ours(conninfo, model_url, args.workers,
+                                          env=LOCAL_EMBEDDINGS if args.embeddings == "local" else None)
+                idle_rss = server.rss_mb()
+                r = asyncio.run(drive(ours, server, args.streams, args.ramp_seconds))
+        finally:
+            if server is not None:
+                server.stop()
     errors = r["errors"]
     assert isinstance(errors, Counter)
     print(f"## {args.streams} streams started over {args.ramp_seconds:g} s, {args.workers} worker(s), embeddings "

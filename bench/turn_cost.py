@@ -32,9 +32,9 @@ import time
 from collections import Counter
 from contextlib import ExitStack
 
+from bench._throwaway import throwaway_postgres
 from bench.delay_proxy import DelayProxy
 from bench.run import API, OPEN_FIRST_TOKEN_MS, OPEN_TOKEN_MS, OPEN_TOKENS, Ours, paced_model, pct, serve_ours
-from persistence.embedded import embedded_conninfo, start_embedded
 from tests.server_process import ChildProcess, process_cpu_s
 
 IDLE_S = 20.0
@@ -135,36 +135,35 @@ def main() -> int:
                         help="hold every packet to and from PostgreSQL this long each way (bench/delay_proxy.py)")
     args = parser.parse_args()
 
-    pg = start_embedded(Path(tempfile.mkdtemp(prefix="sixshop-bench-pg-")) / "data", delete_on_exit=True)
-    server: ChildProcess | None = None
-    try:
-        with paced_model(OPEN_FIRST_TOKEN_MS, OPEN_TOKEN_MS, args.tokens) as (model_url, _), ExitStack() as stack:
-            conninfo = embedded_conninfo(pg)
-            if args.db_delay_ms:  # the database across a network: every packet held this long each way
-                conninfo = stack.enter_context(DelayProxy(pg, args.db_delay_ms)).conninfo
-            server, ours = serve_ours(conninfo, model_url)
-            if args.credential == "both":
-                by_key, by_token = asyncio.run(alternating(ours, args.turns))
-                print(f"## {args.turns} + {args.turns} sequential turns of {args.tokens} tokens in alternation, one "
-                      "worker: first-token overhead ms")
-                for name, values in (("admin key", by_key), ("session token", by_token)):
-                    print(f"{name:<14} p50 {statistics.median(values):.2f}  p90 {pct(values, 0.9):.2f}  "
-                          f"mean {statistics.fmean(values):.2f}")
-                print(f"difference of the p50s (token - key): "
-                      f"{statistics.median(by_token) - statistics.median(by_key):+.2f} ms")
-                return 0
-            folded = Path(tempfile.mkdtemp(prefix="sixshop-spy-")) / "turns.folded"
-            idle_per_s, span, cpu, overheads = asyncio.run(measure(ours, server.proc.pid, args.turns,
-                                                                   folded if args.profile else None, not args.no_sse,
-                                                                   args.credential))
-            server.stop()
-            server = None
-        if args.profile:
-            summarise(folded, args.profile)
-    finally:
-        if server is not None:
-            server.stop()
-        pg.cleanup()
+    with throwaway_postgres() as pg:
+        server: ChildProcess | None = None
+        try:
+            with paced_model(OPEN_FIRST_TOKEN_MS, OPEN_TOKEN_MS, args.tokens) as (model_url, _), ExitStack() as stack:
+                conninfo = pg.conninfo
+                if args.db_delay_ms:  # the database across a network: every packet held this long each way
+                    conninfo = stack.enter_context(DelayProxy(pg.server, args.db_delay_ms)).conninfo
+                server, ours = serve_ours(conninfo, model_url)
+                if args.credential == "both":
+                    by_key, by_token = asyncio.run(alternating(ours, args.turns))
+                    print(f"## {args.turns} + {args.turns} sequential turns of {args.tokens} tokens in alternation, "
+                          "one worker: first-token overhead ms")
+                    for name, values in (("admin key", by_key), ("session token", by_token)):
+                        print(f"{name:<14} p50 {statistics.median(values):.2f}  p90 {pct(values, 0.9):.2f}  "
+                              f"mean {statistics.fmean(values):.2f}")
+                    print(f"difference of the p50s (token - key): "
+                          f"{statistics.median(by_token) - statistics.median(by_key):+.2f} ms")
+                    return 0
+                folded = Path(tempfile.mkdtemp(prefix="sixshop-spy-")) / "turns.folded"
+                idle_per_s, span, cpu, overheads = asyncio.run(measure(
+                    ours, server.proc.pid, args.turns, folded if args.profile else None, not args.no_sse,
+                    args.credential))
+                server.stop()
+                server = None
+            if args.profile:
+                summarise(folded, args.profile)
+        finally:
+            if server is not None:
+                server.stop()
     delay = f", database {args.db_delay_ms:g} ms away each way" if args.db_delay_ms else ""
     print(f"## {args.turns} sequential turns of {args.tokens} tokens, one worker "
           f"(model: first token {OPEN_FIRST_TOKEN_MS} ms, then {OPEN_TOKEN_MS} ms/token{delay}), "

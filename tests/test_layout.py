@@ -117,3 +117,14 @@ def test_the_agent_protocol_door_is_split_by_resource_and_frames_are_made_in_one
         # a run's events become LangGraph's frames only in run_stream.py, whichever route streams them
         if path.stem != "run_stream":
             assert "server.schemas.sse_frame" not in imported_modules(path), path.name
+
+
+def test_the_benches_start_postgresql_and_our_server_one_way() -> None:
+    """bench/_throwaway.py is the one place a bench gets a throwaway PostgreSQL (and the help centre in it), and
+    bench.run.serve_ours the one place our server is started for a bench, bench/run.py's own included."""
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        if path.name != "_throwaway.py":
+            assert "persistence.embedded.start_embedded" not in imported_modules(path), path.name
+    run = (ROOT / "bench" / "run.py").read_text(encoding="utf-8")
+    assert run.count("server_command(") == 2, "server_command is defined and called by serve_ours only"
+    assert "serve_ours(conninfo" in run
