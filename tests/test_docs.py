@@ -130,3 +130,11 @@ def test_every_runbook_names_tests_that_exist() -> None:
         for module, test in named:
             assert re.search(rf"^(async )?def {test}\(", (ROOT / module).read_text(encoding="utf-8"), re.MULTILINE), \
                 f"{module}::{test}"
+
+
+def test_every_screenshot_is_shown_somewhere() -> None:
+    """`python3 run.py screenshots` redraws docs/screenshots/ from the browser tests; each picture is on a page."""
+    text = "".join(p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *PAGES])
+    shots = sorted((DOCS / "screenshots").glob("*.png"))
+    assert shots
+    assert [s.name for s in shots if f"screenshots/{s.name}" not in text] == []
