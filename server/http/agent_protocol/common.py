@@ -1,6 +1,5 @@
 """What every Agent Protocol route shares: who is calling, the thread it may see, the thread's state, and the
-shapes of times, messages and values.
-"""
+shapes of times, messages and values."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The one place a run's stream is made: which stream modes exist, and our turn's events in the frames LangGraph's
-server streams (metadata, messages, updates, values, custom, error), for a run started on a connection
-(streams.py) and for one joined later (streams.py, runs.join_stream)."""
+server streams (metadata, messages, updates, values, custom, error), for a run streamed as it starts and for one
+joined later (both in streams.py)."""
 
 from __future__ import annotations
 
