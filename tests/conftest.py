@@ -6,6 +6,8 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -109,10 +111,10 @@ def _with_dbname(conninfo: str, dbname: str) -> str:
     return psycopg.conninfo.make_conninfo(conninfo, dbname=dbname)
 
 
-def create_database(server_conninfo: str, prefix: str) -> str:
+def create_database(server_conninfo: str, prefix: str, template: str | None = None) -> str:
     name = f"{re.sub(r'[^a-z0-9_]', '_', prefix.lower())[:40]}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server_conninfo, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
+        conn.execute(f'create database "{name}"' + (f' template "{template}"' if template else ""))
     return _with_dbname(server_conninfo, name)
 
 
@@ -127,6 +129,26 @@ def fake_openai() -> Iterator[FakeOpenAIServer]:
 def database_url(pg_server_conninfo: str, request: pytest.FixtureRequest) -> str:
     """A fresh, empty database for this test module."""
     return create_database(pg_server_conninfo, request.module.__name__.rsplit(".", 1)[-1])
+
+
+@pytest.fixture(scope="session")
+def prepared_template(pg_server_conninfo: str) -> str:
+    """A database prepared once as `serve` prepares an empty one with no key (`sixshop-agent prepare`: migrations,
+    then the sample help centre indexed with the local embedding model): the template of `served_database_url`."""
+    url = create_database(pg_server_conninfo, "prepared_template")
+    done = subprocess.run([sys.executable, "-m", "server.cli", "prepare"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "DATABASE_URL": url, "CAPACITY_SAMPLE_SECONDS": "0"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    return str(psycopg.conninfo.conninfo_to_dict(url)["dbname"])
+
+
+@pytest.fixture(scope="module")
+def served_database_url(pg_server_conninfo: str, prepared_template: str, request: pytest.FixtureRequest) -> str:
+    """A fresh database for this module that already holds what a keyless `serve` makes at its first start, copied
+    from `prepared_template` (CREATE DATABASE … TEMPLATE: ~0.1 s, where migrating and embedding the sample help
+    centre at a server's start takes ~6 s). For modules whose servers run with no model key and whose tests are not
+    about that first start; a module takes it as its `database_url`."""
+    return create_database(pg_server_conninfo, request.module.__name__.rsplit(".", 1)[-1], template=prepared_template)
 
 
 @pytest.fixture(scope="module")

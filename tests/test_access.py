@@ -46,6 +46,12 @@ AGENT = re.compile(r"^(GET|POST|DELETE|PATCH) /(threads|runs|assistants)")
 OPERATOR = re.compile(r"^(GET|POST|PUT) /api/admin/")
 
 
+@pytest.fixture(scope="module")
+def database_url(served_database_url: str) -> str:
+    """This module's servers start on a copy of a database a keyless `serve` has prepared (conftest.py)."""
+    return served_database_url
+
+
 def _operations(app: Any) -> dict[str, str | None]:
     """'METHOD /path' of every operation the OpenAPI document lists, with the rule of the route serving it."""
     handlers: dict[str, Any] = {}

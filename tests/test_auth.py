@@ -20,6 +20,12 @@ from tests.test_e2e import stream_turn
 API = "/api/session-chat"
 
 
+@pytest.fixture(scope="module")
+def database_url(served_database_url: str) -> str:
+    """This module's servers start on a copy of a database a keyless `serve` has prepared (conftest.py)."""
+    return served_database_url
+
+
 def _cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "server.cli", "keys", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "DATABASE_URL": database_url})

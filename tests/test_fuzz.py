@@ -14,6 +14,12 @@ from tests.server_process import ServerProcess
 
 
 @pytest.fixture(scope="module")
+def database_url(served_database_url: str) -> str:
+    """This module's servers start on a copy of a database a keyless `serve` has prepared (conftest.py)."""
+    return served_database_url
+
+
+@pytest.fixture(scope="module")
 def fuzz_server(database_url: str) -> Iterator[ServerProcess]:
     with ServerProcess({"DATABASE_URL": database_url, "CAPACITY_SAMPLE_SECONDS": "0",
                           "RATE_LIMIT_TURNS_PER_MINUTE": "0"}) as proc:

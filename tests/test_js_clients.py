@@ -21,6 +21,12 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
+def database_url(served_database_url: str) -> str:
+    """This module's servers start on a copy of a database a keyless `serve` has prepared (conftest.py)."""
+    return served_database_url
+
+
+@pytest.fixture(scope="module")
 def server(database_url: str) -> Iterator[ServerProcess]:
     # the offline answerer, slowed so that the client leaves mid-answer and joins it again
     with ServerProcess({"DATABASE_URL": database_url, "OFFLINE_CHUNK_DELAY_MS": "30", "KEYS_CACHE_SECONDS": "0",

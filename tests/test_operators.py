@@ -23,6 +23,12 @@ API = "/api/session-chat"
 
 
 @pytest.fixture(scope="module")
+def database_url(served_database_url: str) -> str:
+    """This module's servers start on a copy of a database a keyless `serve` has prepared (conftest.py)."""
+    return served_database_url
+
+
+@pytest.fixture(scope="module")
 def server(database_url: str) -> Iterator[ServerProcess]:
     with ServerProcess(server_env(database_url)) as proc:
         yield proc

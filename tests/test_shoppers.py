@@ -37,6 +37,12 @@ IDENTITY_K1, IDENTITY_K2 = "identity-secret-one-0123456789abcdef", "identity-sec
 
 # -- units -------------------------------------------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def database_url(served_database_url: str) -> str:
+    """This module's servers start on a copy of a database a keyless `serve` has prepared (conftest.py)."""
+    return served_database_url
+
+
 def test_session_token_claims_expiry_and_forgery() -> None:
     tokens = SessionTokens(parse_secrets(f"k2:{SECRET}"), issuer="sixshop-ai-agent", ttl_s=3600)
     sid = uuid.uuid4()

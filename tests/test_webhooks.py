@@ -24,6 +24,12 @@ ADMIN = {"Authorization": "Bearer test-admin-token-0123456789"}
 SECRET = "whsec-test-0123456789abcdef"
 
 
+@pytest.fixture(scope="module")
+def database_url(served_database_url: str) -> str:
+    """This module's servers start on a copy of a database a keyless `serve` has prepared (conftest.py)."""
+    return served_database_url
+
+
 class _Receiver(JsonHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))

@@ -31,6 +31,12 @@ QUESTION = "배송비는 얼마인가요?"
 
 
 @pytest.fixture(scope="module")
+def database_url(served_database_url: str) -> str:
+    """This module's servers start on a copy of a database a keyless `serve` has prepared (conftest.py)."""
+    return served_database_url
+
+
+@pytest.fixture(scope="module")
 def server(database_url: str) -> Iterator[ServerProcess]:
     with ServerProcess(server_env(database_url, OFFLINE_CHUNK_DELAY_MS="40",
                                   CORS_ALLOW_ORIGINS="https://tools.example")) as proc:
