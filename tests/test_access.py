@@ -115,7 +115,7 @@ REACH = {
 }
 
 
-def readme_table() -> str:
+def rules_table() -> str:
     lines = ["| rule | " + " | ".join(name for name, _ in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
     for rule, taken in RULES.items():
         reach = REACH.get(rule, ["yes"] * len(COLUMNS))
@@ -127,7 +127,7 @@ def readme_table() -> str:
 
 def test_the_docs_show_the_rules_as_they_are() -> None:
     page = ROOT / "docs" / "concepts" / "your-store.md"
-    assert readme_table() in page.read_text(encoding="utf-8"), readme_table()
+    assert rules_table() in page.read_text(encoding="utf-8"), rules_table()
 
 
 @pytest.fixture(scope="module")

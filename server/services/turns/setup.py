@@ -60,6 +60,8 @@ class TurnSetup:
     store_settings: StoreSettingsService | None = None  # each store's own assistant (server/services/stores.py)
     model_for: Callable[[str], BaseChatModel] | None = None  # a store's own model by name (None: all get `model`)
     handoffs: HandoffRepository | None = None  # handing shoppers to a person (None: never; graph/handoff.py)
+    model_name: str = field(init=False)  # the default model's label: the `model` a turn starts with
+    variants: VariantPicker = field(init=False)  # the service's prompt weights (PROMPT_VARIANT)
 
     def __post_init__(self) -> None:
         self.model_name = model_label(self.model)
