@@ -127,28 +127,26 @@ def fake_openai() -> Iterator[FakeOpenAIServer]:
 
 @pytest.fixture(scope="module")
 def database_url(pg_server_conninfo: str, request: pytest.FixtureRequest) -> str:
-    """A fresh, empty database for this test module."""
-    return create_database(pg_server_conninfo, request.module.__name__.rsplit(".", 1)[-1])
+    """A fresh database for this test module: empty, or, in a module that says `PREPARED_DATABASE = True`, already
+    holding what a keyless `serve` makes at its first start, copied from `prepared_template` (CREATE DATABASE …
+    TEMPLATE: ~0.1 s, where migrating and embedding the sample help centre at a server's start takes ~6 s). That is
+    for modules whose servers run with no model key and whose tests are not about that first start."""
+    prefix = request.module.__name__.rsplit(".", 1)[-1]
+    if getattr(request.module, "PREPARED_DATABASE", False):
+        return create_database(pg_server_conninfo, prefix, template=request.getfixturevalue("prepared_template"))
+    return create_database(pg_server_conninfo, prefix)
 
 
 @pytest.fixture(scope="session")
 def prepared_template(pg_server_conninfo: str) -> str:
     """A database prepared once as `serve` prepares an empty one with no key (`sixshop-agent prepare`: migrations,
-    then the sample help centre indexed with the local embedding model): the template of `served_database_url`."""
+    then the sample help centre indexed with the local embedding model): the template `database_url` copies where a
+    module asks for it."""
     url = create_database(pg_server_conninfo, "prepared_template")
     done = subprocess.run([sys.executable, "-m", "server.cli", "prepare"], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "DATABASE_URL": url, "CAPACITY_SAMPLE_SECONDS": "0"})
     assert done.returncode == 0, done.stdout + done.stderr
     return str(psycopg.conninfo.conninfo_to_dict(url)["dbname"])
-
-
-@pytest.fixture(scope="module")
-def served_database_url(pg_server_conninfo: str, prepared_template: str, request: pytest.FixtureRequest) -> str:
-    """A fresh database for this module that already holds what a keyless `serve` makes at its first start, copied
-    from `prepared_template` (CREATE DATABASE … TEMPLATE: ~0.1 s, where migrating and embedding the sample help
-    centre at a server's start takes ~6 s). For modules whose servers run with no model key and whose tests are not
-    about that first start; a module takes it as its `database_url`."""
-    return create_database(pg_server_conninfo, request.module.__name__.rsplit(".", 1)[-1], template=prepared_template)
 
 
 @pytest.fixture(scope="module")

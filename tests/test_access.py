@@ -46,10 +46,7 @@ AGENT = re.compile(r"^(GET|POST|DELETE|PATCH) /(threads|runs|assistants)")
 OPERATOR = re.compile(r"^(GET|POST|PUT) /api/admin/")
 
 
-@pytest.fixture(scope="module")
-def database_url(served_database_url: str) -> str:
-    """This module's servers start on a copy of a database a keyless `serve` has prepared (conftest.py)."""
-    return served_database_url
+PREPARED_DATABASE = True  # conftest.database_url: a copy of a database a keyless `serve` has prepared
 
 
 def _operations(app: Any) -> dict[str, str | None]:

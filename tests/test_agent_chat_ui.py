@@ -24,10 +24,7 @@ pytestmark = pytest.mark.e2e
 QUESTION = "배송비는 얼마인가요?"
 
 
-@pytest.fixture(scope="module")
-def database_url(served_database_url: str) -> str:
-    """This module's servers start on a copy of a database a keyless `serve` has prepared (conftest.py)."""
-    return served_database_url
+PREPARED_DATABASE = True  # conftest.database_url: a copy of a database a keyless `serve` has prepared
 
 
 class _Quiet(SimpleHTTPRequestHandler):

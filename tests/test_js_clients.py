@@ -20,10 +20,7 @@ from tests.test_auth import _new_key
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def database_url(served_database_url: str) -> str:
-    """This module's servers start on a copy of a database a keyless `serve` has prepared (conftest.py)."""
-    return served_database_url
+PREPARED_DATABASE = True  # conftest.database_url: a copy of a database a keyless `serve` has prepared
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,7 @@ from tests.test_shoppers import ADMIN, _as, _key, server_env
 API = "/api/session-chat"
 
 
-@pytest.fixture(scope="module")
-def database_url(served_database_url: str) -> str:
-    """This module's servers start on a copy of a database a keyless `serve` has prepared (conftest.py)."""
-    return served_database_url
+PREPARED_DATABASE = True  # conftest.database_url: a copy of a database a keyless `serve` has prepared
 
 
 @pytest.fixture(scope="module")

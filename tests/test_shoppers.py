@@ -37,10 +37,7 @@ IDENTITY_K1, IDENTITY_K2 = "identity-secret-one-0123456789abcdef", "identity-sec
 
 # -- units -------------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def database_url(served_database_url: str) -> str:
-    """This module's servers start on a copy of a database a keyless `serve` has prepared (conftest.py)."""
-    return served_database_url
+PREPARED_DATABASE = True  # conftest.database_url: a copy of a database a keyless `serve` has prepared
 
 
 def test_session_token_claims_expiry_and_forgery() -> None:

@@ -24,10 +24,7 @@ ADMIN = {"Authorization": "Bearer test-admin-token-0123456789"}
 SECRET = "whsec-test-0123456789abcdef"
 
 
-@pytest.fixture(scope="module")
-def database_url(served_database_url: str) -> str:
-    """This module's servers start on a copy of a database a keyless `serve` has prepared (conftest.py)."""
-    return served_database_url
+PREPARED_DATABASE = True  # conftest.database_url: a copy of a database a keyless `serve` has prepared
 
 
 class _Receiver(JsonHandler):

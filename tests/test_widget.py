@@ -30,10 +30,7 @@ STORE = "shop-w"
 QUESTION = "배송비는 얼마인가요?"
 
 
-@pytest.fixture(scope="module")
-def database_url(served_database_url: str) -> str:
-    """This module's servers start on a copy of a database a keyless `serve` has prepared (conftest.py)."""
-    return served_database_url
+PREPARED_DATABASE = True  # conftest.database_url: a copy of a database a keyless `serve` has prepared
 
 
 @pytest.fixture(scope="module")
